@@ -1,0 +1,257 @@
+// Per-element maths of every bckd op, written once and shared by the CPU and
+// the CUDA kernels.
+//
+// Each function is a template over a "math policy" M that supplies the value
+// type M::T and its primitive operations. On CUDA (and in scalar CPU loops) the
+// policy is ScalarMath<float> / ScalarMath<double>; the CPU kernels instantiate
+// the same functions with a policy over at::vec::Vectorized, one lane per
+// location. Comparisons return M::Mask; M::select(mask, a, b) picks a where the
+// mask holds.
+//
+// Conventions follow shared/SPEC.md (sections 1 and 2).
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define BCKD_HD __host__ __device__ __forceinline__
+#else
+#define BCKD_HD inline
+#endif
+
+namespace bckd {
+namespace math {
+
+template <typename scalar_t>
+struct ScalarMath {
+  using T = scalar_t;
+  using Mask = bool;
+  static BCKD_HD T exp(T x) { return ::exp(x); }
+  static BCKD_HD T log1p(T x) { return ::log1p(x); }
+  static BCKD_HD T pow(T x, T y) { return ::pow(x, y); }
+  static BCKD_HD T abs(T x) { return ::fabs(x); }
+  // NaN-propagating, like torch.maximum / torch.minimum and Vectorized.
+  static BCKD_HD T max(T a, T b) { return (a > b || a != a) ? a : b; }
+  static BCKD_HD T min(T a, T b) { return (a < b || a != a) ? a : b; }
+  static BCKD_HD Mask gt(T a, T b) { return a > b; }
+  static BCKD_HD Mask ge(T a, T b) { return a >= b; }
+  static BCKD_HD Mask lt(T a, T b) { return a < b; }
+  static BCKD_HD Mask eq(T a, T b) { return a == b; }
+  static BCKD_HD T select(Mask m, T a, T b) { return m ? a : b; }
+};
+
+template <>
+struct ScalarMath<float> {
+  using T = float;
+  using Mask = bool;
+  static BCKD_HD T exp(T x) { return ::expf(x); }
+  static BCKD_HD T log1p(T x) { return ::log1pf(x); }
+  static BCKD_HD T pow(T x, T y) { return ::powf(x, y); }
+  static BCKD_HD T abs(T x) { return ::fabsf(x); }
+  static BCKD_HD T max(T a, T b) { return (a > b || a != a) ? a : b; }
+  static BCKD_HD T min(T a, T b) { return (a < b || a != a) ? a : b; }
+  static BCKD_HD Mask gt(T a, T b) { return a > b; }
+  static BCKD_HD Mask ge(T a, T b) { return a >= b; }
+  static BCKD_HD Mask lt(T a, T b) { return a < b; }
+  static BCKD_HD Mask eq(T a, T b) { return a == b; }
+  static BCKD_HD T select(Mask m, T a, T b) { return m ? a : b; }
+};
+
+// ---------------------------------------------------------------------------
+// BCDL (SPEC 1). For one element, with p = σ(zs), q = σ(zt), d = p − q:
+//   ℓ = |d|^β · BCE(zs, q),  BCE(z, q) = softplus(z) − q·z
+//   ∂ℓ/∂zs = |d|^β · d + ∂|d|^β/∂d · p(1−p) · BCE
+// σ, p(1−p) and softplus all come from one e = exp(−|z|):
+//   σ(z) = 1/(1+e) for z ≥ 0, e/(1+e) otherwise; p(1−p) = e/(1+e)²;
+//   softplus(z) = max(z, 0) + log1p(e).
+// The modulating factor is not detached. Its derivative is 0 where d = 0
+// (sgn(0) = 0), so the gradient vanishes exactly where p = q.
+// BETA_MODE: 1 for β = 1, 2 for β = 2 (no pow), 0 for any other β.
+// ---------------------------------------------------------------------------
+
+template <class M>
+struct BcdlPieces {
+  typename M::T d;    // p − q
+  typename M::T pp;   // p(1 − p)
+  typename M::T bce;  // BCE(zs, q)
+};
+
+template <class M>
+BCKD_HD BcdlPieces<M> bcdl_pieces(typename M::T zs, typename M::T zt) {
+  using T = typename M::T;
+  const T one(1), zero(0);
+  const T es = M::exp(-M::abs(zs));
+  const T rs = one / (one + es);
+  const T p = M::select(M::ge(zs, zero), rs, es * rs);
+  const T et = M::exp(-M::abs(zt));
+  const T rt = one / (one + et);
+  const T q = M::select(M::ge(zt, zero), rt, et * rt);
+  const T softplus = M::max(zs, zero) + M::log1p(es);
+  return {p - q, es * rs * rs, softplus - q * zs};
+}
+
+// |d|^β and its derivative with respect to d.
+template <class M, int BETA_MODE>
+BCKD_HD void bcdl_modulator(typename M::T d, typename M::T beta,
+                            typename M::T& mod, typename M::T& dmod) {
+  using T = typename M::T;
+  const T zero(0);
+  const T ad = M::abs(d);
+  if (BETA_MODE == 1) {
+    mod = ad;
+    dmod = M::select(M::gt(d, zero), T(1), M::select(M::lt(d, zero), T(-1), zero));
+  } else if (BETA_MODE == 2) {
+    mod = d * d;
+    dmod = T(2) * d;
+  } else {
+    mod = M::pow(ad, beta);
+    // β |d|^(β−1) sgn(d) = β |d|^β / d, and 0 at d = 0.
+    const T safe_d = M::select(M::eq(d, zero), T(1), d);
+    dmod = M::select(M::eq(d, zero), zero, beta * mod / safe_d);
+  }
+}
+
+// Loss of one element; |d| is returned for the max_abs_diff side output.
+template <class M, int BETA_MODE>
+BCKD_HD typename M::T bcdl_loss(typename M::T zs, typename M::T zt,
+                                typename M::T beta, typename M::T& abs_d) {
+  using T = typename M::T;
+  const BcdlPieces<M> e = bcdl_pieces<M>(zs, zt);
+  T mod, dmod;
+  bcdl_modulator<M, BETA_MODE>(e.d, beta, mod, dmod);
+  abs_d = M::abs(e.d);
+  return mod * e.bce;
+}
+
+// ∂ℓ/∂zs of one element.
+template <class M, int BETA_MODE>
+BCKD_HD typename M::T bcdl_grad(typename M::T zs, typename M::T zt,
+                                typename M::T beta) {
+  using T = typename M::T;
+  const BcdlPieces<M> e = bcdl_pieces<M>(zs, zt);
+  T mod, dmod;
+  bcdl_modulator<M, BETA_MODE>(e.d, beta, mod, dmod);
+  return mod * e.d + dmod * e.pp * e.bce;
+}
+
+// ---------------------------------------------------------------------------
+// GIoU (SPEC 2), boxes (x1, y1, x2, y2), reference-code conventions:
+//   I = max(0, iw) · max(0, ih),  iw = min(x2, X2) − max(x1, X1)
+//   U = max(A_p + A_t − I, eps),  E = max(max(0, ew) · max(0, eh), eps)
+//   loss = 1 − GIoU = 1 − I/U + (E − U)/E
+// Areas are (x2 − x1)(y2 − y1) without a clamp, as in the reference code, so an
+// inverted box has a negative area; every quotient has a denominator ≥ eps, so
+// finite boxes give a finite loss (I = 0 whenever either box is inverted).
+// Gradient, U and E unclamped:
+//   ∂/∂I = −1/U − I/U² + 1/E,  ∂/∂A = I/U² − 1/E,  ∂/∂E = U/E²
+// then through min/max (ties split ½–½, as torch.minimum/maximum do), through
+// max(0, ·) (gradient passes at 0, as torch.clamp does) and through the areas.
+// ---------------------------------------------------------------------------
+
+template <class M>
+BCKD_HD typename M::T giou_loss(const typename M::T* p, const typename M::T* t,
+                                typename M::T eps) {
+  using T = typename M::T;
+  const T zero(0);
+  const T iw = M::min(p[2], t[2]) - M::max(p[0], t[0]);
+  const T ih = M::min(p[3], t[3]) - M::max(p[1], t[1]);
+  const T inter = M::max(iw, zero) * M::max(ih, zero);
+  const T ap = (p[2] - p[0]) * (p[3] - p[1]);
+  const T at = (t[2] - t[0]) * (t[3] - t[1]);
+  const T uni = M::max(ap + at - inter, eps);
+  const T ew = M::max(p[2], t[2]) - M::min(p[0], t[0]);
+  const T eh = M::max(p[3], t[3]) - M::min(p[1], t[1]);
+  const T enc = M::max(M::max(ew, zero) * M::max(eh, zero), eps);
+  return T(1) - inter / uni + (enc - uni) / enc;
+}
+
+// ∂ min(a, b)/∂a with ties split evenly (∂ max(a, b)/∂a is the same with a, b
+// swapped).
+template <class M>
+BCKD_HD typename M::T d_min_a(typename M::T a, typename M::T b) {
+  using T = typename M::T;
+  return M::select(M::lt(a, b), T(1), M::select(M::eq(a, b), T(0.5), T(0)));
+}
+
+// Writes g · ∂loss/∂p into gp[4] and g · ∂loss/∂t into gt[4].
+template <class M>
+BCKD_HD void giou_grad(const typename M::T* p, const typename M::T* t,
+                       typename M::T eps, typename M::T g, typename M::T* gp,
+                       typename M::T* gt) {
+  using T = typename M::T;
+  const T zero(0);
+  const T ix2 = M::min(p[2], t[2]), ix1 = M::max(p[0], t[0]);
+  const T iy2 = M::min(p[3], t[3]), iy1 = M::max(p[1], t[1]);
+  const T iw = ix2 - ix1, ih = iy2 - iy1;
+  const T iwc = M::max(iw, zero), ihc = M::max(ih, zero);
+  const T inter = iwc * ihc;
+  const T pw = p[2] - p[0], ph = p[3] - p[1];
+  const T tw = t[2] - t[0], th = t[3] - t[1];
+  const T uraw = pw * ph + tw * th - inter;
+  const T uni = M::max(uraw, eps);
+  const T ex2 = M::max(p[2], t[2]), ex1 = M::min(p[0], t[0]);
+  const T ey2 = M::max(p[3], t[3]), ey1 = M::min(p[1], t[1]);
+  const T ew = ex2 - ex1, eh = ey2 - ey1;
+  const T ewc = M::max(ew, zero), ehc = M::max(eh, zero);
+  const T eraw = ewc * ehc;
+  const T enc = M::max(eraw, eps);
+
+  // loss = 1 − I/U + 1 − U/E as a function of (I, U, E).
+  const T u_live = M::select(M::ge(uraw, eps), T(1), zero);
+  const T e_live = M::select(M::ge(eraw, eps), T(1), zero);
+  const T g_u = g * (inter / (uni * uni) - T(1) / enc) * u_live;  // ∂/∂(A_p + A_t − I)
+  const T g_i = -g / uni - g_u;                                   // direct + through U
+  const T g_e = g * uni / (enc * enc) * e_live;
+
+  // Through max(0, ·) of the intersection and enclosure sides.
+  const T g_iw = g_i * ihc * M::select(M::ge(iw, zero), T(1), zero);
+  const T g_ih = g_i * iwc * M::select(M::ge(ih, zero), T(1), zero);
+  const T g_ew = g_e * ehc * M::select(M::ge(ew, zero), T(1), zero);
+  const T g_eh = g_e * ewc * M::select(M::ge(eh, zero), T(1), zero);
+
+  // x2: +iw through min(p2, t2), +ew through max(p2, t2); x1: −iw through
+  // max(p0, t0), −ew through min(p0, t0); and the box's own area.
+  gp[0] = -g_iw * d_min_a<M>(t[0], p[0]) - g_ew * d_min_a<M>(p[0], t[0]) - g_u * ph;
+  gp[1] = -g_ih * d_min_a<M>(t[1], p[1]) - g_eh * d_min_a<M>(p[1], t[1]) - g_u * pw;
+  gp[2] = g_iw * d_min_a<M>(p[2], t[2]) + g_ew * d_min_a<M>(t[2], p[2]) + g_u * ph;
+  gp[3] = g_ih * d_min_a<M>(p[3], t[3]) + g_eh * d_min_a<M>(t[3], p[3]) + g_u * pw;
+  gt[0] = -g_iw * d_min_a<M>(p[0], t[0]) - g_ew * d_min_a<M>(t[0], p[0]) - g_u * th;
+  gt[1] = -g_ih * d_min_a<M>(p[1], t[1]) - g_eh * d_min_a<M>(t[1], p[1]) - g_u * tw;
+  gt[2] = g_iw * d_min_a<M>(t[2], p[2]) + g_ew * d_min_a<M>(p[2], t[2]) + g_u * th;
+  gt[3] = g_ih * d_min_a<M>(t[3], p[3]) + g_eh * d_min_a<M>(p[3], t[3]) + g_u * tw;
+}
+
+// Boxes of two distance vectors (l, t, r, b) around one anchor point, taken as
+// the origin: the anchor cancels in every difference, so it is not an input.
+template <class M>
+BCKD_HD void distances_to_box(const typename M::T* dist, typename M::T* box) {
+  box[0] = -dist[0];
+  box[1] = -dist[1];
+  box[2] = dist[2];
+  box[3] = dist[3];
+}
+
+// ---------------------------------------------------------------------------
+// Softmax integral (SPEC 2): dist = Σ_j j · softmax(r)_j over reg_max + 1 bins
+// read through `load(j)`. Max-subtracted, so any finite logits are safe.
+//   ∂dist/∂r_j = P_j · (j − dist)
+// ---------------------------------------------------------------------------
+
+template <class M, class Load>
+BCKD_HD void softmax_integral(Load load, int nbins, typename M::T& mx,
+                              typename M::T& sum, typename M::T& dist) {
+  using T = typename M::T;
+  mx = load(0);
+  for (int j = 1; j < nbins; ++j) mx = M::max(mx, load(j));
+  T s(0), sj(0);
+  for (int j = 0; j < nbins; ++j) {
+    const T e = M::exp(load(j) - mx);
+    s = s + e;
+    sj = sj + T(j) * e;
+  }
+  sum = s;
+  dist = sj / s;
+}
+
+}  // namespace math
+}  // namespace bckd

@@ -1,0 +1,312 @@
+// CPU kernel bodies. Included once per instruction set, with CPU_CAPABILITY
+// naming the namespace (DEFAULT, AVX2) so that the copies never collide.
+//
+// One SIMD lane per location: a task takes Vec::size() neighbouring locations
+// of one row of the layout and walks their channels, so sums and maxima over
+// classes or bins are plain lane-wise operations (no horizontal reductions) and
+// each location's result depends on its own inputs only, in a fixed order:
+// bitwise deterministic whatever the number of threads. Unit-stride rows (head
+// maps [B, C, H, W]) load directly; other strides gather into the lanes.
+// One pass over the inputs per direction; the backward recomputes the forward
+// pieces instead of saving anything of size [N, C].
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "../bckd_math.h"
+#include "kernels.h"
+
+namespace bckd {
+namespace cpu {
+namespace CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+
+constexpr int kMaxBins = 65;
+// Elements per parallel task, as ATen uses.
+constexpr int64_t kGrainSize = 32768;
+
+template <typename acc_t>
+struct VecMath {
+  using T = Vectorized<acc_t>;
+  using Mask = Vectorized<acc_t>;
+  static T exp(const T& x) { return x.exp(); }
+  static T log1p(const T& x) { return x.log1p(); }
+  static T pow(const T& x, const T& y) { return x.pow(y); }
+  static T abs(const T& x) { return x.abs(); }
+  static T max(const T& a, const T& b) { return at::vec::maximum(a, b); }
+  static T min(const T& a, const T& b) { return at::vec::minimum(a, b); }
+  static Mask gt(const T& a, const T& b) { return a > b; }
+  static Mask ge(const T& a, const T& b) { return a >= b; }
+  static Mask lt(const T& a, const T& b) { return a < b; }
+  static Mask eq(const T& a, const T& b) { return a == b; }
+  static T select(const Mask& m, const T& a, const T& b) { return T::blendv(b, a, m); }
+};
+
+template <typename acc_t, typename scalar_t>
+inline Vectorized<acc_t> load_lanes(const scalar_t* p, int64_t stride, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    if (stride == 1) return n == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, n);
+  }
+  alignas(64) acc_t buf[Vec::size()];
+  int64_t i = 0;
+  for (; i < n; ++i) buf[i] = static_cast<acc_t>(p[i * stride]);
+  for (; i < Vec::size(); ++i) buf[i] = acc_t(0);
+  return Vec::loadu(buf);
+}
+
+template <typename acc_t, typename scalar_t>
+inline void store_lanes(const Vectorized<acc_t>& v, scalar_t* p, int64_t stride, int64_t n) {
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    if (stride == 1) {
+      v.store(p, n);
+      return;
+    }
+  }
+  alignas(64) acc_t buf[Vectorized<acc_t>::size()];
+  v.store(buf);
+  for (int64_t i = 0; i < n; ++i) p[i * stride] = static_cast<scalar_t>(buf[i]);
+}
+
+inline int64_t offset(const LocLayout& l, int64_t b, int64_t h, int64_t w) {
+  return b * l.sb + h * l.sh + w * l.sw;
+}
+
+// Calls body(b, h, w0, n, o) for every run of n ≤ V locations (b, h, w0..w0+n)
+// whose per-location outputs start at index o, in parallel over runs.
+template <int64_t V, class F>
+void for_each_run(const LocLayout& l, int64_t work_per_location, const F& body) {
+  const int64_t nrun = (l.W + V - 1) / V;
+  const int64_t total = l.B * l.H * nrun;
+  if (total == 0) return;
+  const int64_t grain =
+      std::max<int64_t>(1, kGrainSize / (V * std::max<int64_t>(1, work_per_location)));
+  at::parallel_for(0, total, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t row = i / nrun;
+      const int64_t w0 = (i - row * nrun) * V;
+      body(row / l.H, row % l.H, w0, std::min(V, l.W - w0), row * l.W + w0);
+    }
+  });
+}
+
+// ----------------------------------------------------------------- BCDL ----
+
+template <typename scalar_t, int MODE>
+void bcdl_forward_t(const BcdlArgs& a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using M = VecMath<acc_t>;
+  using Vec = Vectorized<acc_t>;
+  const auto* zs = static_cast<const scalar_t*>(a.student);
+  const auto* zt = static_cast<const scalar_t*>(a.teacher);
+  const auto* coef = static_cast<const acc_t*>(a.coef);
+  auto* loss = static_cast<acc_t*>(a.loss);
+  auto* mad = static_cast<acc_t*>(a.max_abs_diff);
+  const Vec beta(static_cast<acc_t>(a.beta));
+  const LocLayout& ls = a.ls;
+  const LocLayout& lt = a.lt;
+  for_each_run<Vec::size()>(ls, ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
+    const scalar_t* ps = zs + offset(ls, b, h, w0);
+    const scalar_t* pt = zt + offset(lt, b, h, w0);
+    Vec sum(0), mx(0);
+    for (int64_t k = 0; k < ls.C; ++k) {
+      Vec ad;
+      const Vec l = math::bcdl_loss<M, MODE>(load_lanes<acc_t>(ps + k * ls.sc, ls.sw, n),
+                                             load_lanes<acc_t>(pt + k * lt.sc, lt.sw, n), beta, ad);
+      sum = sum + l;
+      mx = M::max(mx, ad);
+    }
+    if (coef != nullptr) sum = sum * load_lanes<acc_t>(coef + o, 1, n);
+    store_lanes(sum, loss + o, 1, n);
+    store_lanes(mx, mad + o, 1, n);
+  });
+}
+
+template <typename scalar_t, int MODE>
+void bcdl_backward_t(const BcdlArgs& a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using M = VecMath<acc_t>;
+  using Vec = Vectorized<acc_t>;
+  const auto* zs = static_cast<const scalar_t*>(a.student);
+  const auto* zt = static_cast<const scalar_t*>(a.teacher);
+  const auto* coef = static_cast<const acc_t*>(a.coef);
+  auto* grad = static_cast<scalar_t*>(a.grad);
+  const Vec beta(static_cast<acc_t>(a.beta));
+  const LocLayout& ls = a.ls;
+  const LocLayout& lt = a.lt;
+  const LocLayout& lg = a.lg;
+  for_each_run<Vec::size()>(ls, ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
+    const scalar_t* ps = zs + offset(ls, b, h, w0);
+    const scalar_t* pt = zt + offset(lt, b, h, w0);
+    scalar_t* pg = grad + offset(lg, b, h, w0);
+    const Vec c = load_lanes<acc_t>(coef + o, 1, n);
+    for (int64_t k = 0; k < ls.C; ++k) {
+      const Vec g = math::bcdl_grad<M, MODE>(load_lanes<acc_t>(ps + k * ls.sc, ls.sw, n),
+                                             load_lanes<acc_t>(pt + k * lt.sc, lt.sw, n), beta);
+      store_lanes(g * c, pg + k * lg.sc, lg.sw, n);
+    }
+  });
+}
+
+template <template <typename, int> class K>
+void dispatch_beta(const BcdlArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "bcdl_cpu", [&] {
+    if (a.beta == 1.0) {
+      K<scalar_t, 1>::run(a);
+    } else if (a.beta == 2.0) {
+      K<scalar_t, 2>::run(a);
+    } else {
+      K<scalar_t, 0>::run(a);
+    }
+  });
+}
+
+template <typename scalar_t, int MODE>
+struct BcdlForward {
+  static void run(const BcdlArgs& a) { bcdl_forward_t<scalar_t, MODE>(a); }
+};
+template <typename scalar_t, int MODE>
+struct BcdlBackward {
+  static void run(const BcdlArgs& a) { bcdl_backward_t<scalar_t, MODE>(a); }
+};
+
+void bcdl_forward(const BcdlArgs& a) { dispatch_beta<BcdlForward>(a); }
+void bcdl_backward(const BcdlArgs& a) { dispatch_beta<BcdlBackward>(a); }
+
+// ----------------------------------------------------------------- GIoU ----
+
+void giou_forward(const GiouArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "giou_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using M = VecMath<acc_t>;
+    using Vec = Vectorized<acc_t>;
+    const auto* pred = static_cast<const scalar_t*>(a.pred);
+    const auto* target = static_cast<const scalar_t*>(a.target);
+    auto* loss = static_cast<acc_t*>(a.loss);
+    const Vec eps(static_cast<acc_t>(a.eps));
+    for_each_run<Vec::size()>(a.lp, 4, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
+      const scalar_t* pp = pred + offset(a.lp, b, h, w0);
+      const scalar_t* pt = target + offset(a.lt, b, h, w0);
+      Vec p[4], t[4];
+      for (int j = 0; j < 4; ++j) {
+        p[j] = load_lanes<acc_t>(pp + j * a.lp.sc, a.lp.sw, n);
+        t[j] = load_lanes<acc_t>(pt + j * a.lt.sc, a.lt.sw, n);
+      }
+      store_lanes(math::giou_loss<M>(p, t, eps), loss + o, 1, n);
+    });
+  });
+}
+
+void giou_backward(const GiouArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "giou_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using M = VecMath<acc_t>;
+    using Vec = Vectorized<acc_t>;
+    const auto* pred = static_cast<const scalar_t*>(a.pred);
+    const auto* target = static_cast<const scalar_t*>(a.target);
+    const auto* coef = static_cast<const acc_t*>(a.coef);
+    auto* grad_pred = static_cast<scalar_t*>(a.grad_pred);
+    auto* grad_target = static_cast<scalar_t*>(a.grad_target);
+    const Vec eps(static_cast<acc_t>(a.eps));
+    for_each_run<Vec::size()>(a.lp, 4, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
+      const scalar_t* pp = pred + offset(a.lp, b, h, w0);
+      const scalar_t* pt = target + offset(a.lt, b, h, w0);
+      scalar_t* gpp = grad_pred + offset(a.lgp, b, h, w0);
+      scalar_t* gpt = grad_target + offset(a.lgt, b, h, w0);
+      Vec p[4], t[4], gp[4], gt[4];
+      for (int j = 0; j < 4; ++j) {
+        p[j] = load_lanes<acc_t>(pp + j * a.lp.sc, a.lp.sw, n);
+        t[j] = load_lanes<acc_t>(pt + j * a.lt.sc, a.lt.sw, n);
+      }
+      math::giou_grad<M>(p, t, eps, load_lanes<acc_t>(coef + o, 1, n), gp, gt);
+      for (int j = 0; j < 4; ++j) {
+        store_lanes(gp[j], gpp + j * a.lgp.sc, a.lgp.sw, n);
+        store_lanes(gt[j], gpt + j * a.lgt.sc, a.lgt.sw, n);
+      }
+    });
+  });
+}
+
+// ------------------------------------------------------ DFL decode + GIoU ----
+
+// Loads the 4 edges' bins of n locations and decodes each edge; keeps the
+// bins, the max and the sum for the backward.
+template <typename acc_t, typename scalar_t>
+void decode_edges(const scalar_t* base, const LocLayout& l, int nbins, int64_t n,
+                  Vectorized<acc_t>* bins, Vectorized<acc_t>* mx, Vectorized<acc_t>* sum,
+                  Vectorized<acc_t>* dist) {
+  using M = VecMath<acc_t>;
+  for (int e = 0; e < 4; ++e) {
+    Vectorized<acc_t>* eb = bins + e * nbins;
+    for (int j = 0; j < nbins; ++j) {
+      eb[j] = load_lanes<acc_t>(base + (e * nbins + j) * l.sc, l.sw, n);
+    }
+    math::softmax_integral<M>([&](int j) { return eb[j]; }, nbins, mx[e], sum[e], dist[e]);
+  }
+}
+
+void dfl_forward(const DflArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "dfl_giou_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using M = VecMath<acc_t>;
+    using Vec = Vectorized<acc_t>;
+    const auto* rs = static_cast<const scalar_t*>(a.student);
+    const auto* rt = static_cast<const scalar_t*>(a.teacher);
+    auto* loss = static_cast<acc_t*>(a.loss);
+    const Vec eps(static_cast<acc_t>(a.eps));
+    const int nb = a.nbins;
+    for_each_run<Vec::size()>(a.ls, a.ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
+      Vec bins[4 * kMaxBins], mx[4], sum[4], ds[4], dt[4], bs[4], bt[4];
+      decode_edges<acc_t>(rs + offset(a.ls, b, h, w0), a.ls, nb, n, bins, mx, sum, ds);
+      decode_edges<acc_t>(rt + offset(a.lt, b, h, w0), a.lt, nb, n, bins, mx, sum, dt);
+      math::distances_to_box<M>(ds, bs);
+      math::distances_to_box<M>(dt, bt);
+      store_lanes(math::giou_loss<M>(bs, bt, eps), loss + o, 1, n);
+    });
+  });
+}
+
+void dfl_backward(const DflArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "dfl_giou_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using M = VecMath<acc_t>;
+    using Vec = Vectorized<acc_t>;
+    const auto* rs = static_cast<const scalar_t*>(a.student);
+    const auto* rt = static_cast<const scalar_t*>(a.teacher);
+    const auto* coef = static_cast<const acc_t*>(a.coef);
+    auto* grad = static_cast<scalar_t*>(a.grad);
+    const Vec eps(static_cast<acc_t>(a.eps));
+    const int nb = a.nbins;
+    for_each_run<Vec::size()>(a.ls, a.ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
+      Vec bins_t[4 * kMaxBins], bins[4 * kMaxBins], mx[4], sum[4], mxt[4], sumt[4];
+      Vec ds[4], dt[4], bs[4], bt[4], gs[4], gt[4];
+      decode_edges<acc_t>(rt + offset(a.lt, b, h, w0), a.lt, nb, n, bins_t, mxt, sumt, dt);
+      decode_edges<acc_t>(rs + offset(a.ls, b, h, w0), a.ls, nb, n, bins, mx, sum, ds);
+      math::distances_to_box<M>(ds, bs);
+      math::distances_to_box<M>(dt, bt);
+      math::giou_grad<M>(bs, bt, eps, load_lanes<acc_t>(coef + o, 1, n), gs, gt);
+      // box = (−l, −t, r, b)
+      const Vec gd[4] = {-gs[0], -gs[1], gs[2], gs[3]};
+      scalar_t* pg = grad + offset(a.lg, b, h, w0);
+      for (int e = 0; e < 4; ++e) {
+        const Vec inv = Vec(1) / sum[e];
+        for (int j = 0; j < nb; ++j) {
+          const Vec prob = (bins[e * nb + j] - mx[e]).exp() * inv;
+          store_lanes(gd[e] * prob * (Vec(static_cast<acc_t>(j)) - ds[e]),
+                      pg + (e * nb + j) * a.lg.sc, a.lg.sw, n);
+        }
+      }
+    });
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace bckd

@@ -1,0 +1,219 @@
+// The operators' host side, shared by every device: argument checks, output
+// allocation and the kernel arguments. `Backend` runs the kernels of one
+// device (CpuBackend in cpu/ops_cpu.cpp, CudaBackend in cuda/*.cu).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mul.h>
+#include <c10/util/Optional.h>
+
+#include <tuple>
+
+#include "args.h"
+#include "layout.h"
+
+namespace bckd {
+
+// Largest reg_max the fused DFL kernels take (65 bins per edge).
+constexpr int64_t kMaxRegMax = 64;
+
+inline at::Tensor new_per_location(const at::Tensor& like) {
+  return at::empty(location_shape(like), like.options().dtype(loss_dtype(like.scalar_type())));
+}
+
+// ------------------------------------------------------------------ BCDL ----
+
+inline void check_bcdl(const char* op, const at::Tensor& student, const at::Tensor& teacher,
+                       double beta) {
+  check_pair(op, student, "student", teacher, "teacher");
+  TORCH_CHECK(beta > 0.0, op, ": beta must be > 0, got ", beta);
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor> bin_cls_distill(const at::Tensor& student,
+                                                   const at::Tensor& teacher,
+                                                   const c10::optional<at::Tensor>& weight,
+                                                   double beta) {
+  const char* op = "bin_cls_distill";
+  check_bcdl(op, student, teacher, beta);
+  const auto acc = loss_dtype(student.scalar_type());
+  at::Tensor w;
+  if (weight.has_value()) w = per_location(op, *weight, "weight", student, acc);
+  at::Tensor loss = new_per_location(student);
+  at::Tensor mad = new_per_location(student);
+  if (loss.numel() == 0) return {loss, mad};
+  const auto ls = make_layouts({&student, &teacher});
+  BcdlArgs a{};
+  a.dtype = student.scalar_type();
+  a.student = student.const_data_ptr();
+  a.teacher = teacher.const_data_ptr();
+  a.ls = ls[0];
+  a.lt = ls[1];
+  a.coef = w.defined() ? w.const_data_ptr() : nullptr;
+  a.beta = beta;
+  a.loss = loss.mutable_data_ptr();
+  a.max_abs_diff = mad.mutable_data_ptr();
+  Backend::bcdl_forward(student, a);
+  return {loss, mad};
+}
+
+template <class Backend>
+at::Tensor bin_cls_distill_backward(const at::Tensor& grad_loss, const at::Tensor& student,
+                                    const at::Tensor& teacher,
+                                    const c10::optional<at::Tensor>& weight, double beta) {
+  const char* op = "_bin_cls_distill_backward";
+  check_bcdl(op, student, teacher, beta);
+  const auto acc = loss_dtype(student.scalar_type());
+  at::Tensor coef = per_location(op, grad_loss, "grad_loss", student, acc);
+  if (weight.has_value()) coef = at::mul(coef, per_location(op, *weight, "weight", student, acc));
+  at::Tensor grad = at::empty_like(student);
+  if (grad.numel() == 0) return grad;
+  const auto ls = make_layouts({&student, &teacher, &grad});
+  BcdlArgs a{};
+  a.dtype = student.scalar_type();
+  a.student = student.const_data_ptr();
+  a.teacher = teacher.const_data_ptr();
+  a.ls = ls[0];
+  a.lt = ls[1];
+  a.coef = coef.const_data_ptr();
+  a.beta = beta;
+  a.grad = grad.mutable_data_ptr();
+  a.lg = ls[2];
+  Backend::bcdl_backward(student, a);
+  return grad;
+}
+
+// ------------------------------------------------------------------ GIoU ----
+
+inline void check_boxes(const char* op, const at::Tensor& pred, const at::Tensor& target,
+                        double eps) {
+  TORCH_CHECK(pred.dim() == 2 && pred.size(1) == 4, op,
+              ": pred must be [N, 4] boxes (x1, y1, x2, y2), got shape ", pred.sizes());
+  TORCH_CHECK(is_supported_float(pred.scalar_type()), op,
+              ": pred must be float32, float16, bfloat16 or float64, got ", pred.scalar_type());
+  TORCH_CHECK(target.sizes() == pred.sizes(), op, ": target shape ", target.sizes(),
+              " must equal pred shape ", pred.sizes());
+  TORCH_CHECK(target.scalar_type() == pred.scalar_type(), op, ": target dtype ",
+              target.scalar_type(), " must equal pred dtype ", pred.scalar_type());
+  TORCH_CHECK(target.device() == pred.device(), op, ": target is on ", target.device(),
+              " but pred is on ", pred.device());
+  TORCH_CHECK(eps > 0.0, op, ": eps must be > 0, got ", eps);
+}
+
+template <class Backend>
+at::Tensor paired_giou(const at::Tensor& pred, const at::Tensor& target, double eps) {
+  check_boxes("paired_giou", pred, target, eps);
+  at::Tensor loss = new_per_location(pred);
+  if (loss.numel() == 0) return loss;
+  const auto ls = make_layouts({&pred, &target});
+  GiouArgs a{};
+  a.dtype = pred.scalar_type();
+  a.pred = pred.const_data_ptr();
+  a.target = target.const_data_ptr();
+  a.lp = ls[0];
+  a.lt = ls[1];
+  a.eps = eps;
+  a.loss = loss.mutable_data_ptr();
+  Backend::giou_forward(pred, a);
+  return loss;
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor> paired_giou_backward(const at::Tensor& grad,
+                                                        const at::Tensor& pred,
+                                                        const at::Tensor& target, double eps) {
+  const char* op = "_paired_giou_backward";
+  check_boxes(op, pred, target, eps);
+  const at::Tensor coef = per_location(op, grad, "grad", pred, loss_dtype(pred.scalar_type()));
+  at::Tensor grad_pred = at::empty_like(pred);
+  at::Tensor grad_target = at::empty_like(target);
+  if (grad_pred.numel() == 0) return {grad_pred, grad_target};
+  const auto ls = make_layouts({&pred, &target, &grad_pred, &grad_target});
+  GiouArgs a{};
+  a.dtype = pred.scalar_type();
+  a.pred = pred.const_data_ptr();
+  a.target = target.const_data_ptr();
+  a.lp = ls[0];
+  a.lt = ls[1];
+  a.eps = eps;
+  a.coef = coef.const_data_ptr();
+  a.grad_pred = grad_pred.mutable_data_ptr();
+  a.grad_target = grad_target.mutable_data_ptr();
+  a.lgp = ls[2];
+  a.lgt = ls[3];
+  Backend::giou_backward(pred, a);
+  return {grad_pred, grad_target};
+}
+
+// ------------------------------------------------------ DFL decode + GIoU ----
+
+inline void check_dfl(const char* op, const at::Tensor& student, const at::Tensor& teacher,
+                      int64_t reg_max, double eps) {
+  check_pair(op, student, "student_reg", teacher, "teacher_reg");
+  TORCH_CHECK(reg_max >= 1 && reg_max <= kMaxRegMax, op, ": reg_max must be in [1, ",
+              kMaxRegMax, "], got ", reg_max);
+  TORCH_CHECK(student.size(1) == 4 * (reg_max + 1), op, ": student_reg must have 4 * (reg_max + 1) = ",
+              4 * (reg_max + 1), " channels in dimension 1 for reg_max = ", reg_max, ", got shape ",
+              student.sizes());
+  TORCH_CHECK(eps > 0.0, op, ": eps must be > 0, got ", eps);
+}
+
+template <class Backend>
+at::Tensor dfl_giou_distill(const at::Tensor& student, const at::Tensor& teacher, int64_t reg_max,
+                            double eps) {
+  check_dfl("dfl_giou_distill", student, teacher, reg_max, eps);
+  at::Tensor loss = new_per_location(student);
+  if (loss.numel() == 0) return loss;
+  const auto ls = make_layouts({&student, &teacher});
+  DflArgs a{};
+  a.dtype = student.scalar_type();
+  a.student = student.const_data_ptr();
+  a.teacher = teacher.const_data_ptr();
+  a.ls = ls[0];
+  a.lt = ls[1];
+  a.nbins = static_cast<int>(reg_max + 1);
+  a.eps = eps;
+  a.loss = loss.mutable_data_ptr();
+  Backend::dfl_forward(student, a);
+  return loss;
+}
+
+template <class Backend>
+at::Tensor dfl_giou_distill_backward(const at::Tensor& grad, const at::Tensor& student,
+                                     const at::Tensor& teacher, int64_t reg_max, double eps) {
+  const char* op = "_dfl_giou_distill_backward";
+  check_dfl(op, student, teacher, reg_max, eps);
+  const at::Tensor coef =
+      per_location(op, grad, "grad", student, loss_dtype(student.scalar_type()));
+  at::Tensor grad_student = at::empty_like(student);
+  if (grad_student.numel() == 0) return grad_student;
+  const auto ls = make_layouts({&student, &teacher, &grad_student});
+  DflArgs a{};
+  a.dtype = student.scalar_type();
+  a.student = student.const_data_ptr();
+  a.teacher = teacher.const_data_ptr();
+  a.ls = ls[0];
+  a.lt = ls[1];
+  a.nbins = static_cast<int>(reg_max + 1);
+  a.eps = eps;
+  a.coef = coef.const_data_ptr();
+  a.grad = grad_student.mutable_data_ptr();
+  a.lg = ls[2];
+  Backend::dfl_backward(student, a);
+  return grad_student;
+}
+
+}  // namespace bckd
+
+// Registers every operator's kernel for one dispatch key.
+#define BCKD_REGISTER_KERNELS(m, Backend)                                               \
+  do {                                                                                  \
+    m.impl("bin_cls_distill", &bckd::bin_cls_distill<Backend>);                         \
+    m.impl("_bin_cls_distill_backward", &bckd::bin_cls_distill_backward<Backend>);      \
+    m.impl("paired_giou", &bckd::paired_giou<Backend>);                                 \
+    m.impl("_paired_giou_backward", &bckd::paired_giou_backward<Backend>);              \
+    m.impl("dfl_giou_distill", &bckd::dfl_giou_distill<Backend>);                       \
+    m.impl("_dfl_giou_distill_backward", &bckd::dfl_giou_distill_backward<Backend>);    \
+  } while (0)
