@@ -76,7 +76,7 @@ if with_cuda:
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
 cxx_flags = ["-O3", "-fopenmp"]
 extra = dict(
     extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
