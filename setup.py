@@ -13,8 +13,6 @@ import os
 import shutil
 import sys
 
-from setuptools import setup
-
 try:
     import torch
 except ImportError:
@@ -25,7 +23,8 @@ except ImportError:
         "    pip install -e . --no-build-isolation"
     )
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+from setuptools import setup  # noqa: E402
+
 DEFAULT_ARCH_LIST = "8.0;9.0"
 
 

@@ -145,7 +145,8 @@ BCKD_HD typename M::T bcdl_grad(typename M::T zs, typename M::T zt,
 // Gradient, U and E unclamped:
 //   ∂/∂I = −1/U − I/U² + 1/E,  ∂/∂A = I/U² − 1/E,  ∂/∂E = U/E²
 // then through min/max (ties split ½–½, as torch.minimum/maximum do), through
-// max(0, ·) (gradient passes at 0, as torch.clamp does) and through the areas.
+// max(0, ·) and the eps clamps (no gradient at the bound itself, as
+// torch.clamp) and through the areas.
 // ---------------------------------------------------------------------------
 
 template <class M>
@@ -197,17 +198,17 @@ BCKD_HD void giou_grad(const typename M::T* p, const typename M::T* t,
   const T enc = M::max(eraw, eps);
 
   // loss = 1 − I/U + 1 − U/E as a function of (I, U, E).
-  const T u_live = M::select(M::ge(uraw, eps), T(1), zero);
-  const T e_live = M::select(M::ge(eraw, eps), T(1), zero);
+  const T u_live = M::select(M::gt(uraw, eps), T(1), zero);
+  const T e_live = M::select(M::gt(eraw, eps), T(1), zero);
   const T g_u = g * (inter / (uni * uni) - T(1) / enc) * u_live;  // ∂/∂(A_p + A_t − I)
   const T g_i = -g / uni - g_u;                                   // direct + through U
   const T g_e = g * uni / (enc * enc) * e_live;
 
   // Through max(0, ·) of the intersection and enclosure sides.
-  const T g_iw = g_i * ihc * M::select(M::ge(iw, zero), T(1), zero);
-  const T g_ih = g_i * iwc * M::select(M::ge(ih, zero), T(1), zero);
-  const T g_ew = g_e * ehc * M::select(M::ge(ew, zero), T(1), zero);
-  const T g_eh = g_e * ewc * M::select(M::ge(eh, zero), T(1), zero);
+  const T g_iw = g_i * ihc * M::select(M::gt(iw, zero), T(1), zero);
+  const T g_ih = g_i * iwc * M::select(M::gt(ih, zero), T(1), zero);
+  const T g_ew = g_e * ehc * M::select(M::gt(ew, zero), T(1), zero);
+  const T g_eh = g_e * ewc * M::select(M::gt(eh, zero), T(1), zero);
 
   // x2: +iw through min(p2, t2), +ew through max(p2, t2); x1: −iw through
   // max(p0, t0), −ew through min(p0, t0); and the box's own area.

@@ -1,0 +1,177 @@
+"""Functional losses on top of the fused ops, reduced the mmdetection way.
+
+Every function takes ``backend``:
+
+- ``"auto"``: the compiled op for the inputs' device (C++ on CPU, CUDA on
+  GPU), or the reference when the compiled library is missing;
+- ``"cpu"`` / ``"cuda"``: the compiled op, whose inputs must be on that device;
+- ``"reference"``: :mod:`bckd_kernels.reference` (pure PyTorch autograd).
+
+Reduction: ``"none"`` returns the per-location loss; ``"sum"`` its sum;
+``"mean"`` its mean, or ``sum / (avg_factor + eps)`` when ``avg_factor`` is
+given (``eps = finfo(float32).eps``, so the normaliser is SPEC section 4's A).
+``avg_factor`` may be a tensor: nothing here reads it back to the host.
+"""
+
+import torch
+
+from . import _ops, reference
+
+__all__ = ["bin_cls_distill", "giou_loss", "loc_distill", "bckd_loss", "BACKENDS"]
+
+BACKENDS = ("auto", "cpu", "cuda", "reference")
+_EPS = torch.finfo(torch.float32).eps
+
+
+def _resolve(backend, x):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return "reference"
+    if backend == "auto":
+        return "compiled" if _ops.HAS_COMPILED else "reference"
+    if not _ops.HAS_COMPILED:
+        raise RuntimeError(f"backend={backend!r} needs the compiled kernels, which failed to load: {_ops.LOAD_ERROR}")
+    if x.device.type != backend:
+        raise ValueError(f"backend={backend!r} but the inputs are on {x.device}")
+    return "compiled"
+
+
+def reduce_loss(loss, avg_factor=None, reduction="mean"):
+    """Reduces a per-location loss (mmdetection's ``weight_reduce_loss``).
+
+    The mean of an empty loss is 0, not NaN.
+    """
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        if avg_factor is not None:
+            raise ValueError('avg_factor can not be used with reduction="sum"')
+        return loss.sum()
+    if reduction != "mean":
+        raise ValueError(f'reduction must be "none", "mean" or "sum", got {reduction!r}')
+    if avg_factor is None:
+        return loss.sum() / max(loss.numel(), 1)
+    return loss.sum() / (avg_factor + _EPS)
+
+
+def bin_cls_distill(
+    student,
+    teacher,
+    weight=None,
+    *,
+    beta=1.0,
+    avg_factor=None,
+    reduction="mean",
+    loss_weight=1.0,
+    return_max_abs_diff=False,
+    backend="auto",
+):
+    """Binary classification distillation loss (BCDL, SPEC section 1).
+
+    Args:
+        student: classification logits, ``[N, C]`` (any strides) or a head map
+            ``[B, C, H, W]`` read in place.
+        teacher: teacher logits, same shape, dtype and device; no gradient.
+        weight: per-location weight ``[N]`` / ``[B, H, W]`` (the valid mask).
+        beta: exponent of the modulating factor ``|σ(zs) − σ(zt)|``.
+        return_max_abs_diff: also return ``max_k |σ(zs) − σ(zt)|`` per location
+            (float32, no gradient): the ILDL weight.
+
+    Returns:
+        The reduced loss times ``loss_weight``, and the per-location
+        ``max_abs_diff`` when asked for.
+    """
+    if _resolve(backend, student) == "reference":
+        loss, mad = reference.bin_cls_distill(student, teacher, weight, beta)
+    else:
+        loss, mad = torch.ops.bckd.bin_cls_distill(student, teacher, weight, float(beta))
+    loss = loss_weight * reduce_loss(loss, avg_factor, reduction)
+    return (loss, mad) if return_max_abs_diff else loss
+
+
+def _weighted(loss, weight):
+    return loss if weight is None else loss * weight
+
+
+def giou_loss(
+    pred, target, weight=None, *, avg_factor=None, reduction="mean", loss_weight=1.0, eps=1e-6, backend="auto"
+):
+    """``1 − GIoU`` of paired boxes ``[N, 4]`` (x1, y1, x2, y2), SPEC conventions.
+
+    Gradients flow to both ``pred`` and ``target`` when they require them.
+    ``weight`` is per box, ``[N]``.
+    """
+    if _resolve(backend, pred) == "reference":
+        loss = reference.paired_giou(pred, target, eps)
+    else:
+        loss = torch.ops.bckd.paired_giou(pred, target, float(eps))
+    return loss_weight * reduce_loss(_weighted(loss, weight), avg_factor, reduction)
+
+
+def loc_distill(
+    student_reg,
+    teacher_reg,
+    weight=None,
+    *,
+    reg_max=16,
+    avg_factor=None,
+    reduction="mean",
+    loss_weight=4.0,
+    eps=1e-6,
+    backend="auto",
+):
+    """IoU-based localization distillation (ILDL, SPEC section 2).
+
+    Args:
+        student_reg: GFocal regression logits ``[N, 4·(reg_max+1)]`` or
+            ``[B, 4·(reg_max+1), H, W]``, decoded in the kernel.
+        teacher_reg: the teacher's, same shape; no gradient.
+        weight: per-location ω, ``[N]`` / ``[B, H, W]``: the ``max_abs_diff``
+            of :func:`bin_cls_distill` times the valid mask.
+    """
+    if _resolve(backend, student_reg) == "reference":
+        loss = reference.dfl_giou_distill(student_reg, teacher_reg, reg_max, eps)
+    else:
+        loss = torch.ops.bckd.dfl_giou_distill(student_reg, teacher_reg, int(reg_max), float(eps))
+    return loss_weight * reduce_loss(_weighted(loss, weight), avg_factor, reduction)
+
+
+def bckd_loss(
+    student_cls,
+    teacher_cls,
+    student_reg,
+    teacher_reg,
+    valid=None,
+    *,
+    avg_factor=None,
+    beta=1.0,
+    cls_weight=1.0,
+    loc_weight=4.0,
+    reg_max=16,
+    backend="auto",
+):
+    """Both BCKD losses of one FPN level, as the training loop calls them.
+
+    ``valid`` is the per-location mask (1 inside the image, 0 on padding).
+    The ILDL weight is ``valid · max_k |σ(zt) − σ(zs)|`` from the BCDL kernel,
+    so the classification maps are read once.
+
+    Returns:
+        ``{"loss_bcdl": ..., "loss_ildl": ...}``.
+    """
+    loss_bcdl, mad = bin_cls_distill(
+        student_cls,
+        teacher_cls,
+        valid,
+        beta=beta,
+        avg_factor=avg_factor,
+        loss_weight=cls_weight,
+        return_max_abs_diff=True,
+        backend=backend,
+    )
+    omega = mad if valid is None else mad * valid
+    loss_ildl = loc_distill(
+        student_reg, teacher_reg, omega, reg_max=reg_max, avg_factor=avg_factor, loss_weight=loc_weight, backend=backend
+    )
+    return {"loss_bcdl": loss_bcdl, "loss_ildl": loss_ildl}
