@@ -2,7 +2,9 @@
 // the CUDA kernels.
 //
 // Each function is a template over a "math policy" M that supplies the value
-// type M::T and its primitive operations. On CUDA (and in scalar CPU loops) the
+// type M::T and its primitive operations. exp_neg(x) is exp for x ≤ 0 and
+// log1p_unit(x) is log1p for x in [0, 1]: every exp and log1p here has such
+// an argument, which lets a policy use short, range-free approximations. On CUDA (and in scalar CPU loops) the
 // policy is ScalarMath<float> / ScalarMath<double>; the CPU kernels instantiate
 // the same functions with a policy over at::vec::Vectorized, one lane per
 // location. Comparisons return M::Mask; M::select(mask, a, b) picks a where the
@@ -27,7 +29,9 @@ struct ScalarMath {
   using T = scalar_t;
   using Mask = bool;
   static BCKD_HD T exp(T x) { return ::exp(x); }
+  static BCKD_HD T exp_neg(T x) { return ::exp(x); }
   static BCKD_HD T log1p(T x) { return ::log1p(x); }
+  static BCKD_HD T log1p_unit(T x) { return ::log1p(x); }
   static BCKD_HD T pow(T x, T y) { return ::pow(x, y); }
   static BCKD_HD T abs(T x) { return ::fabs(x); }
   // NaN-propagating, like torch.maximum / torch.minimum and Vectorized.
@@ -45,7 +49,9 @@ struct ScalarMath<float> {
   using T = float;
   using Mask = bool;
   static BCKD_HD T exp(T x) { return ::expf(x); }
+  static BCKD_HD T exp_neg(T x) { return ::expf(x); }
   static BCKD_HD T log1p(T x) { return ::log1pf(x); }
+  static BCKD_HD T log1p_unit(T x) { return ::log1pf(x); }
   static BCKD_HD T pow(T x, T y) { return ::powf(x, y); }
   static BCKD_HD T abs(T x) { return ::fabsf(x); }
   static BCKD_HD T max(T a, T b) { return (a > b || a != a) ? a : b; }
@@ -80,13 +86,13 @@ template <class M>
 BCKD_HD BcdlPieces<M> bcdl_pieces(typename M::T zs, typename M::T zt) {
   using T = typename M::T;
   const T one(1), zero(0);
-  const T es = M::exp(-M::abs(zs));
+  const T es = M::exp_neg(-M::abs(zs));
   const T rs = one / (one + es);
   const T p = M::select(M::ge(zs, zero), rs, es * rs);
-  const T et = M::exp(-M::abs(zt));
+  const T et = M::exp_neg(-M::abs(zt));
   const T rt = one / (one + et);
   const T q = M::select(M::ge(zt, zero), rt, et * rt);
-  const T softplus = M::max(zs, zero) + M::log1p(es);
+  const T softplus = M::max(zs, zero) + M::log1p_unit(es);
   return {p - q, es * rs * rs, softplus - q * zs};
 }
 
@@ -246,7 +252,7 @@ BCKD_HD void softmax_integral(Load load, int nbins, typename M::T& mx,
   for (int j = 1; j < nbins; ++j) mx = M::max(mx, load(j));
   T s(0), sj(0);
   for (int j = 0; j < nbins; ++j) {
-    const T e = M::exp(load(j) - mx);
+    const T e = M::exp_neg(load(j) - mx);
     s = s + e;
     sj = sj + T(j) * e;
   }

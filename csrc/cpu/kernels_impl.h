@@ -32,12 +32,63 @@ constexpr int kMaxBins = 65;
 // Elements per parallel task, as ATen uses.
 constexpr int64_t kGrainSize = 32768;
 
+#if defined(CPU_CAPABILITY_AVX2)
+// exp(x) for x ≤ 0 (NaN propagates): Cody-Waite reduction x = n·ln2 + r and
+// a degree-6 polynomial for exp(r) (Cephes' expf coefficients, ~1 ulp), then
+// 2^n through the exponent bits. x is clamped at −87 so that 2^n stays a normal
+// number; exp(−87) ≈ 1.6e−38 stands in for anything smaller.
+inline Vectorized<float> fast_exp_neg(const Vectorized<float>& xv) {
+  const __m256 x = _mm256_max_ps(_mm256_set1_ps(-87.0f), xv);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+// log1p(e) for e in [0, 1]: log1p(e) = 2·atanh(t) with t = e / (2 + e) ≤ 1/3,
+// whose odd series in t² has its first dropped term below 1.5e−8 relative.
+inline Vectorized<float> fast_log1p_unit(const Vectorized<float>& ev) {
+  const __m256 e = ev;
+  const __m256 t = _mm256_div_ps(e, _mm256_add_ps(e, _mm256_set1_ps(2.0f)));
+  const __m256 u = _mm256_mul_ps(t, t);
+  __m256 s = _mm256_set1_ps(1.0f / 13.0f);
+  s = _mm256_fmadd_ps(s, u, _mm256_set1_ps(1.0f / 11.0f));
+  s = _mm256_fmadd_ps(s, u, _mm256_set1_ps(1.0f / 9.0f));
+  s = _mm256_fmadd_ps(s, u, _mm256_set1_ps(1.0f / 7.0f));
+  s = _mm256_fmadd_ps(s, u, _mm256_set1_ps(1.0f / 5.0f));
+  s = _mm256_fmadd_ps(s, u, _mm256_set1_ps(1.0f / 3.0f));
+  s = _mm256_fmadd_ps(s, u, _mm256_set1_ps(1.0f));
+  return _mm256_mul_ps(_mm256_add_ps(t, t), s);
+}
+#endif
+
 template <typename acc_t>
 struct VecMath {
   using T = Vectorized<acc_t>;
   using Mask = Vectorized<acc_t>;
   static T exp(const T& x) { return x.exp(); }
   static T log1p(const T& x) { return x.log1p(); }
+  static T exp_neg(const T& x) {
+#if defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<acc_t, float>) return fast_exp_neg(x);
+#endif
+    return x.exp();
+  }
+  static T log1p_unit(const T& x) {
+#if defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<acc_t, float>) return fast_log1p_unit(x);
+#endif
+    return x.log1p();
+  }
   static T pow(const T& x, const T& y) { return x.pow(y); }
   static T abs(const T& x) { return x.abs(); }
   static T max(const T& a, const T& b) { return at::vec::maximum(a, b); }
@@ -298,7 +349,7 @@ void dfl_backward(const DflArgs& a) {
       for (int e = 0; e < 4; ++e) {
         const Vec inv = Vec(1) / sum[e];
         for (int j = 0; j < nb; ++j) {
-          const Vec prob = (bins[e * nb + j] - mx[e]).exp() * inv;
+          const Vec prob = M::exp_neg(bins[e * nb + j] - mx[e]) * inv;
           store_lanes(gd[e] * prob * (Vec(static_cast<acc_t>(j)) - ds[e]),
                       pg + (e * nb + j) * a.lg.sc, a.lg.sw, n);
         }

@@ -108,7 +108,7 @@ __global__ void dfl_backward_kernel(const DflArgs a, int64_t n) {
       const acc_t inv = acc_t(1) / sum[e];
       for (int j = 0; j < a.nbins; ++j) {
         const int64_t c = static_cast<int64_t>(e) * a.nbins + j;
-        const acc_t prob = M::exp(static_cast<acc_t>(ps[c * a.ls.sc]) - mx[e]) * inv;
+        const acc_t prob = M::exp_neg(static_cast<acc_t>(ps[c * a.ls.sc]) - mx[e]) * inv;
         pg[c * a.lg.sc] = static_cast<scalar_t>(gd[e] * prob * (static_cast<acc_t>(j) - ds[e]));
       }
     }

@@ -1,0 +1,396 @@
+"""Fused BCKD losses against reference PyTorch: time, bytes, bandwidth, memory.
+
+    python benchmarks/bench_losses.py            # full run on the default device
+    python benchmarks/bench_losses.py --quick    # one COCO-like batch, about a minute on 2 cores
+
+Providers, side by side in one run:
+    reference  bckd_kernels.reference, eager PyTorch autograd
+    compiled   the same reference under torch.compile (inductor)
+    cpu / cuda the fused C++ / CUDA ops (torch.ops.bckd.*)
+    triton     the fused Triton ops (on a GPU)
+
+Every loss is called as the training loop calls it: head maps [B, C, H, W]
+read in place, a valid mask, a tensor avg_factor. Modes: forward (with
+autograd recording), backward (alone, on a retained graph) and forward+backward.
+
+Bytes are those the loss must move (e = bytes per input element, L = locations):
+    bcdl   fwd 2·L·C·e + 3·L·4        bwd 3·L·C·e + 2·L·4
+    giou   fwd 8·L·e + L·4            bwd 12·L·e + L·4    (pred gets a gradient, target not)
+    dfl    fwd 2·L·68·e + 2·L·4       bwd 3·L·68·e + 2·L·4
+    bckd   bcdl + dfl
+(the 4-byte terms: per-location loss, mask / ω and upstream gradient). The
+bandwidth floor is a plain tensor copy moving the same number of bytes,
+timed in the same run. Peak extra memory is the allocator's peak above what
+was allocated before the call (inputs included there), from the CUDA caching
+allocator on GPU and from the profiler's CPU allocation trace on CPU.
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the CPU memory trace quiet
+
+import torch  # noqa: E402
+
+from bckd_kernels import functional as F  # noqa: E402
+
+LOCATIONS_PER_IMAGE = 22400  # FPN P3-P7 of one 1333x800 image
+NUM_CLASSES = 80
+REG_CHANNELS = 68
+MODES = ("forward", "backward", "forward+backward")
+
+
+# ----------------------------------------------------------------- inputs ----
+
+
+def make_inputs(loss, n, device, dtype, seed=0):
+    """Tensors of one call for n locations, as [B, C, H, W] maps (B = n / 22400)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    b = max(1, n // LOCATIONS_PER_IMAGE)
+    hw = n // b
+    w = 140 if hw % 140 == 0 else hw
+    h = hw // w
+
+    def rand(*shape):
+        return (torch.randn(shape, generator=g) * 2).to(device=device, dtype=dtype)
+
+    x = {"avg_factor": torch.tensor(float(max(b * 20, 1)), device=device)}
+    x["valid"] = torch.ones(b, h, w, device=device)
+    if loss in ("bcdl", "bckd"):
+        x["cls_s"], x["cls_t"] = rand(b, NUM_CLASSES, h, w), rand(b, NUM_CLASSES, h, w)
+    if loss in ("dfl", "bckd"):
+        x["reg_s"], x["reg_t"] = rand(b, REG_CHANNELS, h, w), rand(b, REG_CHANNELS, h, w)
+        x["omega"] = torch.rand(b, h, w, generator=g).to(device)
+    if loss == "giou":
+        xy = torch.rand(n, 2, generator=g) * 500
+        wh = torch.rand(n, 2, generator=g) * 100 + 1
+        x["pred"] = torch.cat([xy, xy + wh], 1).to(device=device, dtype=dtype)
+        x["target"] = (x["pred"].float() + torch.randn(n, 4, generator=g).to(device) * 5).to(dtype)
+        x["valid"] = torch.ones(n, device=device)
+    return x
+
+
+def grad_leaves(loss):
+    return {"bcdl": ["cls_s"], "giou": ["pred"], "dfl": ["reg_s"], "bckd": ["cls_s", "reg_s"]}[loss]
+
+
+def loss_fn(loss, backend):
+    """The scalar loss as the training loop computes it, on one backend."""
+    if loss == "bcdl":
+        return lambda x: F.bin_cls_distill(
+            x["cls_s"], x["cls_t"], x["valid"], avg_factor=x["avg_factor"], backend=backend
+        )
+    if loss == "giou":
+        return lambda x: F.giou_loss(x["pred"], x["target"], x["valid"], avg_factor=x["avg_factor"], backend=backend)
+    if loss == "dfl":
+        return lambda x: F.loc_distill(x["reg_s"], x["reg_t"], x["omega"], avg_factor=x["avg_factor"], backend=backend)
+    if loss == "bckd":
+
+        def both(x):
+            out = F.bckd_loss(
+                x["cls_s"], x["cls_t"], x["reg_s"], x["reg_t"], x["valid"], avg_factor=x["avg_factor"], backend=backend
+            )
+            return out["loss_bcdl"] + out["loss_ildl"]
+
+        return both
+    raise ValueError(loss)
+
+
+def bytes_moved(loss, mode, n, elem):
+    """Bytes the loss must move (see the module docstring)."""
+    fwd = {"bcdl": 2 * n * NUM_CLASSES * elem + 3 * n * 4, "giou": 8 * n * elem + n * 4,
+           "dfl": 2 * n * REG_CHANNELS * elem + 2 * n * 4}
+    bwd = {"bcdl": 3 * n * NUM_CLASSES * elem + 2 * n * 4, "giou": 12 * n * elem + n * 4,
+           "dfl": 3 * n * REG_CHANNELS * elem + 2 * n * 4}
+    fwd["bckd"], bwd["bckd"] = fwd["bcdl"] + fwd["dfl"], bwd["bcdl"] + bwd["dfl"]
+    return {"forward": fwd[loss], "backward": bwd[loss], "forward+backward": fwd[loss] + bwd[loss]}[mode]
+
+
+# --------------------------------------------------------------- measuring ----
+
+
+class Timer:
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def measure(self, fn, setup=None, warmup=2, repeat=7):
+        """Median, min and max milliseconds of fn() (setup() runs untimed before each call)."""
+        times = []
+        for i in range(warmup + repeat):
+            if setup is not None:
+                setup()
+            self.sync()
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                ms = start.elapsed_time(end)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                ms = (time.perf_counter() - t0) * 1e3
+            if i >= warmup:
+                times.append(ms)
+        return statistics.median(times), min(times), max(times)
+
+
+def peak_extra_bytes(fn, device):
+    """Peak allocation above what was allocated before fn() ran."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        path = f.name
+    try:
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    finally:
+        os.remove(path)
+    mem = sorted(
+        (e["ts"], e["args"]["Total Allocated"], e["args"]["Bytes"])
+        for e in events
+        if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0
+    )
+    if not mem:
+        return 0
+    base = mem[0][1] - mem[0][2]
+    return max(total for _, total, _ in mem) - base
+
+
+def copy_floor_ms(timer, nbytes, device):
+    """Time to stream nbytes through a plain copy (reads nbytes/2, writes nbytes/2)."""
+    n = max(1, nbytes // 8)
+    src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    return timer.measure(lambda: dst.copy_(src), warmup=3, repeat=9)[0]
+
+
+def run_case(timer, loss, fn, x, mode, device):
+    """(median, min, max) ms and peak extra bytes of one mode."""
+    leaves = grad_leaves(loss)
+
+    def fresh():
+        for k in leaves:
+            x[k] = x[k].detach().requires_grad_()
+
+    def fwd():
+        return fn(x)
+
+    def fwd_bwd():
+        fn(x).backward()
+
+    if mode == "forward":
+        fresh()
+        return timer.measure(fwd), peak_extra_bytes(fwd, device)
+    if mode == "forward+backward":
+        fresh()
+        result = timer.measure(fwd_bwd, setup=fresh)
+        fresh()
+        return result, peak_extra_bytes(fwd_bwd, device)
+    fresh()
+    out = fn(x)
+
+    def bwd():
+        out.backward(retain_graph=True)
+
+    def clear():
+        for k in leaves:
+            x[k].grad = None
+
+    result = timer.measure(bwd, setup=clear)
+    clear()
+    return result, peak_extra_bytes(bwd, device)
+
+
+# ---------------------------------------------------------------- running ----
+
+
+def environment(device):
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = _cpu_name()
+    return {
+        "device": device.type,
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "commit": commit,
+    }
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+def providers_for(device):
+    names = ["reference", "compiled", device.type]
+    if device.type == "cuda" and "triton" in getattr(F, "BACKENDS", ()):
+        names.append("triton")
+    return names
+
+
+def make_fn(loss, provider):
+    if provider == "reference":
+        return loss_fn(loss, "reference")
+    if provider == "compiled":
+        return torch.compile(loss_fn(loss, "reference"), dynamic=False)
+    return loss_fn(loss, provider)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--quick", action="store_true", help="one COCO-like batch (4 images) and a short sweep")
+    parser.add_argument("--losses", default="bcdl,giou,dfl,bckd")
+    parser.add_argument("--csv", default=None, help="append the rows to this CSV")
+    parser.add_argument("--plot", default=None, help="draw time vs N (log-log) from the CSV into this PNG")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    elem = torch.empty((), dtype=dtype).element_size()
+    env = environment(device)
+    timer = Timer(device)
+    losses = args.losses.split(",")
+    providers = providers_for(device)
+    batches = [4] if args.quick else [1, 4, 16]
+    sweep = [1400, 5600, 22400] if args.quick else [1400, 5600, 22400, 89600, 358400]
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+    print(
+        f"bckd loss benchmark: {env['device_name']} ({env['device']}, {env['threads']} threads), "
+        f"torch {env['torch']}, triton {env['triton']}, commit {env['commit']}, {args.dtype}"
+    )
+    rows = []
+    cases = [(loss, b * LOCATIONS_PER_IMAGE, MODES, "coco") for loss in losses for b in batches]
+    cases += [("bcdl", n, ("forward+backward",), "sweep") for n in sweep if n not in [b * LOCATIONS_PER_IMAGE for b in batches]]
+    for loss, n, modes, kind in cases:
+        x = make_inputs(loss, n, device, dtype)
+        fns = {provider: make_fn(loss, provider) for provider in providers}
+        for mode in modes:
+            nbytes = bytes_moved(loss, mode, n, elem)
+            floor = copy_floor_ms(timer, nbytes, device)
+            for provider, fn in fns.items():
+                (med, lo, hi), peak = run_case(timer, loss, fn, x, mode, device)
+                rows.append(
+                    dict(env, timestamp=stamp, kind=kind, loss=loss, provider=provider, mode=mode, dtype=args.dtype,
+                         locations=n, median_ms=med, min_ms=lo, max_ms=hi, bytes=nbytes,
+                         gbps=nbytes / med / 1e6, floor_ms=floor, x_floor=med / floor, peak_extra_bytes=peak)
+                )
+                print(f"  {loss:5s} N={n:7d} {mode:16s} {provider:9s} {med:9.3f} ms", flush=True)
+    print()
+    print(format_table(rows))
+    if args.csv:
+        write_csv(rows, args.csv)
+        print(f"\nappended {len(rows)} rows to {args.csv}")
+    if args.plot:
+        plot(args.csv, args.plot, rows)
+        print(f"plot: {args.plot}")
+    return rows
+
+
+def format_table(rows):
+    """Markdown table; speed-ups are other provider's time / this provider's time."""
+    by_case = {}
+    for r in rows:
+        by_case.setdefault((r["loss"], r["locations"], r["mode"]), {})[r["provider"]] = r
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    head = ["loss", "N", "mode", "provider", "median ms [min-max]", "MB moved", "GB/s", "x copy floor", "peak extra MB"]
+    head += [f"vs {p}" for p in providers]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (loss, n, mode), case in by_case.items():
+        for p, r in case.items():
+            cells = [loss, str(n), mode, p, f"{r['median_ms']:.3f} [{r['min_ms']:.3f}-{r['max_ms']:.3f}]",
+                     f"{r['bytes'] / 1e6:.1f}", f"{r['gbps']:.1f}", f"{r['x_floor']:.2f}",
+                     f"{r['peak_extra_bytes'] / 1e6:.1f}"]
+            cells += [f"{case[o]['median_ms'] / r['median_ms']:.2f}x" if o in case else "" for o in providers]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(csv_path, png_path, rows):
+    """Time vs N per provider, log-log, for BCDL forward+backward (from the CSV when given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if csv_path:
+        with open(csv_path) as f:
+            rows = list(csv.DictReader(f))
+        commit = rows[-1]["commit"]
+        rows = [r for r in rows if r["commit"] == commit and r["timestamp"] == rows[-1]["timestamp"]]
+    points = {}
+    for r in rows:
+        if r["loss"] == "bcdl" and r["mode"] == "forward+backward":
+            points.setdefault(r["provider"], []).append((int(r["locations"]), float(r["median_ms"])))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for provider, pts in points.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=provider)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("locations N (C = 80)")
+    ax.set_ylabel("BCDL forward+backward, median ms")
+    ax.set_title(f"{rows[-1]['device_name']} ({rows[-1]['dtype']})", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
