@@ -5,6 +5,8 @@ Every function takes ``backend``:
 - ``"auto"``: the compiled op for the inputs' device (C++ on CPU, CUDA on
   GPU), or the reference when the compiled library is missing;
 - ``"cpu"`` / ``"cuda"``: the compiled op, whose inputs must be on that device;
+- ``"triton"``: the Triton ops of :mod:`bckd_kernels.triton_ops` (CUDA tensors,
+  or CPU tensors under ``TRITON_INTERPRET=1``);
 - ``"reference"``: :mod:`bckd_kernels.reference` (pure PyTorch autograd).
 
 Reduction: ``"none"`` returns the per-location loss; ``"sum"`` its sum;
@@ -19,7 +21,7 @@ from . import _ops, reference
 
 __all__ = ["bin_cls_distill", "giou_loss", "loc_distill", "bckd_loss", "BACKENDS"]
 
-BACKENDS = ("auto", "cpu", "cuda", "reference")
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 _EPS = torch.finfo(torch.float32).eps
 
 
@@ -28,6 +30,9 @@ def _resolve(backend, x):
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "reference":
         return "reference"
+    if backend == "triton":
+        _load_triton()
+        return "triton"
     if backend == "auto":
         return "compiled" if _ops.HAS_COMPILED else "reference"
     if not _ops.HAS_COMPILED:
@@ -35,6 +40,13 @@ def _resolve(backend, x):
     if x.device.type != backend:
         raise ValueError(f"backend={backend!r} but the inputs are on {x.device}")
     return "compiled"
+
+
+def _load_triton():
+    try:
+        from . import triton_ops  # noqa: F401  (defines torch.ops.bckd.*_triton)
+    except ImportError as exc:
+        raise RuntimeError(f'backend="triton" needs the triton package: {exc}') from exc
 
 
 def reduce_loss(loss, avg_factor=None, reduction="mean"):
@@ -82,8 +94,11 @@ def bin_cls_distill(
         The reduced loss times ``loss_weight``, and the per-location
         ``max_abs_diff`` when asked for.
     """
-    if _resolve(backend, student) == "reference":
+    kind = _resolve(backend, student)
+    if kind == "reference":
         loss, mad = reference.bin_cls_distill(student, teacher, weight, beta)
+    elif kind == "triton":
+        loss, mad = torch.ops.bckd.bin_cls_distill_triton(student, teacher, weight, float(beta))
     else:
         loss, mad = torch.ops.bckd.bin_cls_distill(student, teacher, weight, float(beta))
     loss = loss_weight * reduce_loss(loss, avg_factor, reduction)
@@ -102,8 +117,11 @@ def giou_loss(
     Gradients flow to both ``pred`` and ``target`` when they require them.
     ``weight`` is per box, ``[N]``.
     """
-    if _resolve(backend, pred) == "reference":
+    kind = _resolve(backend, pred)
+    if kind == "reference":
         loss = reference.paired_giou(pred, target, eps)
+    elif kind == "triton":
+        loss = torch.ops.bckd.paired_giou_triton(pred, target, float(eps))
     else:
         loss = torch.ops.bckd.paired_giou(pred, target, float(eps))
     return loss_weight * reduce_loss(_weighted(loss, weight), avg_factor, reduction)
@@ -130,8 +148,11 @@ def loc_distill(
         weight: per-location ω, ``[N]`` / ``[B, H, W]``: the ``max_abs_diff``
             of :func:`bin_cls_distill` times the valid mask.
     """
-    if _resolve(backend, student_reg) == "reference":
+    kind = _resolve(backend, student_reg)
+    if kind == "reference":
         loss = reference.dfl_giou_distill(student_reg, teacher_reg, reg_max, eps)
+    elif kind == "triton":
+        loss = torch.ops.bckd.dfl_giou_distill_triton(student_reg, teacher_reg, int(reg_max), float(eps))
     else:
         loss = torch.ops.bckd.dfl_giou_distill(student_reg, teacher_reg, int(reg_max), float(eps))
     return loss_weight * reduce_loss(_weighted(loss, weight), avg_factor, reduction)

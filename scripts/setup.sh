@@ -13,4 +13,16 @@ fi
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 .venv/bin/python -m pip install -q numpy pytest matplotlib
 .venv/bin/python -m pip install -q -e . --no-build-isolation
-.venv/bin/python -c "import bckd_kernels, torch; assert bckd_kernels.HAS_COMPILED; print('bckd ready: torch', torch.__version__)"
+.venv/bin/python - <<'PY'
+import os
+
+import torch
+
+import bckd_kernels
+
+assert bckd_kernels.HAS_COMPILED, "the compiled kernels did not load"
+cuda = torch._C._dispatch_has_kernel_for_dispatch_key("bckd::bin_cls_distill", "CUDA")
+print(f"bckd ready: torch {torch.__version__}, CUDA kernels {'built' if cuda else 'not built'}")
+if os.environ.get("BCKD_CUDA") == "1" and not cuda:
+    raise SystemExit("BCKD_CUDA=1 but the CUDA kernels are not registered")
+PY

@@ -1,0 +1,550 @@
+"""Triton kernels of the three losses, exposed as custom ops so that
+``torch.compile`` traces into them (``torch.library.triton_op`` + ``wrap_triton``).
+
+They compute what the C++/CUDA operators compute (csrc/bckd_math.h is the
+maths of record, written out again here in Triton): float32 accumulation,
+64-bit offsets, head maps ``[B, C, H, W]`` read in place through their strides,
+deterministic reductions (``tl.sum``/``tl.max`` over a tile, no atomics).
+Inputs are float32, float16 or bfloat16.
+
+Operators (autograd registered, gradients to the student / to both boxes):
+    torch.ops.bckd.bin_cls_distill_triton(student, teacher, weight, beta)
+    torch.ops.bckd.paired_giou_triton(pred, target, eps)
+    torch.ops.bckd.dfl_giou_distill_triton(student_reg, teacher_reg, reg_max, eps)
+
+On a GPU, block sizes and warps are autotuned over a few configurations; under
+``TRITON_INTERPRET=1`` (CPU tensors, the test suite) one large block keeps the
+number of program instances small.
+
+Import this module after deciding on TRITON_INTERPRET: Triton reads it when the
+kernels are defined.
+"""
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_REG_MAX = 64
+NAN_ALL = tl.PropagateNan.ALL
+
+
+def _configs(blocks, interpret_block):
+    if INTERPRET:
+        return [triton.Config({"BLOCK_L": interpret_block}, num_warps=4)]
+    return [triton.Config({"BLOCK_L": b}, num_warps=w) for b, w in blocks]
+
+
+# ---------------------------------------------------------------- maths ----
+
+
+@triton.jit
+def _sigmoid(z):
+    """σ(z) and e = exp(−|z|), from one exp."""
+    e = tl.exp(-tl.abs(z))
+    r = 1.0 / (1.0 + e)
+    return tl.where(z >= 0, r, e * r), e, r
+
+
+@triton.jit
+def _log1p_unit(e):
+    """log1p(e) for e in [0, 1]: 2·atanh(e / (2 + e)), series in t² (t ≤ 1/3)."""
+    t = e / (2.0 + e)
+    u = t * t
+    s = 1.0 / 13.0
+    s = s * u + 1.0 / 11.0
+    s = s * u + 1.0 / 9.0
+    s = s * u + 1.0 / 7.0
+    s = s * u + 1.0 / 5.0
+    s = s * u + 1.0 / 3.0
+    s = s * u + 1.0
+    return 2.0 * t * s
+
+
+@triton.jit
+def _bcdl_pieces(zs, zt):
+    """d = σ(zs) − σ(zt), p(1 − p) and BCE(zs, σ(zt))."""
+    p, es, rs = _sigmoid(zs)
+    q, et, rt = _sigmoid(zt)
+    softplus = tl.maximum(zs, 0.0) + _log1p_unit(es)
+    return p - q, es * rs * rs, softplus - q * zs
+
+
+@triton.jit
+def _modulator(d, beta, MODE: tl.constexpr):
+    """|d|^β and its derivative in d (0 at d = 0)."""
+    ad = tl.abs(d)
+    if MODE == 1:
+        mod = ad
+        dmod = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0))
+    elif MODE == 2:
+        mod = d * d
+        dmod = 2.0 * d
+    else:
+        mod = tl.where(ad > 0, tl.exp(beta * tl.log(tl.where(ad > 0, ad, 1.0))), 0.0)
+        dmod = tl.where(d != 0, beta * mod / tl.where(d != 0, d, 1.0), 0.0)
+    return mod, dmod
+
+
+@triton.jit
+def _dmin(a, b):
+    """∂ min(a, b)/∂a, ties split evenly."""
+    return tl.where(a < b, 1.0, tl.where(a == b, 0.5, 0.0))
+
+
+@triton.jit
+def _min(a, b):
+    return tl.minimum(a, b, propagate_nan=NAN_ALL)
+
+
+@triton.jit
+def _max(a, b):
+    return tl.maximum(a, b, propagate_nan=NAN_ALL)
+
+
+@triton.jit
+def _giou_loss(px1, py1, px2, py2, tx1, ty1, tx2, ty2, eps):
+    iw = _min(px2, tx2) - _max(px1, tx1)
+    ih = _min(py2, ty2) - _max(py1, ty1)
+    inter = _max(iw, 0.0) * _max(ih, 0.0)
+    uni = _max((px2 - px1) * (py2 - py1) + (tx2 - tx1) * (ty2 - ty1) - inter, eps)
+    ew = _max(px2, tx2) - _min(px1, tx1)
+    eh = _max(py2, ty2) - _min(py1, ty1)
+    enc = _max(_max(ew, 0.0) * _max(eh, 0.0), eps)
+    return 1.0 - inter / uni + (enc - uni) / enc
+
+
+@triton.jit
+def _giou_grad(px1, py1, px2, py2, tx1, ty1, tx2, ty2, eps, g):
+    """g · ∂(1 − GIoU)/∂ of the 8 coordinates (see csrc/bckd_math.h)."""
+    iw = _min(px2, tx2) - _max(px1, tx1)
+    ih = _min(py2, ty2) - _max(py1, ty1)
+    iwc = _max(iw, 0.0)
+    ihc = _max(ih, 0.0)
+    inter = iwc * ihc
+    pw = px2 - px1
+    ph = py2 - py1
+    tw = tx2 - tx1
+    th = ty2 - ty1
+    uraw = pw * ph + tw * th - inter
+    uni = _max(uraw, eps)
+    ew = _max(px2, tx2) - _min(px1, tx1)
+    eh = _max(py2, ty2) - _min(py1, ty1)
+    ewc = _max(ew, 0.0)
+    ehc = _max(eh, 0.0)
+    eraw = ewc * ehc
+    enc = _max(eraw, eps)
+    g_u = tl.where(uraw > eps, g * (inter / (uni * uni) - 1.0 / enc), 0.0)
+    g_i = -g / uni - g_u
+    g_e = tl.where(eraw > eps, g * uni / (enc * enc), 0.0)
+    g_iw = tl.where(iw > 0, g_i * ihc, 0.0)
+    g_ih = tl.where(ih > 0, g_i * iwc, 0.0)
+    g_ew = tl.where(ew > 0, g_e * ehc, 0.0)
+    g_eh = tl.where(eh > 0, g_e * ewc, 0.0)
+    gp0 = -g_iw * _dmin(tx1, px1) - g_ew * _dmin(px1, tx1) - g_u * ph
+    gp1 = -g_ih * _dmin(ty1, py1) - g_eh * _dmin(py1, ty1) - g_u * pw
+    gp2 = g_iw * _dmin(px2, tx2) + g_ew * _dmin(tx2, px2) + g_u * ph
+    gp3 = g_ih * _dmin(py2, ty2) + g_eh * _dmin(ty2, py2) + g_u * pw
+    gt0 = -g_iw * _dmin(px1, tx1) - g_ew * _dmin(tx1, px1) - g_u * th
+    gt1 = -g_ih * _dmin(py1, ty1) - g_eh * _dmin(ty1, py1) - g_u * tw
+    gt2 = g_iw * _dmin(tx2, px2) + g_ew * _dmin(px2, tx2) + g_u * th
+    gt3 = g_ih * _dmin(ty2, py2) + g_eh * _dmin(py2, ty2) + g_u * tw
+    return gp0, gp1, gp2, gp3, gt0, gt1, gt2, gt3
+
+
+@triton.jit
+def _locations(BLOCK_L: tl.constexpr, n_loc, H, W):
+    """This program's locations and their (b, h, w), 64-bit."""
+    loc = tl.program_id(0).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
+    w = loc % W
+    row = loc // W
+    return loc, loc < n_loc, row // H, row % H, w
+
+
+# ----------------------------------------------------------------- BCDL ----
+
+
+@triton.autotune(configs=_configs([(32, 4), (64, 4), (128, 8), (256, 8)], 64), key=["n_loc", "C", "MODE"])
+@triton.jit
+def _bcdl_fwd_kernel(zs_ptr, zt_ptr, w_ptr, loss_ptr, mad_ptr, n_loc, C, H, W,
+                     s_sb, s_sh, s_sw, s_sc, t_sb, t_sh, t_sw, t_sc, beta,
+                     HAS_W: tl.constexpr, MODE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    loc, lmask, b, h, w = _locations(BLOCK_L, n_loc, H, W)
+    s_off = b * s_sb + h * s_sh + w * s_sw
+    t_off = b * t_sb + h * t_sh + w * t_sw
+    acc = tl.zeros([BLOCK_L], dtype=tl.float32)
+    mx = tl.zeros([BLOCK_L], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        k = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+        m = lmask[:, None] & (k < C)[None, :]
+        zs = tl.load(zs_ptr + s_off[:, None] + k[None, :] * s_sc, mask=m, other=0.0).to(tl.float32)
+        zt = tl.load(zt_ptr + t_off[:, None] + k[None, :] * t_sc, mask=m, other=0.0).to(tl.float32)
+        d, pp, bce = _bcdl_pieces(zs, zt)
+        mod, dmod = _modulator(d, beta, MODE)
+        acc += tl.sum(tl.where(m, mod * bce, 0.0), axis=1)
+        mx = _max(mx, tl.max(tl.where(m, tl.abs(d), 0.0), axis=1))
+    if HAS_W:
+        acc = acc * tl.load(w_ptr + loc, mask=lmask, other=0.0)
+    tl.store(loss_ptr + loc, acc, mask=lmask)
+    tl.store(mad_ptr + loc, mx, mask=lmask)
+
+
+@triton.autotune(configs=_configs([(32, 4), (64, 4), (128, 8), (256, 8)], 64), key=["n_loc", "C", "MODE"])
+@triton.jit
+def _bcdl_bwd_kernel(zs_ptr, zt_ptr, coef_ptr, g_ptr, n_loc, C, H, W,
+                     s_sb, s_sh, s_sw, s_sc, t_sb, t_sh, t_sw, t_sc, g_sb, g_sh, g_sw, g_sc, beta,
+                     MODE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    loc, lmask, b, h, w = _locations(BLOCK_L, n_loc, H, W)
+    s_off = b * s_sb + h * s_sh + w * s_sw
+    t_off = b * t_sb + h * t_sh + w * t_sw
+    g_off = b * g_sb + h * g_sh + w * g_sw
+    coef = tl.load(coef_ptr + loc, mask=lmask, other=0.0)
+    for c0 in range(0, C, BLOCK_C):
+        k = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+        m = lmask[:, None] & (k < C)[None, :]
+        zs = tl.load(zs_ptr + s_off[:, None] + k[None, :] * s_sc, mask=m, other=0.0).to(tl.float32)
+        zt = tl.load(zt_ptr + t_off[:, None] + k[None, :] * t_sc, mask=m, other=0.0).to(tl.float32)
+        d, pp, bce = _bcdl_pieces(zs, zt)
+        mod, dmod = _modulator(d, beta, MODE)
+        grad = (mod * d + dmod * pp * bce) * coef[:, None]
+        tl.store(g_ptr + g_off[:, None] + k[None, :] * g_sc, grad.to(g_ptr.dtype.element_ty), mask=m)
+
+
+# ----------------------------------------------------------------- GIoU ----
+
+
+@triton.jit
+def _load_box(ptr, n, s0, s1, mask):
+    x1 = tl.load(ptr + n * s0, mask=mask, other=0.0).to(tl.float32)
+    y1 = tl.load(ptr + n * s0 + s1, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(ptr + n * s0 + 2 * s1, mask=mask, other=0.0).to(tl.float32)
+    y2 = tl.load(ptr + n * s0 + 3 * s1, mask=mask, other=0.0).to(tl.float32)
+    return x1, y1, x2, y2
+
+
+@triton.jit
+def _store_box(ptr, n, s0, s1, mask, x1, y1, x2, y2):
+    ty = ptr.dtype.element_ty
+    tl.store(ptr + n * s0, x1.to(ty), mask=mask)
+    tl.store(ptr + n * s0 + s1, y1.to(ty), mask=mask)
+    tl.store(ptr + n * s0 + 2 * s1, x2.to(ty), mask=mask)
+    tl.store(ptr + n * s0 + 3 * s1, y2.to(ty), mask=mask)
+
+
+@triton.autotune(configs=_configs([(128, 4), (256, 4), (512, 8), (1024, 8)], 256), key=["n_loc"])
+@triton.jit
+def _giou_fwd_kernel(p_ptr, t_ptr, loss_ptr, n_loc, p_s0, p_s1, t_s0, t_s1, eps, BLOCK_L: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
+    mask = n < n_loc
+    px1, py1, px2, py2 = _load_box(p_ptr, n, p_s0, p_s1, mask)
+    tx1, ty1, tx2, ty2 = _load_box(t_ptr, n, t_s0, t_s1, mask)
+    tl.store(loss_ptr + n, _giou_loss(px1, py1, px2, py2, tx1, ty1, tx2, ty2, eps), mask=mask)
+
+
+@triton.autotune(configs=_configs([(128, 4), (256, 4), (512, 8), (1024, 8)], 256), key=["n_loc"])
+@triton.jit
+def _giou_bwd_kernel(p_ptr, t_ptr, g_ptr, gp_ptr, gt_ptr, n_loc, p_s0, p_s1, t_s0, t_s1, gp_s0, gp_s1, gt_s0, gt_s1,
+                     eps, BLOCK_L: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
+    mask = n < n_loc
+    px1, py1, px2, py2 = _load_box(p_ptr, n, p_s0, p_s1, mask)
+    tx1, ty1, tx2, ty2 = _load_box(t_ptr, n, t_s0, t_s1, mask)
+    g = tl.load(g_ptr + n, mask=mask, other=0.0)
+    gp0, gp1, gp2, gp3, gt0, gt1, gt2, gt3 = _giou_grad(px1, py1, px2, py2, tx1, ty1, tx2, ty2, eps, g)
+    _store_box(gp_ptr, n, gp_s0, gp_s1, mask, gp0, gp1, gp2, gp3)
+    _store_box(gt_ptr, n, gt_s0, gt_s1, mask, gt0, gt1, gt2, gt3)
+
+
+# ------------------------------------------------------ DFL decode + GIoU ----
+
+
+@triton.jit
+def _decode_edge(ptr, off, e, nbins, sc, lmask, NB: tl.constexpr):
+    """Softmax integral of edge e for a block of locations: (max, sum, dist)."""
+    j = tl.arange(0, NB)
+    jm = j < nbins
+    cols = (e * nbins + j).to(tl.int64)
+    r = tl.load(ptr + off[:, None] + cols[None, :] * sc, mask=lmask[:, None] & jm[None, :], other=0.0)
+    r = tl.where(jm[None, :], r.to(tl.float32), float("-inf"))
+    mx = tl.max(r, axis=1)
+    ex = tl.where(jm[None, :], tl.exp(r - mx[:, None]), 0.0)
+    s = tl.sum(ex, axis=1)
+    return mx, s, tl.sum(ex * j[None, :].to(tl.float32), axis=1) / s
+
+
+@triton.autotune(configs=_configs([(32, 4), (64, 4), (128, 8)], 64), key=["n_loc", "nbins"])
+@triton.jit
+def _dfl_fwd_kernel(rs_ptr, rt_ptr, loss_ptr, n_loc, nbins, H, W, s_sb, s_sh, s_sw, s_sc, t_sb, t_sh, t_sw, t_sc,
+                    eps, NB: tl.constexpr, BLOCK_L: tl.constexpr):
+    loc, lmask, b, h, w = _locations(BLOCK_L, n_loc, H, W)
+    s_off = b * s_sb + h * s_sh + w * s_sw
+    t_off = b * t_sb + h * t_sh + w * t_sw
+    _, _, sl = _decode_edge(rs_ptr, s_off, 0, nbins, s_sc, lmask, NB)
+    _, _, st = _decode_edge(rs_ptr, s_off, 1, nbins, s_sc, lmask, NB)
+    _, _, sr = _decode_edge(rs_ptr, s_off, 2, nbins, s_sc, lmask, NB)
+    _, _, sb = _decode_edge(rs_ptr, s_off, 3, nbins, s_sc, lmask, NB)
+    _, _, tl_ = _decode_edge(rt_ptr, t_off, 0, nbins, t_sc, lmask, NB)
+    _, _, tt = _decode_edge(rt_ptr, t_off, 1, nbins, t_sc, lmask, NB)
+    _, _, tr = _decode_edge(rt_ptr, t_off, 2, nbins, t_sc, lmask, NB)
+    _, _, tb = _decode_edge(rt_ptr, t_off, 3, nbins, t_sc, lmask, NB)
+    loss = _giou_loss(-sl, -st, sr, sb, -tl_, -tt, tr, tb, eps)
+    tl.store(loss_ptr + loc, loss, mask=lmask)
+
+
+@triton.jit
+def _edge_grad(ptr, g_ptr, off, g_off, e, nbins, sc, g_sc, lmask, mx, s, dist, gd, NB: tl.constexpr):
+    """Writes gd · P_j · (j − dist) for the bins of edge e."""
+    j = tl.arange(0, NB)
+    jm = j < nbins
+    m = lmask[:, None] & jm[None, :]
+    cols = (e * nbins + j).to(tl.int64)
+    r = tl.load(ptr + off[:, None] + cols[None, :] * sc, mask=m, other=0.0).to(tl.float32)
+    prob = tl.exp(r - mx[:, None]) / s[:, None]
+    grad = gd[:, None] * prob * (j[None, :].to(tl.float32) - dist[:, None])
+    tl.store(g_ptr + g_off[:, None] + cols[None, :] * g_sc, grad.to(g_ptr.dtype.element_ty), mask=m)
+
+
+@triton.autotune(configs=_configs([(32, 4), (64, 4), (128, 8)], 64), key=["n_loc", "nbins"])
+@triton.jit
+def _dfl_bwd_kernel(rs_ptr, rt_ptr, coef_ptr, g_ptr, n_loc, nbins, H, W, s_sb, s_sh, s_sw, s_sc,
+                    t_sb, t_sh, t_sw, t_sc, g_sb, g_sh, g_sw, g_sc, eps, NB: tl.constexpr, BLOCK_L: tl.constexpr):
+    loc, lmask, b, h, w = _locations(BLOCK_L, n_loc, H, W)
+    s_off = b * s_sb + h * s_sh + w * s_sw
+    t_off = b * t_sb + h * t_sh + w * t_sw
+    g_off = b * g_sb + h * g_sh + w * g_sw
+    m0, s0, sl = _decode_edge(rs_ptr, s_off, 0, nbins, s_sc, lmask, NB)
+    m1, s1, st = _decode_edge(rs_ptr, s_off, 1, nbins, s_sc, lmask, NB)
+    m2, s2, sr = _decode_edge(rs_ptr, s_off, 2, nbins, s_sc, lmask, NB)
+    m3, s3, sb = _decode_edge(rs_ptr, s_off, 3, nbins, s_sc, lmask, NB)
+    _, _, tl_ = _decode_edge(rt_ptr, t_off, 0, nbins, t_sc, lmask, NB)
+    _, _, tt = _decode_edge(rt_ptr, t_off, 1, nbins, t_sc, lmask, NB)
+    _, _, tr = _decode_edge(rt_ptr, t_off, 2, nbins, t_sc, lmask, NB)
+    _, _, tb = _decode_edge(rt_ptr, t_off, 3, nbins, t_sc, lmask, NB)
+    coef = tl.load(coef_ptr + loc, mask=lmask, other=0.0)
+    g0, g1, g2, g3, _, _, _, _ = _giou_grad(-sl, -st, sr, sb, -tl_, -tt, tr, tb, eps, coef)
+    # box = (−l, −t, r, b)
+    _edge_grad(rs_ptr, g_ptr, s_off, g_off, 0, nbins, s_sc, g_sc, lmask, m0, s0, sl, -g0, NB)
+    _edge_grad(rs_ptr, g_ptr, s_off, g_off, 1, nbins, s_sc, g_sc, lmask, m1, s1, st, -g1, NB)
+    _edge_grad(rs_ptr, g_ptr, s_off, g_off, 2, nbins, s_sc, g_sc, lmask, m2, s2, sr, g2, NB)
+    _edge_grad(rs_ptr, g_ptr, s_off, g_off, 3, nbins, s_sc, g_sc, lmask, m3, s3, sb, g3, NB)
+
+
+# ------------------------------------------------------------ host side ----
+
+
+def _check_pair(op, s, s_name, t, t_name):
+    if s.dim() not in (2, 4):
+        raise ValueError(f"{op}: {s_name} must be [N, C] or [B, C, H, W], got shape {tuple(s.shape)}")
+    if s.dtype not in _DTYPES:
+        raise ValueError(f"{op}: {s_name} must be float32, float16 or bfloat16 for the Triton backend, got {s.dtype}")
+    if t.shape != s.shape:
+        raise ValueError(f"{op}: {t_name} shape {tuple(t.shape)} must equal {s_name} shape {tuple(s.shape)}")
+    if t.dtype != s.dtype:
+        raise ValueError(f"{op}: {t_name} dtype {t.dtype} must equal {s_name} dtype {s.dtype}")
+    if t.device != s.device:
+        raise ValueError(f"{op}: {t_name} is on {t.device} but {s_name} is on {s.device}")
+
+
+def _loc_shape(x):
+    return (x.shape[0],) if x.dim() == 2 else (x.shape[0], x.shape[2], x.shape[3])
+
+
+def _per_location(op, v, name, like):
+    shape = _loc_shape(like)
+    if tuple(v.shape) != shape:
+        raise ValueError(f"{op}: {name} must have shape {shape} (one value per location), got {tuple(v.shape)}")
+    if v.device != like.device:
+        raise ValueError(f"{op}: {name} is on {v.device} but the inputs are on {like.device}")
+    return v.to(torch.float32).contiguous()
+
+
+def _layouts(*xs):
+    """(B, H, W) and (sb, sh, sw, sc) per tensor, H merged into W when every tensor allows
+    it (the rule of csrc/layout.h)."""
+    x0 = xs[0]
+    if x0.dim() == 2:
+        return (1, 1, x0.shape[0]), [(0, 0, x.stride(0), x.stride(1)) for x in xs]
+    b, _, h, w = x0.shape
+    merge = all(h == 1 or w == 1 or x.stride(2) == w * x.stride(3) for x in xs)
+    if merge:
+        inner = [x.stride(2) if w == 1 else x.stride(3) for x in xs]
+        return (b, 1, h * w), [(x.stride(0), 0, s, x.stride(1)) for x, s in zip(xs, inner)]
+    return (b, h, w), [(x.stride(0), x.stride(2), x.stride(3), x.stride(1)) for x in xs]
+
+
+def _beta_mode(beta):
+    return 1 if beta == 1.0 else 2 if beta == 2.0 else 0
+
+
+def _grid(n):
+    return lambda meta: (triton.cdiv(n, meta["BLOCK_L"]),)
+
+
+@triton_op("bckd::bin_cls_distill_triton", mutates_args=())
+def bin_cls_distill_triton(student: Tensor, teacher: Tensor, weight: Optional[Tensor], beta: float) -> tuple[Tensor, Tensor]:
+    op = "bin_cls_distill_triton"
+    _check_pair(op, student, "student", teacher, "teacher")
+    if beta <= 0:
+        raise ValueError(f"{op}: beta must be > 0, got {beta}")
+    w = None if weight is None else _per_location(op, weight, "weight", student)
+    loss = student.new_empty(_loc_shape(student), dtype=torch.float32)
+    mad = torch.empty_like(loss)
+    (B, H, W), (ls, lt) = _layouts(student, teacher)
+    n, c = B * H * W, student.shape[1]
+    if n > 0:
+        wrap_triton(_bcdl_fwd_kernel)[_grid(n)](
+            student, teacher, w if w is not None else loss, loss, mad, n, c, H, W, *ls, *lt, float(beta),
+            HAS_W=w is not None, MODE=_beta_mode(beta), BLOCK_C=min(triton.next_power_of_2(max(c, 1)), 32),
+        )
+    return loss, mad
+
+
+@triton_op("bckd::_bin_cls_distill_backward_triton", mutates_args=())
+def _bin_cls_distill_backward_triton(
+    grad_loss: Tensor, student: Tensor, teacher: Tensor, weight: Optional[Tensor], beta: float
+) -> Tensor:
+    op = "_bin_cls_distill_backward_triton"
+    coef = _per_location(op, grad_loss, "grad_loss", student)
+    if weight is not None:
+        coef = coef * _per_location(op, weight, "weight", student)
+    grad = torch.empty_like(student)
+    (B, H, W), (ls, lt, lg) = _layouts(student, teacher, grad)
+    n, c = B * H * W, student.shape[1]
+    if grad.numel() > 0:
+        wrap_triton(_bcdl_bwd_kernel)[_grid(n)](
+            student, teacher, coef, grad, n, c, H, W, *ls, *lt, *lg, float(beta),
+            MODE=_beta_mode(beta), BLOCK_C=min(triton.next_power_of_2(max(c, 1)), 32),
+        )
+    return grad
+
+
+def _check_boxes(op, pred, target, eps):
+    if pred.dim() != 2 or pred.shape[1] != 4:
+        raise ValueError(f"{op}: pred must be [N, 4] boxes (x1, y1, x2, y2), got shape {tuple(pred.shape)}")
+    _check_pair(op, pred, "pred", target, "target")
+    if eps <= 0:
+        raise ValueError(f"{op}: eps must be > 0, got {eps}")
+
+
+@triton_op("bckd::paired_giou_triton", mutates_args=())
+def paired_giou_triton(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    _check_boxes("paired_giou_triton", pred, target, eps)
+    n = pred.shape[0]
+    loss = pred.new_empty((n,), dtype=torch.float32)
+    if n > 0:
+        wrap_triton(_giou_fwd_kernel)[_grid(n)](pred, target, loss, n, *pred.stride(), *target.stride(), float(eps))
+    return loss
+
+
+@triton_op("bckd::_paired_giou_backward_triton", mutates_args=())
+def _paired_giou_backward_triton(grad: Tensor, pred: Tensor, target: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    coef = _per_location("_paired_giou_backward_triton", grad, "grad", pred)
+    grad_pred, grad_target = torch.empty_like(pred), torch.empty_like(target)
+    n = pred.shape[0]
+    if n > 0:
+        wrap_triton(_giou_bwd_kernel)[_grid(n)](
+            pred, target, coef, grad_pred, grad_target, n, *pred.stride(), *target.stride(),
+            *grad_pred.stride(), *grad_target.stride(), float(eps),
+        )
+    return grad_pred, grad_target
+
+
+def _check_dfl(op, s, t, reg_max, eps):
+    _check_pair(op, s, "student_reg", t, "teacher_reg")
+    if not 1 <= reg_max <= MAX_REG_MAX:
+        raise ValueError(f"{op}: reg_max must be in [1, {MAX_REG_MAX}], got {reg_max}")
+    if s.shape[1] != 4 * (reg_max + 1):
+        raise ValueError(
+            f"{op}: student_reg must have 4 * (reg_max + 1) = {4 * (reg_max + 1)} channels in dimension 1 "
+            f"for reg_max = {reg_max}, got shape {tuple(s.shape)}"
+        )
+    if eps <= 0:
+        raise ValueError(f"{op}: eps must be > 0, got {eps}")
+
+
+@triton_op("bckd::dfl_giou_distill_triton", mutates_args=())
+def dfl_giou_distill_triton(student_reg: Tensor, teacher_reg: Tensor, reg_max: int = 16, eps: float = 1e-6) -> Tensor:
+    _check_dfl("dfl_giou_distill_triton", student_reg, teacher_reg, reg_max, eps)
+    loss = student_reg.new_empty(_loc_shape(student_reg), dtype=torch.float32)
+    (B, H, W), (ls, lt) = _layouts(student_reg, teacher_reg)
+    n = B * H * W
+    if n > 0:
+        wrap_triton(_dfl_fwd_kernel)[_grid(n)](
+            student_reg, teacher_reg, loss, n, reg_max + 1, H, W, *ls, *lt, float(eps),
+            NB=triton.next_power_of_2(reg_max + 1),
+        )
+    return loss
+
+
+@triton_op("bckd::_dfl_giou_distill_backward_triton", mutates_args=())
+def _dfl_giou_distill_backward_triton(
+    grad: Tensor, student_reg: Tensor, teacher_reg: Tensor, reg_max: int, eps: float
+) -> Tensor:
+    coef = _per_location("_dfl_giou_distill_backward_triton", grad, "grad", student_reg)
+    grad_student = torch.empty_like(student_reg)
+    (B, H, W), (ls, lt, lg) = _layouts(student_reg, teacher_reg, grad_student)
+    n = B * H * W
+    if grad_student.numel() > 0:
+        wrap_triton(_dfl_bwd_kernel)[_grid(n)](
+            student_reg, teacher_reg, coef, grad_student, n, reg_max + 1, H, W, *ls, *lt, *lg, float(eps),
+            NB=triton.next_power_of_2(reg_max + 1),
+        )
+    return grad_student
+
+
+# -------------------------------------------------------------- autograd ----
+
+
+def _bcdl_setup(ctx, inputs, output):
+    student, teacher, weight, beta = inputs
+    ctx.save_for_backward(student, teacher, weight)
+    ctx.beta = beta
+    ctx.mark_non_differentiable(output[1])
+
+
+def _bcdl_backward(ctx, grad_loss, grad_mad):
+    student, teacher, weight = ctx.saved_tensors
+    grad = None
+    if ctx.needs_input_grad[0]:
+        grad = torch.ops.bckd._bin_cls_distill_backward_triton(grad_loss, student, teacher, weight, ctx.beta)
+    return grad, None, None, None
+
+
+def _giou_setup(ctx, inputs, output):
+    pred, target, eps = inputs
+    ctx.save_for_backward(pred, target)
+    ctx.eps = eps
+
+
+def _giou_backward(ctx, grad):
+    pred, target = ctx.saved_tensors
+    if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+        return None, None, None
+    gp, gt = torch.ops.bckd._paired_giou_backward_triton(grad, pred, target, ctx.eps)
+    return gp if ctx.needs_input_grad[0] else None, gt if ctx.needs_input_grad[1] else None, None
+
+
+def _dfl_setup(ctx, inputs, output):
+    student_reg, teacher_reg, reg_max, eps = inputs
+    ctx.save_for_backward(student_reg, teacher_reg)
+    ctx.reg_max = reg_max
+    ctx.eps = eps
+
+
+def _dfl_backward(ctx, grad):
+    student_reg, teacher_reg = ctx.saved_tensors
+    g = None
+    if ctx.needs_input_grad[0]:
+        g = torch.ops.bckd._dfl_giou_distill_backward_triton(grad, student_reg, teacher_reg, ctx.reg_max, ctx.eps)
+    return g, None, None, None
+
+
+bin_cls_distill_triton.register_autograd(_bcdl_backward, setup_context=_bcdl_setup)
+paired_giou_triton.register_autograd(_giou_backward, setup_context=_giou_setup)
+dfl_giou_distill_triton.register_autograd(_dfl_backward, setup_context=_dfl_setup)
