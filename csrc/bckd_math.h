@@ -241,18 +241,26 @@ BCKD_HD void distances_to_box(const typename M::T* dist, typename M::T* box) {
 // ---------------------------------------------------------------------------
 // Softmax integral (SPEC 2): dist = Σ_j j · softmax(r)_j over reg_max + 1 bins
 // read through `load(j)`. Max-subtracted, so any finite logits are safe.
+// `keep(j, e)` receives each e_j = exp(r_j − max) (P_j = e_j / sum), so that a
+// backward can reuse them instead of computing the exponentials again.
 //   ∂dist/∂r_j = P_j · (j − dist)
 // ---------------------------------------------------------------------------
 
-template <class M, class Load>
-BCKD_HD void softmax_integral(Load load, int nbins, typename M::T& mx,
-                              typename M::T& sum, typename M::T& dist) {
+struct DiscardExp {
+  template <class T>
+  BCKD_HD void operator()(int, const T&) const {}
+};
+
+template <class M, class Load, class Keep = DiscardExp>
+BCKD_HD void softmax_integral(Load load, int nbins, typename M::T& mx, typename M::T& sum,
+                              typename M::T& dist, Keep keep = Keep()) {
   using T = typename M::T;
   mx = load(0);
   for (int j = 1; j < nbins; ++j) mx = M::max(mx, load(j));
   T s(0), sj(0);
   for (int j = 0; j < nbins; ++j) {
     const T e = M::exp_neg(load(j) - mx);
+    keep(j, e);
     s = s + e;
     sj = sj + T(j) * e;
   }

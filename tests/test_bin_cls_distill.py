@@ -225,3 +225,20 @@ def test_bad_beta():
 def test_device_mismatch():
     with pytest.raises(RuntimeError, match="teacher is on"):
         op(torch.randn(3, 4, device="cuda"), torch.randn(3, 4), None, 1.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_offsets_beyond_int32(device):
+    """Rows 2^31 elements apart: offsets need 64 bits. torch.empty only reserves
+    the storage; the pages of the two rows are the only ones touched."""
+    big_s = torch.empty(2**31 + 160, dtype=torch.bfloat16, device=device)
+    big_t = torch.empty(2**31 + 160, dtype=torch.bfloat16, device=device)
+    s = big_s.as_strided((2, 80), (2**31, 1))
+    t = big_t.as_strided((2, 80), (2**31, 1))
+    g = torch.Generator().manual_seed(0)
+    s.copy_(torch.randn(2, 80, generator=g).to(device))
+    t.copy_(torch.randn(2, 80, generator=g).to(device))
+    loss, mad = op(s, t, None, 1.0)
+    ref_loss, ref_mad = reference.bin_cls_distill(s.double(), t.double())
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mad.double(), ref_mad, rtol=1e-5, atol=1e-6)

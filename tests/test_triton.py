@@ -154,3 +154,17 @@ def test_deterministic_cuda():
     a = grads(torch.ops.bckd.bin_cls_distill_triton, s, t, gout, w, 1.0)
     b = grads(torch.ops.bckd.bin_cls_distill_triton, s, t, gout, w, 1.0)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_offsets_beyond_int32_cuda():
+    big_s = torch.empty(2**31 + 160, dtype=torch.bfloat16, device="cuda")
+    big_t = torch.empty(2**31 + 160, dtype=torch.bfloat16, device="cuda")
+    s = big_s.as_strided((2, 80), (2**31, 1))
+    t = big_t.as_strided((2, 80), (2**31, 1))
+    s.copy_(torch.randn(2, 80, device="cuda"))
+    t.copy_(torch.randn(2, 80, device="cuda"))
+    loss, mad = torch.ops.bckd.bin_cls_distill_triton(s, t, None, 1.0)
+    ref_loss, ref_mad = reference.bin_cls_distill(s.double(), t.double())
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mad.double(), ref_mad, rtol=1e-5, atol=1e-6)

@@ -287,19 +287,26 @@ void giou_backward(const GiouArgs& a) {
 
 // ------------------------------------------------------ DFL decode + GIoU ----
 
-// Loads the 4 edges' bins of n locations and decodes each edge; keeps the
-// bins, the max and the sum for the backward.
+// Loads the 4 edges' bins of n locations and decodes each edge. With
+// keep_exp, the bins are overwritten by exp(r_j − max) for the backward.
 template <typename acc_t, typename scalar_t>
 void decode_edges(const scalar_t* base, const LocLayout& l, int nbins, int64_t n,
-                  Vectorized<acc_t>* bins, Vectorized<acc_t>* mx, Vectorized<acc_t>* sum,
-                  Vectorized<acc_t>* dist) {
+                  Vectorized<acc_t>* bins, Vectorized<acc_t>* sum, Vectorized<acc_t>* dist,
+                  bool keep_exp) {
   using M = VecMath<acc_t>;
+  using Vec = Vectorized<acc_t>;
   for (int e = 0; e < 4; ++e) {
-    Vectorized<acc_t>* eb = bins + e * nbins;
+    Vec* eb = bins + e * nbins;
     for (int j = 0; j < nbins; ++j) {
       eb[j] = load_lanes<acc_t>(base + (e * nbins + j) * l.sc, l.sw, n);
     }
-    math::softmax_integral<M>([&](int j) { return eb[j]; }, nbins, mx[e], sum[e], dist[e]);
+    Vec mx;
+    const auto load = [&](int j) { return eb[j]; };
+    if (keep_exp) {
+      math::softmax_integral<M>(load, nbins, mx, sum[e], dist[e], [&](int j, const Vec& x) { eb[j] = x; });
+    } else {
+      math::softmax_integral<M>(load, nbins, mx, sum[e], dist[e]);
+    }
   }
 }
 
@@ -314,9 +321,9 @@ void dfl_forward(const DflArgs& a) {
     const Vec eps(static_cast<acc_t>(a.eps));
     const int nb = a.nbins;
     for_each_run<Vec::size()>(a.ls, a.ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
-      Vec bins[4 * kMaxBins], mx[4], sum[4], ds[4], dt[4], bs[4], bt[4];
-      decode_edges<acc_t>(rs + offset(a.ls, b, h, w0), a.ls, nb, n, bins, mx, sum, ds);
-      decode_edges<acc_t>(rt + offset(a.lt, b, h, w0), a.lt, nb, n, bins, mx, sum, dt);
+      Vec bins[4 * kMaxBins], sum[4], ds[4], dt[4], bs[4], bt[4];
+      decode_edges<acc_t>(rs + offset(a.ls, b, h, w0), a.ls, nb, n, bins, sum, ds, false);
+      decode_edges<acc_t>(rt + offset(a.lt, b, h, w0), a.lt, nb, n, bins, sum, dt, false);
       math::distances_to_box<M>(ds, bs);
       math::distances_to_box<M>(dt, bt);
       store_lanes(math::giou_loss<M>(bs, bt, eps), loss + o, 1, n);
@@ -336,10 +343,9 @@ void dfl_backward(const DflArgs& a) {
     const Vec eps(static_cast<acc_t>(a.eps));
     const int nb = a.nbins;
     for_each_run<Vec::size()>(a.ls, a.ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
-      Vec bins_t[4 * kMaxBins], bins[4 * kMaxBins], mx[4], sum[4], mxt[4], sumt[4];
-      Vec ds[4], dt[4], bs[4], bt[4], gs[4], gt[4];
-      decode_edges<acc_t>(rt + offset(a.lt, b, h, w0), a.lt, nb, n, bins_t, mxt, sumt, dt);
-      decode_edges<acc_t>(rs + offset(a.ls, b, h, w0), a.ls, nb, n, bins, mx, sum, ds);
+      Vec bins[4 * kMaxBins], sum[4], ds[4], dt[4], bs[4], bt[4], gs[4], gt[4];
+      decode_edges<acc_t>(rt + offset(a.lt, b, h, w0), a.lt, nb, n, bins, sum, dt, false);
+      decode_edges<acc_t>(rs + offset(a.ls, b, h, w0), a.ls, nb, n, bins, sum, ds, true);
       math::distances_to_box<M>(ds, bs);
       math::distances_to_box<M>(dt, bt);
       math::giou_grad<M>(bs, bt, eps, load_lanes<acc_t>(coef + o, 1, n), gs, gt);
@@ -349,7 +355,7 @@ void dfl_backward(const DflArgs& a) {
       for (int e = 0; e < 4; ++e) {
         const Vec inv = Vec(1) / sum[e];
         for (int j = 0; j < nb; ++j) {
-          const Vec prob = M::exp_neg(bins[e * nb + j] - mx[e]) * inv;
+          const Vec prob = bins[e * nb + j] * inv;
           store_lanes(gd[e] * prob * (Vec(static_cast<acc_t>(j)) - ds[e]),
                       pg + (e * nb + j) * a.lg.sc, a.lg.sw, n);
         }
