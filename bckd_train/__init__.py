@@ -1,0 +1,1 @@
+"""A thin GFocal (GFL) teacher-student detection package built on bckd_kernels."""

@@ -1,0 +1,70 @@
+"""Training configurations: one frozen dataclass, named presets, no registries."""
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from .model import ModelConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str
+    dataset: str  # "forest" or "fashion"
+    model: ModelConfig
+    epochs: int
+    batch_size: int  # global: split across processes under torchrun
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    lr_steps: tuple = ()  # epochs after which the learning rate is multiplied by 0.1
+    max_train_images: Optional[int] = None
+    max_val_images: Optional[int] = None
+    max_iters: Optional[int] = None  # stop early (tests)
+    hflip: bool = True
+    seed: int = 0
+    eval_every: int = 1
+
+
+PRESETS = {
+    # A few iterations on a small real subset: the test suite's smoke run.
+    "instant": TrainConfig(
+        name="instant",
+        dataset="fashion",
+        model=ModelConfig(num_classes=10, fpn_channels=32, head_convs=1),
+        epochs=2,
+        batch_size=8,
+        lr=0.01,
+        warmup_iters=5,
+        max_train_images=48,
+        max_val_images=16,
+    ),
+    "fashion_student": TrainConfig(
+        name="fashion_student",
+        dataset="fashion",
+        model=ModelConfig(num_classes=10),
+        epochs=6,
+        batch_size=16,
+        warmup_iters=100,
+        lr_steps=(4, 5),
+    ),
+    "forest_student": TrainConfig(
+        name="forest_student",
+        dataset="forest",
+        model=ModelConfig(num_classes=1),
+        epochs=24,
+        batch_size=4,
+        warmup_iters=50,
+        lr_steps=(16, 22),
+    ),
+}
+
+
+def get_config(name, **overrides):
+    if name not in PRESETS:
+        raise ValueError(f"unknown config {name!r}; presets: {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
+
+
+__all__ = ["TrainConfig", "ModelConfig", "PRESETS", "get_config"]

