@@ -66,56 +66,72 @@ def _register():
     def _(grad, student_reg, teacher_reg, reg_max, eps):
         return torch.empty_like(student_reg)
 
-    # ---------------------------------------------------------- autograd ----
-    # bin_cls_distill: gradient to the student only; max_abs_diff has none.
-    def bcdl_setup(ctx, inputs, output):
+    for name, autograd in (("bin_cls_distill", bcdl_autograd), ("paired_giou", giou_autograd),
+                           ("dfl_giou_distill", dfl_autograd)):
+        backward, setup = autograd(getattr(torch.ops.bckd, f"_{name}_backward"))
+        torch.library.register_autograd(lib + name, backward, setup_context=setup)
+
+
+# Autograd of the three losses, given their backward ops (C++/CUDA here, Triton in
+# triton_ops.py): (backward, setup_context) for torch.library.register_autograd.
+
+
+def bcdl_autograd(backward_op):
+    """Gradient to the student only; max_abs_diff has none."""
+
+    def setup(ctx, inputs, output):
         student, teacher, weight, beta = inputs
         ctx.save_for_backward(student, teacher, weight)
         ctx.beta = beta
         ctx.mark_non_differentiable(output[1])
 
-    def bcdl_backward(ctx, grad_loss, grad_max_abs_diff):
+    def backward(ctx, grad_loss, grad_max_abs_diff):
         student, teacher, weight = ctx.saved_tensors
-        grad = None
-        if ctx.needs_input_grad[0]:
-            grad = torch.ops.bckd._bin_cls_distill_backward(grad_loss, student, teacher, weight, ctx.beta)
+        grad = backward_op(grad_loss, student, teacher, weight, ctx.beta) if ctx.needs_input_grad[0] else None
         return grad, None, None, None
 
-    torch.library.register_autograd(lib + "bin_cls_distill", bcdl_backward, setup_context=bcdl_setup)
+    return backward, setup
 
-    def giou_setup(ctx, inputs, output):
+
+def giou_autograd(backward_op):
+    """Gradients to the boxes that need them."""
+
+    def setup(ctx, inputs, output):
         pred, target, eps = inputs
         ctx.save_for_backward(pred, target)
         ctx.eps = eps
 
-    def giou_backward(ctx, grad):
+    def backward(ctx, grad):
         pred, target = ctx.saved_tensors
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, None
-        grad_pred, grad_target = torch.ops.bckd._paired_giou_backward(grad, pred, target, ctx.eps)
+        grad_pred, grad_target = backward_op(grad, pred, target, ctx.eps)
         return (
             grad_pred if ctx.needs_input_grad[0] else None,
             grad_target if ctx.needs_input_grad[1] else None,
             None,
         )
 
-    torch.library.register_autograd(lib + "paired_giou", giou_backward, setup_context=giou_setup)
+    return backward, setup
 
-    # dfl_giou_distill: gradient to the student only.
-    def dfl_setup(ctx, inputs, output):
+
+def dfl_autograd(backward_op):
+    """Gradient to the student's regression logits only."""
+
+    def setup(ctx, inputs, output):
         student_reg, teacher_reg, reg_max, eps = inputs
         ctx.save_for_backward(student_reg, teacher_reg)
         ctx.reg_max = reg_max
         ctx.eps = eps
 
-    def dfl_backward(ctx, grad):
+    def backward(ctx, grad):
         student_reg, teacher_reg = ctx.saved_tensors
         g = None
         if ctx.needs_input_grad[0]:
-            g = torch.ops.bckd._dfl_giou_distill_backward(grad, student_reg, teacher_reg, ctx.reg_max, ctx.eps)
+            g = backward_op(grad, student_reg, teacher_reg, ctx.reg_max, ctx.eps)
         return g, None, None, None
 
-    torch.library.register_autograd(lib + "dfl_giou_distill", dfl_backward, setup_context=dfl_setup)
+    return backward, setup
 
 
 if HAS_COMPILED:

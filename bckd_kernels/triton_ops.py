@@ -29,6 +29,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
+from ._ops import bcdl_autograd, dfl_autograd, giou_autograd
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_REG_MAX = 64
@@ -500,51 +502,10 @@ def _dfl_giou_distill_backward_triton(
 
 # -------------------------------------------------------------- autograd ----
 
-
-def _bcdl_setup(ctx, inputs, output):
-    student, teacher, weight, beta = inputs
-    ctx.save_for_backward(student, teacher, weight)
-    ctx.beta = beta
-    ctx.mark_non_differentiable(output[1])
-
-
-def _bcdl_backward(ctx, grad_loss, grad_mad):
-    student, teacher, weight = ctx.saved_tensors
-    grad = None
-    if ctx.needs_input_grad[0]:
-        grad = torch.ops.bckd._bin_cls_distill_backward_triton(grad_loss, student, teacher, weight, ctx.beta)
-    return grad, None, None, None
-
-
-def _giou_setup(ctx, inputs, output):
-    pred, target, eps = inputs
-    ctx.save_for_backward(pred, target)
-    ctx.eps = eps
-
-
-def _giou_backward(ctx, grad):
-    pred, target = ctx.saved_tensors
-    if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-        return None, None, None
-    gp, gt = torch.ops.bckd._paired_giou_backward_triton(grad, pred, target, ctx.eps)
-    return gp if ctx.needs_input_grad[0] else None, gt if ctx.needs_input_grad[1] else None, None
-
-
-def _dfl_setup(ctx, inputs, output):
-    student_reg, teacher_reg, reg_max, eps = inputs
-    ctx.save_for_backward(student_reg, teacher_reg)
-    ctx.reg_max = reg_max
-    ctx.eps = eps
-
-
-def _dfl_backward(ctx, grad):
-    student_reg, teacher_reg = ctx.saved_tensors
-    g = None
-    if ctx.needs_input_grad[0]:
-        g = torch.ops.bckd._dfl_giou_distill_backward_triton(grad, student_reg, teacher_reg, ctx.reg_max, ctx.eps)
-    return g, None, None, None
-
-
-bin_cls_distill_triton.register_autograd(_bcdl_backward, setup_context=_bcdl_setup)
-paired_giou_triton.register_autograd(_giou_backward, setup_context=_giou_setup)
-dfl_giou_distill_triton.register_autograd(_dfl_backward, setup_context=_dfl_setup)
+for _op, _autograd, _backward_op in (
+    (bin_cls_distill_triton, bcdl_autograd, torch.ops.bckd._bin_cls_distill_backward_triton),
+    (paired_giou_triton, giou_autograd, torch.ops.bckd._paired_giou_backward_triton),
+    (dfl_giou_distill_triton, dfl_autograd, torch.ops.bckd._dfl_giou_distill_backward_triton),
+):
+    _backward, _setup = _autograd(_backward_op)
+    _op.register_autograd(_backward, setup_context=_setup)

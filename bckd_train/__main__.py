@@ -17,9 +17,16 @@ def main(argv=None):
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
+    p.add_argument("--max-iters", type=int, default=None, help="stop after this many iterations")
     p.add_argument("--cache", default=None)
     p = sub.add_parser("eval", help="COCO metrics of a checkpoint on its data set's val split")
     p.add_argument("--ckpt", required=True)
+    p.add_argument("--cache", default=None)
+    p = sub.add_parser("show", help="draw a checkpoint's detections on an image")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--score", type=float, default=0.3, help="lowest score drawn")
     p.add_argument("--cache", default=None)
     args = parser.parse_args(argv)
 
@@ -32,17 +39,16 @@ def main(argv=None):
         from .config import get_config
 
         if args.command == "train":
-            metrics = engine.train(get_config(args.config), args.out, resume=args.resume, cache=args.cache)
+            overrides = {} if args.max_iters is None else {"max_iters": args.max_iters}
+            cfg = get_config(args.config, **overrides)
+            metrics = engine.train(cfg, args.out, resume=args.resume, cache=args.cache)
             print(json.dumps(metrics, indent=2))
             return 0
-        import torch
-
-        from .model import GFL
-
-        ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=False)
-        cfg = get_config(ckpt["config"])
-        model = GFL(cfg.model, cache=args.cache)
-        model.load_state_dict(ckpt["model"])
+        cfg, model = engine.load_checkpoint(args.ckpt, args.cache)
+        if args.command == "show":
+            n = engine.show(model, cfg, args.image, args.out, score=args.score, cache=args.cache)
+            print(f"{n} detections drawn to {args.out}")
+            return 0
         _, val = engine.datasets(cfg, args.cache)
         metrics = engine.evaluate(model, val)
         out = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "eval.json")

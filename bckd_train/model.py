@@ -137,6 +137,16 @@ class GFL(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
 
+    def train(self, mode=True):
+        """The backbone's BatchNorm layers keep their ImageNet statistics (mmdetection's
+        norm_eval): small detection batches would make them noisy, and a process would
+        normalise with its own share of the batch under DistributedDataParallel."""
+        super().train(mode)
+        for m in self.backbone.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
     def forward(self, images):
         """images [B, 3, H, W] in [0, 1] -> (cls [B, C, H_l, W_l] per level, reg [B, 68, H_l, W_l] per level)."""
         return self.head(self.fpn(self.backbone((images - self.pixel_mean) / self.pixel_std)))

@@ -4,6 +4,8 @@ import dataclasses
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -143,3 +145,38 @@ def test_resume_matches_uninterrupted(tmp_path):
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert losses(tmp_path / "full") == losses(tmp_path / "split")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_two_processes_match_one(tmp_path):
+    """torchrun with 2 gloo processes (4 images each) against 1 process (8 images):
+    same global batch, same losses and weights up to float summation order (over
+    the first 6 iterations: later, SGD amplifies those differences)."""
+    engine.train(dataclasses.replace(get_config("instant"), max_iters=6), str(tmp_path / "one"), progress=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "bckd_train", "train", "--config", "instant", "--max-iters", "6", "--out", str(tmp_path / "two")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-4)
+    a = torch.load(tmp_path / "one" / "checkpoint.pth", weights_only=False)["model"]
+    b = torch.load(tmp_path / "two" / "checkpoint.pth", weights_only=False)["model"]
+    x = torch.cat([a[k].double().flatten() for k in a])
+    y = torch.cat([b[k].double().flatten() for k in a])
+    assert (x - y).norm() <= 1e-5 * x.norm()
+
+def test_cli_eval_and_show(tmp_path, folders):
+    engine.train(dataclasses.replace(get_config("instant"), epochs=1), str(tmp_path), progress=False)
+    ckpt = str(tmp_path / "checkpoint.pth")
+    out = subprocess.run([sys.executable, "-m", "bckd_train", "eval", "--ckpt", ckpt], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert set(json.loads((tmp_path / "eval.json").read_text())) == {"AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"}
+    image = os.path.join(folders["fashion"], "images", "val_00000.png")
+    out = subprocess.run([sys.executable, "-m", "bckd_train", "show", "--ckpt", ckpt, "--image", image,
+                          "--out", str(tmp_path / "show.png"), "--score", "0.0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "show.png").exists() and "detections drawn" in out.stdout
