@@ -24,6 +24,8 @@
 namespace bckd {
 namespace math {
 
+// Unqualified ::exp, ::log1p, ::pow and ::fabs pick the float overloads for
+// float (C++ <cmath> on the host, CUDA's math functions on the device).
 template <typename scalar_t>
 struct ScalarMath {
   using T = scalar_t;
@@ -44,24 +46,6 @@ struct ScalarMath {
   static BCKD_HD T select(Mask m, T a, T b) { return m ? a : b; }
 };
 
-template <>
-struct ScalarMath<float> {
-  using T = float;
-  using Mask = bool;
-  static BCKD_HD T exp(T x) { return ::expf(x); }
-  static BCKD_HD T exp_neg(T x) { return ::expf(x); }
-  static BCKD_HD T log1p(T x) { return ::log1pf(x); }
-  static BCKD_HD T log1p_unit(T x) { return ::log1pf(x); }
-  static BCKD_HD T pow(T x, T y) { return ::powf(x, y); }
-  static BCKD_HD T abs(T x) { return ::fabsf(x); }
-  static BCKD_HD T max(T a, T b) { return (a > b || a != a) ? a : b; }
-  static BCKD_HD T min(T a, T b) { return (a < b || a != a) ? a : b; }
-  static BCKD_HD Mask gt(T a, T b) { return a > b; }
-  static BCKD_HD Mask ge(T a, T b) { return a >= b; }
-  static BCKD_HD Mask lt(T a, T b) { return a < b; }
-  static BCKD_HD Mask eq(T a, T b) { return a == b; }
-  static BCKD_HD T select(Mask m, T a, T b) { return m ? a : b; }
-};
 
 // ---------------------------------------------------------------------------
 // BCDL (SPEC 1). For one element, with p = σ(zs), q = σ(zt), d = p − q:
