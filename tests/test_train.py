@@ -58,6 +58,18 @@ def test_missing_source_says_how_to_install(tmp_path):
         data.open_wheel(data.DEEPFOREST, str(tmp_path))
 
 
+def test_efficientnet_lite2_backbone_loads_strictly():
+    from bckd_train.model import GFL, EfficientNetLite2Backbone, ModelConfig
+
+    backbone = EfficientNetLite2Backbone(pretrained=True).eval()
+    outs = backbone(torch.rand(1, 3, 96, 128))
+    assert [tuple(o.shape[1:]) for o in outs] == [(48, 12, 16), (120, 6, 8), (352, 3, 4)]
+    model = GFL(ModelConfig(num_classes=3, backbone="efficientnet_lite2", fpn_channels=32, head_convs=1))
+    cls, reg = model(torch.rand(2, 3, 128, 128))
+    assert [tuple(c.shape) for c in cls] == [(2, 3, s, s) for s in (16, 8, 4, 2, 1)]
+    assert all(r.shape[1] == 68 for r in reg)
+
+
 def test_atss_hand_made():
     strides = (8, 16)
     points = gfl.level_points([(8, 8), (4, 4)], strides, "cpu")
