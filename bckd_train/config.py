@@ -49,6 +49,16 @@ PRESETS = {
         warmup_iters=100,
         lr_steps=(4, 5),
     ),
+    # Teacher: EfficientNet-Lite2, a wider FPN and a deeper head, the student's schedule.
+    "fashion_teacher": TrainConfig(
+        name="fashion_teacher",
+        dataset="fashion",
+        model=ModelConfig(num_classes=10, backbone="efficientnet_lite2", fpn_channels=128, head_convs=4),
+        epochs=6,
+        batch_size=16,
+        warmup_iters=100,
+        lr_steps=(4, 5),
+    ),
     "forest_student": TrainConfig(
         name="forest_student",
         dataset="forest",
