@@ -28,6 +28,7 @@ allocator on GPU and from the profiler's CPU allocation trace on CPU.
 import argparse
 import csv
 import datetime
+import importlib.util
 import json
 import os
 import statistics
@@ -266,7 +267,7 @@ def _cpu_name():
 
 def providers_for(device):
     names = ["reference", "compiled", device.type]
-    if device.type == "cuda" and "triton" in getattr(F, "BACKENDS", ()):
+    if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
         names.append("triton")
     return names
 
