@@ -1,4 +1,4 @@
-"""python -m bckd_train {data,train,eval} ..."""
+"""python -m bckd_train {data,train,distill,eval,show} ..."""
 
 import argparse
 import json
@@ -6,6 +6,15 @@ import os
 import sys
 
 from . import data
+from .distill import METHODS
+
+
+def check_teacher(cfg, t_cfg):
+    """The teacher must see the student's data and predict the same maps."""
+    for what, a, b in (("dataset", cfg.dataset, t_cfg.dataset), ("num_classes", cfg.model.num_classes, t_cfg.model.num_classes),
+                       ("strides", cfg.model.strides, t_cfg.model.strides), ("reg_max", cfg.model.reg_max, t_cfg.model.reg_max)):
+        if a != b:
+            raise ValueError(f"teacher {what} {b!r} does not match the student's {a!r}")
 
 
 def main(argv=None):
@@ -18,6 +27,20 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
     p.add_argument("--max-iters", type=int, default=None, help="stop after this many iterations")
+    p.add_argument("--seed", type=int, default=None, help="override the preset's seed")
+    p.add_argument("--cache", default=None)
+    p = sub.add_parser("distill", help="train a student preset with a teacher checkpoint")
+    p.add_argument("--config", required=True, help="the student's preset")
+    p.add_argument("--teacher", required=True, help="the teacher's checkpoint.pth")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--seed", type=int, default=None, help="override the preset's seed")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
+    p.add_argument("--max-iters", type=int, default=None, help="stop after this many iterations")
+    p.add_argument("--backend", default="auto", help="bckd_kernels backend for BCDL/ILDL (auto, reference, ...)")
+    p.add_argument("--memo-teacher", action="store_true",
+                   help="reuse the teacher's maps when an (image, flip) comes back (exact: flips are the only "
+                        "augmentation; saves the teacher's forward pass after the first time)")
     p.add_argument("--cache", default=None)
     p = sub.add_parser("eval", help="COCO metrics of a checkpoint on its data set's val split")
     p.add_argument("--ckpt", required=True)
@@ -38,10 +61,17 @@ def main(argv=None):
         from . import engine
         from .config import get_config
 
-        if args.command == "train":
-            overrides = {} if args.max_iters is None else {"max_iters": args.max_iters}
+        if args.command in ("train", "distill"):
+            overrides = {k: v for k, v in (("max_iters", args.max_iters), ("seed", args.seed)) if v is not None}
             cfg = get_config(args.config, **overrides)
-            metrics = engine.train(cfg, args.out, resume=args.resume, cache=args.cache)
+            distiller = None
+            if args.command == "distill":
+                from .distill import Distiller
+
+                t_cfg, teacher = engine.load_checkpoint(args.teacher, args.cache)
+                check_teacher(cfg, t_cfg)
+                distiller = Distiller(teacher, args.method, backend=args.backend, memo=args.memo_teacher)
+            metrics = engine.train(cfg, args.out, resume=args.resume, cache=args.cache, distiller=distiller)
             print(json.dumps(metrics, indent=2))
             return 0
         cfg, model = engine.load_checkpoint(args.ckpt, args.cache)

@@ -150,7 +150,7 @@ def load_checkpoint(path, cache=None):
     from .config import get_config
 
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = get_config(ckpt["config"])
+    cfg = get_config(ckpt["config"], seed=ckpt.get("seed", 0))
     model = GFL(dataclasses.replace(cfg.model, pretrained=False), cache=cache)
     model.load_state_dict(ckpt["model"])
     return cfg, model.eval()
@@ -181,12 +181,14 @@ def show(model, cfg, image_path, out_path, *, score=0.3, cache=None):
 # -------------------------------------------------------------- training ----
 
 
-def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", progress=True):
+def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", progress=True, distiller=None):
     """Trains cfg into folder out; returns the last epoch's metrics.
 
     Writes out/log.jsonl (per-iteration losses, per-epoch metrics),
     out/checkpoint.pth (every epoch: weights, optimiser, RNG states),
-    out/metrics.json and out/curves.png at the end.
+    out/metrics.json and out/curves.png at the end. With a
+    :class:`bckd_train.distill.Distiller`, its losses join the ground-truth ones
+    (the teacher is not among the optimised parameters).
     """
     init_distributed()
     rank, size = world()
@@ -208,6 +210,12 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", prog
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, it = ckpt["epoch"], ckpt["iteration"]
         set_rng_state(ckpt["rng"])
+        if rank == 0 and os.path.exists(log_path):
+            # a killed run may have logged iterations past its last checkpoint
+            with open(log_path) as f:
+                kept = [line for line in f if json.loads(line)["iteration"] <= it]
+            with open(log_path, "w") as f:
+                f.writelines(kept)
     elif rank == 0 and os.path.exists(log_path):
         os.remove(log_path)
     iters_per_epoch = len(train_set) // cfg.batch_size
@@ -220,17 +228,24 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", prog
         for batch in bar:
             if cfg.max_iters is not None and it >= cfg.max_iters:
                 break
-            images, _, targets = load_batch(train_set, batch, cfg.hflip)
+            images, masks, targets = load_batch(train_set, batch, cfg.hflip)
             lr = learning_rate(cfg, it, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
-            cls, reg = ddp(images.to(device))
-            losses, _ = gfl.gfl_loss(cls, reg, targets, strides=cfg.model.strides, reg_max=cfg.model.reg_max,
-                                     num_classes=cfg.model.num_classes, avg_factor_fn=reduce_mean)
+            images = images.to(device)
+            cls, reg = ddp(images)
+            losses, extras = gfl.gfl_loss(cls, reg, targets, strides=cfg.model.strides, reg_max=cfg.model.reg_max,
+                                          num_classes=cfg.model.num_classes, avg_factor_fn=reduce_mean)
+            if distiller is not None:
+                keys = [(i, bool(flip and cfg.hflip)) for i, flip in batch]
+                losses.update(distiller(images, masks.to(device), cls, reg, extras, strides=cfg.model.strides,
+                                        reg_max=cfg.model.reg_max, keys=keys))
             total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             it += 1
             # Logged values are the global batch's: the mean over processes.
@@ -249,7 +264,8 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", prog
                 print(f"{cfg.name} epoch {epoch + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         if rank == 0:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                        "iteration": it, "rng": rng_state(), "config": cfg.name}, ckpt_path)
+                        "iteration": it, "rng": rng_state(), "config": cfg.name, "seed": cfg.seed,
+                        "method": distiller.method if distiller is not None else "none"}, ckpt_path)
         if size > 1:
             dist.barrier()
     if rank == 0:
@@ -270,7 +286,7 @@ def plot_curves(log_path, png_path):
     steps = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "AP" in r]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for key in ("loss", "loss_qfl", "loss_dfl", "loss_giou"):
+    for key in [k for k in steps[0] if k.startswith("loss")]:
         axes[0].plot([r["iteration"] for r in steps], [r[key] for r in steps], label=key, lw=0.8)
     axes[0].set_xlabel("iteration")
     axes[0].set_yscale("log")

@@ -129,9 +129,12 @@ def gfl_targets(points, strides, num_per_level, targets, num_classes):
 def gfl_loss(cls_maps, reg_maps, targets, *, strides, reg_max, num_classes, avg_factor_fn=None):
     """Ground-truth GFL losses: {"loss_qfl", "loss_dfl", "loss_giou"}, weights 1.0, 0.25, 2.0.
 
-    Also returns the normaliser A of SPEC section 4 (as "avg_factor", a tensor,
-    averaged across processes by avg_factor_fn when given) for the distillation
-    losses.
+    Also returns, for the distillation losses, a dict of tensors: the normaliser
+    A of SPEC section 4 ("avg_factor", averaged across processes by
+    avg_factor_fn when given), "positive" [B, A] (ATSS positives, levels
+    concatenated), "pos_per_level" [L] (this process's positives per level),
+    "num_pos" and "weight_avg" (the DFL/GIoU normaliser: the positives' summed
+    student scores, averaged across processes).
     """
     device = cls_maps[0].device
     shapes = [m.shape[-2:] for m in cls_maps]
@@ -176,11 +179,14 @@ def gfl_loss(cls_maps, reg_maps, targets, *, strides, reg_max, num_classes, avg_
         loss_dfl = (dfl * weight).sum()
     weight_avg = (avg_factor_fn(weight_sum) if avg_factor_fn else weight_sum).clamp(min=1)
     loss_qfl = quality_focal_loss(logits, labels, scores).sum() / avg
+    positive = labels.view(b, -1) < num_classes  # [B, A]
+    pos_per_level = torch.stack([m.sum() for m in positive.split(num_per_level, 1)])  # [L]
     return {
         "loss_qfl": loss_qfl,
         "loss_dfl": 0.25 * loss_dfl / weight_avg,
         "loss_giou": 2.0 * loss_giou / weight_avg,
-    }, {"avg_factor": avg + EPS, "num_pos": n_pos}
+    }, {"avg_factor": avg + EPS, "num_pos": n_pos, "positive": positive, "pos_per_level": pos_per_level,
+        "weight_avg": weight_avg}
 
 
 @torch.no_grad()

@@ -151,6 +151,9 @@ def test_resume_matches_uninterrupted(tmp_path):
     cfg = get_config("instant")
     engine.train(cfg, str(tmp_path / "full"), progress=False)
     engine.train(dataclasses.replace(cfg, epochs=1), str(tmp_path / "split"), progress=False)
+    log = tmp_path / "split" / "log.jsonl"
+    with open(log, "a") as f:  # killed in the second epoch, after its checkpoint
+        f.write(json.dumps({"loss": 9.0, "iteration": 7, "epoch": 1}) + "\n")
     engine.train(cfg, str(tmp_path / "split"), resume=True, progress=False)
     a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=False)
     b = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=False)

@@ -1,0 +1,214 @@
+"""bckd_train.distill: each method's step, fused vs reference on real head maps, DDP."""
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bckd_train import __main__ as cli
+from bckd_train import distill, engine, gfl
+from bckd_train.config import get_config
+from bckd_train.model import GFL
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    """An instant-preset detector trained a few iterations: a teacher with the student's maps."""
+    out = tmp_path_factory.mktemp("teacher")
+    engine.train(dataclasses.replace(get_config("instant"), max_iters=4, seed=1), str(out), progress=False)
+    return str(out / "checkpoint.pth")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    cfg = get_config("instant")
+    train, _ = engine.datasets(cfg)
+    return engine.load_batch(train, [(i, i % 2 == 1) for i in range(4)], True)
+
+
+def head_outputs(cfg, images, targets, seed=0):
+    torch.manual_seed(seed)
+    student = GFL(cfg.model)
+    student.train()
+    cls, reg = student(images)
+    _, extras = gfl.gfl_loss(cls, reg, targets, strides=cfg.model.strides, reg_max=cfg.model.reg_max,
+                             num_classes=cfg.model.num_classes)
+    return student, cls, reg, extras
+
+
+def records(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [r for r in map(json.loads, f) if "loss" in r]
+
+
+LOSS_NAMES = {"none": [], "kd": ["loss_kd"], "ld": ["loss_ld"], "bcdl": ["loss_bcdl"], "ildl": ["loss_ildl"],
+              "bckd": ["loss_bcdl", "loss_ildl"]}
+
+
+@pytest.mark.parametrize("method", distill.METHODS)
+def test_distill_step_trains_the_student_only(method, teacher_ckpt, tmp_path):
+    cfg = dataclasses.replace(get_config("instant"), epochs=1, max_iters=3)
+    _, teacher = engine.load_checkpoint(teacher_ckpt)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    engine.train(cfg, str(tmp_path), progress=False, distiller=distill.Distiller(teacher, method))
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert not teacher.training
+    rows = records(tmp_path)
+    assert len(rows) == 3
+    assert {k for k in rows[0] if k.startswith("loss_")} == {"loss_qfl", "loss_dfl", "loss_giou", *LOSS_NAMES[method]}
+    assert all(math.isfinite(r[k]) for r in rows for k in r if k.startswith("loss"))
+    ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=False)
+    assert ckpt["method"] == method and not any(k.startswith("teacher") for k in ckpt["model"])
+
+
+@pytest.mark.parametrize("method", [m for m in distill.METHODS if m != "none"])
+def test_distillation_loss_falls(method, teacher_ckpt, batch):
+    """A few SGD steps on one batch, the distillation loss alone: it falls."""
+    cfg = get_config("instant")
+    images, masks, targets = batch
+    _, teacher = engine.load_checkpoint(teacher_ckpt)
+    torch.manual_seed(0)
+    student = GFL(cfg.model)
+    student.train()
+    optimizer = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    d = distill.Distiller(teacher, method)
+    curve = []
+    for _ in range(6):
+        cls, reg = student(images)
+        _, extras = gfl.gfl_loss(cls, reg, targets, strides=cfg.model.strides, reg_max=cfg.model.reg_max,
+                                 num_classes=cfg.model.num_classes)
+        losses = d(images, masks, cls, reg, extras, strides=cfg.model.strides, reg_max=cfg.model.reg_max)
+        assert set(losses) == set(LOSS_NAMES[method])
+        total = sum(losses.values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        curve.append(total.item())
+    assert all(math.isfinite(x) for x in curve)
+    assert curve[-1] < curve[0], curve
+
+
+@pytest.mark.parametrize("method", ["bcdl", "ildl", "bckd"])
+def test_fused_losses_equal_reference_on_head_maps(method, teacher_ckpt, batch):
+    cfg = get_config("instant")
+    images, masks, targets = batch
+    masks = masks.clone()
+    masks[:, :, 100:] = 0  # a padded strip: the valid mask reaches every level
+    _, teacher = engine.load_checkpoint(teacher_ckpt)
+    student, cls, reg, extras = head_outputs(cfg, images, targets)
+    results = {}
+    for backend in ("auto", "reference"):
+        d = distill.Distiller(teacher, method, backend=backend)
+        losses = d(images, masks, cls, reg, extras, strides=cfg.model.strides, reg_max=cfg.model.reg_max)
+        total = sum(v * (i + 1.5) for i, v in enumerate(losses.values()))  # non-unit grad_output per loss
+        grads = torch.autograd.grad(total, cls + reg, allow_unused=True)
+        results[backend] = (losses, grads)
+    (fused, g_fused), (ref, g_ref) = results["auto"], results["reference"]
+    assert fused.keys() == ref.keys()
+    for k in fused:
+        assert fused[k].item() > 0
+        torch.testing.assert_close(fused[k], ref[k], rtol=1e-5, atol=1e-7)
+    for a, b in zip(g_fused, g_ref):
+        if a is None or b is None:
+            assert a is None and b is None or (a if b is None else b).abs().max() == 0
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
+
+
+def test_level_without_positives_is_gated_off(teacher_ckpt, batch):
+    cfg = get_config("instant")
+    images, masks, targets = batch
+    _, teacher = engine.load_checkpoint(teacher_ckpt)
+    _, cls, reg, extras = head_outputs(cfg, images, targets)
+    d = distill.Distiller(teacher, "bckd")
+    kw = dict(strides=cfg.model.strides, reg_max=cfg.model.reg_max)
+    full = d(images, masks, cls, reg, extras, **kw)
+    none = d(images, masks, cls, reg, dict(extras, pos_per_level=torch.zeros_like(extras["pos_per_level"])), **kw)
+    assert all(v.item() == 0 for v in none.values())
+    gate = torch.zeros_like(extras["pos_per_level"])
+    gate[0] = 1
+    first = d(images, masks, cls, reg, dict(extras, pos_per_level=gate), **kw)
+    only = d(images, masks, cls[:1], reg[:1], dict(extras, pos_per_level=gate[:1]), **kw)
+    for k in full:
+        torch.testing.assert_close(first[k], only[k])
+        assert 0 < first[k].item() < full[k].item()
+
+
+def test_memoised_teacher_maps_equal_online(teacher_ckpt, batch):
+    images = batch[0]
+    _, teacher = engine.load_checkpoint(teacher_ckpt)
+    keys = [(i, False) for i in range(4)]
+    memo = distill.Distiller(teacher, "bckd", memo=True)
+    memo.teacher_maps(images[:2], keys[:2])  # two images first, in a batch of their own
+    cls, reg = memo.teacher_maps(images, keys)
+    cls_ref, reg_ref = teacher(images)
+    for a, b in zip(cls + reg, cls_ref + reg_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert len(memo.memo) == 4
+
+
+def test_kd_and_ld_by_hand():
+    zs = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    zt = torch.tensor([[3.0, 2.0, 1.0], [5.0, 0.0, 0.0]])
+    positive = torch.tensor([True, False])
+    t = 2.0
+    q = torch.softmax(zt[0] / t, 0)
+    kl = (q * (q.log() - torch.log_softmax(zs[0] / t, 0))).sum()
+    expected = 10.0 * t * t * kl / 3 / 4.0
+    torch.testing.assert_close(distill.kd_loss(zs, zt, positive, torch.tensor(4.0)), expected)
+    # one class: softmax is constant, KD carries nothing
+    z1 = torch.randn(5, 1, requires_grad=True)
+    loss = distill.kd_loss(z1, torch.randn(5, 1), torch.ones(5, dtype=torch.bool), torch.tensor(1.0))
+    loss.backward()
+    assert loss.item() == 0 and z1.grad.abs().max() == 0
+    rs = torch.randn(3, 68)
+    assert distill.ld_loss(rs, rs.clone(), torch.ones(3), torch.tensor(3.0)).abs().item() < 1e-6
+    rt = torch.randn(3, 68)
+    w = torch.tensor([0.5, 0.0, 1.0])
+    per_edge = [
+        (torch.softmax(rt[i].view(4, 17)[e] / 10, 0)
+         * (torch.log_softmax(rt[i].view(4, 17)[e] / 10, 0) - torch.log_softmax(rs[i].view(4, 17)[e] / 10, 0))).mean()
+        * 100
+        for i in range(3) for e in range(4)
+    ]
+    per_loc = torch.stack(per_edge).view(3, 4).mean(1)
+    torch.testing.assert_close(distill.ld_loss(rs, rt, w, torch.tensor(2.0)), 0.25 * (per_loc * w).sum() / 2.0)
+
+
+def test_teacher_must_match_the_student():
+    student = get_config("fashion_student")
+    cli.check_teacher(student, get_config("fashion_teacher"))
+    with pytest.raises(ValueError, match="dataset"):
+        cli.check_teacher(student, get_config("forest_teacher"))
+    with pytest.raises(ValueError, match="unknown method"):
+        distill.Distiller(None, "fitnet")
+    with pytest.raises(ValueError, match="needs a teacher"):
+        distill.Distiller(None, "bckd")
+
+
+def test_distill_two_processes_match_one(teacher_ckpt, tmp_path):
+    """torchrun with 2 gloo processes against 1 process, BCKD with the same global batch."""
+    base = [sys.executable, "-m", "bckd_train", "distill", "--config", "instant", "--teacher", teacher_ckpt,
+            "--method", "bckd", "--max-iters", "4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run(base + ["--out", str(tmp_path / "one")], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29533"] + base[1:] + ["--out", str(tmp_path / "two")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = records(tmp_path / "one"), records(tmp_path / "two")
+    assert len(a) == len(b) == 4
+    for key in ("loss", "loss_bcdl", "loss_ildl"):
+        np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], rtol=1e-4)
