@@ -301,6 +301,31 @@ def hflip(image, target):
     return image.flip(-1), dict(target, boxes=boxes)
 
 
+def vflip(image, target):
+    """Mirrors an image [3, H, W] and its boxes top to bottom."""
+    h = image.shape[-2]
+    b = target["boxes"]
+    boxes = torch.stack([b[:, 0], h - b[:, 3], b[:, 2], h - b[:, 1]], 1)
+    return image.flip(-2), dict(target, boxes=boxes)
+
+
+def transpose(image, target):
+    """Swaps the x and y axes of an image [3, H, W] and its boxes."""
+    return image.transpose(-1, -2), dict(target, boxes=target["boxes"][:, [1, 0, 3, 2]])
+
+
+def augment(image, target, t):
+    """One of the 8 flips/rotations by 90° (the dihedral group): bit 2 transposes,
+    then bit 0 mirrors left-right, bit 1 top-bottom; t = 0 is the identity."""
+    if t & 4:
+        image, target = transpose(image, target)
+    if t & 1:
+        image, target = hflip(image, target)
+    if t & 2:
+        image, target = vflip(image, target)
+    return image, target
+
+
 def collate(batch, size_divisor=32):
     """Pads images to one size (a multiple of size_divisor) and returns the valid-pixel masks.
 

@@ -65,9 +65,9 @@ class Distiller:
             it is put in eval mode with gradients off and is never trained.
         method: one of METHODS.
         backend: the ``bckd_kernels`` backend for BCDL/ILDL ("auto", "reference", ...).
-        memo: keep the teacher's maps per (image index, flip) and reuse them when the
-            same input comes back. Exact when the inputs are a function of that key
-            (here: flips are the only augmentation); costs the maps' memory
+        memo: keep the teacher's maps per (image index, transform) and reuse them when
+            the same input comes back. Exact when the inputs are a function of that key
+            (true here: flips and 90° rotations are the only augmentations); costs the maps' memory
             (≈ 110 kB per fashion scene, ≈ 0.9 MB per forest tile, float32).
     """
 

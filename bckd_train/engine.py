@@ -75,25 +75,34 @@ def datasets(cfg: TrainConfig, cache=None):
     return train, val
 
 
-def epoch_batches(n, batch_size, epoch, seed, rank, size):
-    """This process's share of each global batch of one epoch, as (index, flip) pairs.
+AUGMENTS = ("none", "hflip", "dihedral")
 
-    Order and flips depend on (seed, epoch) only: not on the number of
+
+def epoch_batches(n, batch_size, epoch, seed, rank, size, augment="hflip"):
+    """This process's share of each global batch of one epoch, as (index, transform)
+    pairs (transform: see :func:`data.augment`).
+
+    Order and transforms depend on (seed, epoch) only: not on the number of
     processes, nor on where an interrupted run resumed.
     """
+    if augment not in AUGMENTS:
+        raise ValueError(f"unknown augment {augment!r}; one of {', '.join(AUGMENTS)}")
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
     order = torch.randperm(n, generator=g).tolist()
-    flips = (torch.rand(n, generator=g) < 0.5).tolist()
+    transforms = (torch.rand(n, generator=g) < 0.5).long()
+    if augment == "dihedral":
+        transforms += 2 * torch.randint(0, 4, (n,), generator=g)
+    elif augment == "none":
+        transforms.zero_()
+    transforms = transforms.tolist()
     per_rank = batch_size // size
     for start in range(0, n - batch_size + 1, batch_size):
-        batch = [(i, flips[i]) for i in order[start : start + batch_size]]
+        batch = [(i, transforms[i]) for i in order[start : start + batch_size]]
         yield batch[rank * per_rank : (rank + 1) * per_rank]
 
 
-def load_batch(dataset, batch, use_flips):
-    items = [dataset[i] for i, _ in batch]
-    items = [data.hflip(*item) if flip and use_flips else item for item, (_, flip) in zip(items, batch)]
-    return data.collate(items)
+def load_batch(dataset, batch):
+    return data.collate([data.augment(*dataset[i], t) for i, t in batch])
 
 
 # ------------------------------------------------------------- schedule ----
@@ -222,13 +231,13 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", prog
     metrics = {}
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
-        bar = tqdm(epoch_batches(len(train_set), cfg.batch_size, epoch, cfg.seed, rank, size),
+        bar = tqdm(epoch_batches(len(train_set), cfg.batch_size, epoch, cfg.seed, rank, size, cfg.augment),
                    total=iters_per_epoch, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress or rank != 0, dynamic_ncols=True)
         for batch in bar:
             if cfg.max_iters is not None and it >= cfg.max_iters:
                 break
-            images, masks, targets = load_batch(train_set, batch, cfg.hflip)
+            images, masks, targets = load_batch(train_set, batch)
             lr = learning_rate(cfg, it, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -238,7 +247,7 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", prog
             losses, extras = gfl.gfl_loss(cls, reg, targets, strides=cfg.model.strides, reg_max=cfg.model.reg_max,
                                           num_classes=cfg.model.num_classes, avg_factor_fn=reduce_mean)
             if distiller is not None:
-                keys = [(i, bool(flip and cfg.hflip)) for i, flip in batch]
+                keys = list(batch)
                 losses.update(distiller(images, masks.to(device), cls, reg, extras, strides=cfg.model.strides,
                                         reg_max=cfg.model.reg_max, keys=keys))
             total = sum(losses.values())

@@ -31,7 +31,7 @@ def teacher_ckpt(tmp_path_factory):
 def batch():
     cfg = get_config("instant")
     train, _ = engine.datasets(cfg)
-    return engine.load_batch(train, [(i, i % 2 == 1) for i in range(4)], True)
+    return engine.load_batch(train, [(i, i % 2) for i in range(4)])
 
 
 def head_outputs(cfg, images, targets, seed=0):
@@ -132,7 +132,7 @@ def test_level_without_positives_is_gated_off(teacher_ckpt, batch):
     _, cls, reg, extras = head_outputs(cfg, images, targets)
     d = distill.Distiller(teacher, "bckd")
     kw = dict(strides=cfg.model.strides, reg_max=cfg.model.reg_max)
-    full = d(images, masks, cls, reg, extras, **kw)
+    full = d(images, masks, cls, reg, dict(extras, pos_per_level=torch.ones_like(extras["pos_per_level"])), **kw)
     none = d(images, masks, cls, reg, dict(extras, pos_per_level=torch.zeros_like(extras["pos_per_level"])), **kw)
     assert all(v.item() == 0 for v in none.values())
     gate = torch.zeros_like(extras["pos_per_level"])

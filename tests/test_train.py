@@ -70,6 +70,26 @@ def test_efficientnet_lite2_backbone_loads_strictly():
     assert all(r.shape[1] == 68 for r in reg)
 
 
+def test_dihedral_transforms_move_boxes_with_pixels():
+    image = torch.zeros(3, 40, 60)
+    image[:, 5:15, 20:50] = 1
+    target = {"boxes": torch.tensor([[20.0, 5.0, 50.0, 15.0]]), "labels": torch.tensor([0])}
+    seen = set()
+    for t in range(8):
+        img, tg = data.augment(image, target, t)
+        ys, xs = img[0].nonzero(as_tuple=True)
+        assert tg["boxes"].tolist() == [[xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]]
+        seen.add(img.numpy().tobytes())
+    assert len(seen) == 8
+
+
+@pytest.mark.parametrize("augment,values", [("none", {0}), ("hflip", {0, 1}), ("dihedral", set(range(8)))])
+def test_epoch_transforms(augment, values):
+    pairs = [p for batch in engine.epoch_batches(64, 8, 3, 0, 0, 1, augment) for p in batch]
+    assert sorted(i for i, _ in pairs) == list(range(64))
+    assert {t for _, t in pairs} == values
+
+
 def test_atss_hand_made():
     strides = (8, 16)
     points = gfl.level_points([(8, 8), (4, 4)], strides, "cpu")
