@@ -37,6 +37,7 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
     p.add_argument("--max-iters", type=int, default=None, help="stop after this many iterations")
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate every N epochs and after the last (0: only after the last)")
     p.add_argument("--backend", default="auto", help="bckd_kernels backend for BCDL/ILDL (auto, reference, ...)")
     p.add_argument("--memo-teacher", action="store_true",
                    help="reuse the teacher's maps when an (image, flip) comes back (exact: flips are the only "
@@ -62,7 +63,8 @@ def main(argv=None):
         from .config import get_config
 
         if args.command in ("train", "distill"):
-            overrides = {k: v for k, v in (("max_iters", args.max_iters), ("seed", args.seed)) if v is not None}
+            overrides = {k: v for k, v in (("max_iters", args.max_iters), ("seed", args.seed),
+                                           ("eval_every", getattr(args, "eval_every", None))) if v is not None}
             cfg = get_config(args.config, **overrides)
             distiller = None
             if args.command == "distill":

@@ -25,7 +25,7 @@ class TrainConfig:
     max_iters: Optional[int] = None  # stop early (tests)
     augment: str = "hflip"  # "none", "hflip" or "dihedral" (all 8 flips/rotations by 90°: aerial views)
     seed: int = 0
-    eval_every: int = 1
+    eval_every: int = 1  # epochs between evaluations; 0: only after the last
 
 
 PRESETS = {

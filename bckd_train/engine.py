@@ -265,7 +265,7 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", prog
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['loss']:.3f}", qfl=f"{record['loss_qfl']:.3f}", lr=f"{lr:.4f}")
-        if rank == 0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+        if rank == 0 and ((cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch + 1 == cfg.epochs):
             metrics = evaluate(model, val_set, device=device)
             with open(log_path, "a") as f:
                 f.write(json.dumps({"epoch": epoch + 1, "iteration": it, **metrics}) + "\n")

@@ -7,7 +7,8 @@ Each run is `python -m bckd_train distill --config {dataset}_student --teacher
 OUT/{dataset}/teacher/checkpoint.pth --method M --seed S --memo-teacher --resume`
 into OUT/{dataset}/{M}_s{S}; a run is finished when its metrics.json exists, so an
 interrupted table continues where it stopped (and an interrupted run from its last
-epoch). The teachers are the `{dataset}_teacher` presets, trained first when missing.
+epoch). The teachers are the `{dataset}_teacher` presets, trained first when missing. Runs evaluate once, after
+their last epoch (evaluation does not touch training: same weights either way).
 
 Writes, under --results: paper_table.csv (one row per finished run),
 paper_table.md (mean ± std over seeds of AP, AP50, AP75 per method, the teacher's
@@ -79,7 +80,7 @@ def train_all(args):
                 if not finished(folder):
                     teacher = os.path.join(teacher_dir(args.out, dataset), "checkpoint.pth")
                     cmd = py + ["distill", "--config", f"{dataset}_student", "--teacher", teacher, "--method", method,
-                                "--seed", str(seed), "--memo-teacher"]
+                                "--seed", str(seed), "--memo-teacher", "--eval-every", "0"]
                     jobs.append((cmd, folder))
     print(f"{len(jobs)} runs to do, {args.jobs} at a time", flush=True)
     threads = max(1, args.threads // args.jobs)
