@@ -116,7 +116,7 @@ def load_rows(args):
 
 
 def summarise(rows, dataset, method, key):
-    values = [r[key] for r in rows if r["dataset"] == dataset and r["method"] == method]
+    values = [r[key] for r in rows if r["dataset"] == dataset and r["method"] == method and not math.isnan(r[key])]
     if not values:
         return None
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else float("nan")), len(values)
@@ -232,7 +232,7 @@ def score_gaps(args):
         _, teacher = engine.load_checkpoint(t_path)
         for method in ("none", "ld", "bckd"):
             folder = run_dir(args.out, dataset, method, args.seeds[0])
-            if not finished(folder):
+            if not finished(folder) or not os.path.exists(os.path.join(folder, "checkpoint.pth")):
                 continue
             cfg, student = engine.load_checkpoint(os.path.join(folder, "checkpoint.pth"))
             _, val = engine.datasets(cfg)
