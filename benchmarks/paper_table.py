@@ -35,6 +35,7 @@ from bckd_train.distill import METHODS  # noqa: E402
 
 DATASETS = ("fashion", "forest")
 METRICS = ("AP", "AP50", "AP75")
+GAP_COLOURS = {"none": "tab:blue", "ld": "tab:orange", "bckd": "tab:red"}
 
 
 def run_dir(out, dataset, method, seed):
@@ -251,7 +252,7 @@ def score_gaps(args):
         for j, method in enumerate(methods):
             sub = [r for r in rows if r["dataset"] == dataset and r["method"] == method]
             xs = [i + (j - (len(methods) - 1) / 2) * 0.25 for i in range(len(sub))]
-            ax.bar(xs, [r["gap"] for r in sub], width=0.25, label=method)
+            ax.bar(xs, [r["gap"] for r in sub], width=0.25, label=method, color=GAP_COLOURS[method])
         ax.set_xticks(range(len(sub)), [r["level"] for r in sub])
         ax.set_ylabel("mean |σ(zt) − σ(zs)|")
         ax.set_title(f"{dataset}: teacher-student score gap (val)")
