@@ -42,6 +42,9 @@ def main(argv=None):
     p.add_argument("--memo-teacher", action="store_true",
                    help="reuse the teacher's maps when an (image, flip) comes back (exact: flips are the only "
                         "augmentation; saves the teacher's forward pass after the first time)")
+    p.add_argument("--teacher-maps", default=None, metavar="FILE",
+                   help="the teacher's maps for every training input, computed into FILE when it does not exist "
+                        "and read from it after (runs with one teacher share one teacher pass); implies --memo-teacher")
     p.add_argument("--cache", default=None)
     p = sub.add_parser("eval", help="COCO metrics of a checkpoint on its data set's val split")
     p.add_argument("--ckpt", required=True)
@@ -68,11 +71,15 @@ def main(argv=None):
             cfg = get_config(args.config, **overrides)
             distiller = None
             if args.command == "distill":
-                from .distill import Distiller
+                from .distill import Distiller, teacher_memo
 
                 t_cfg, teacher = engine.load_checkpoint(args.teacher, args.cache)
                 check_teacher(cfg, t_cfg)
-                distiller = Distiller(teacher, args.method, backend=args.backend, memo=args.memo_teacher)
+                memo = args.memo_teacher
+                if args.teacher_maps and args.method != "none":
+                    train_set, _ = engine.datasets(cfg, args.cache)
+                    memo = teacher_memo(teacher, train_set, cfg.augment, path=args.teacher_maps)
+                distiller = Distiller(teacher, args.method, backend=args.backend, memo=memo)
             metrics = engine.train(cfg, args.out, resume=args.resume, cache=args.cache, distiller=distiller)
             print(json.dumps(metrics, indent=2))
             return 0

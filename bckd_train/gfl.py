@@ -110,8 +110,9 @@ def distribution_focal_loss(reg, target):
 
 
 def flatten_levels(maps):
-    """Per-level [B, K, H, W] -> [B, A, K] (A = Σ H·W), a copy for the ground-truth losses."""
-    return torch.cat([m.flatten(2) for m in maps], 2).transpose(1, 2)
+    """Per-level [B, K, H, W] -> [B, A, K] (A = Σ H·W), a copy for the ground-truth losses
+    (the detector's channels_last maps permute without a copy)."""
+    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], 1)
 
 
 def gfl_targets(points, strides, num_per_level, targets, num_classes):

@@ -220,6 +220,10 @@ class GFL(nn.Module):
                             reg_max=cfg.reg_max, num_levels=len(cfg.strides))
         self.register_buffer("pixel_mean", torch.tensor(self.backbone.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.backbone.pixel_std).view(1, 3, 1, 1), persistent=False)
+        # NHWC: oneDNN's convolutions run 1.2-1.25x faster forward+backward on this CPU
+        # (MobileNetV2 and EfficientNet-Lite2 detectors, 1 thread); the head's maps come
+        # out channels_last, which the losses and the fused ops read in place.
+        self.to(memory_format=torch.channels_last)
 
     def train(self, mode=True):
         """The backbone's BatchNorm layers keep their ImageNet statistics (mmdetection's
@@ -233,4 +237,5 @@ class GFL(nn.Module):
 
     def forward(self, images):
         """images [B, 3, H, W] in [0, 1] -> (cls [B, C, H_l, W_l] per level, reg [B, 68, H_l, W_l] per level)."""
-        return self.head(self.fpn(self.backbone((images - self.pixel_mean) / self.pixel_std)))
+        x = ((images - self.pixel_mean) / self.pixel_std).contiguous(memory_format=torch.channels_last)
+        return self.head(self.fpn(self.backbone(x)))

@@ -1,24 +1,33 @@
 """The paper's comparison in miniature: every distillation method, several seeds, both data sets.
 
     python benchmarks/paper_table.py                 # train what is missing, then report
-    python benchmarks/paper_table.py --report-only   # tables and figures from the finished runs
+    python benchmarks/paper_table.py --report-only   # tables and figures from the recorded runs
 
 Each run is `python -m bckd_train distill --config {dataset}_student --teacher
-OUT/{dataset}/teacher/checkpoint.pth --method M --seed S --memo-teacher --resume`
-into OUT/{dataset}/{M}_s{S}; a run is finished when its metrics.json exists, so an
-interrupted table continues where it stopped (and an interrupted run from its last
-epoch). The teachers are the `{dataset}_teacher` presets, trained first when missing. Runs evaluate once, after
-their last epoch (evaluation does not touch training: same weights either way).
+OUT/{dataset}/teacher/checkpoint.pth --method M --seed S --teacher-maps
+OUT/{dataset}/teacher/maps.pt --resume` into OUT/{dataset}/{M}_s{S} (an interrupted
+run resumes from its last epoch). The teachers are the `{dataset}_teacher` presets,
+trained first when missing; their maps for every training input are computed once
+and shared by the runs. Runs evaluate once, after their last epoch.
 
-Writes, under --results: paper_table.csv (one row per finished run),
+A finished run leaves a record, RECORDS/{dataset}/{M}_s{S}.json (metrics, minutes,
+threads, the teacher's weight hash and the run's per-level score gap), kept with
+the results: the table is built from the records and continues from them when the
+run folders are gone. Training is deterministic at a fixed thread count, so a
+retrained teacher must hash to the recorded one; runs of another teacher are
+never mixed into one table.
+
+Writes, under --results: paper_table.csv (one row per recorded run),
 paper_table.md (mean ± std over seeds of AP, AP50, AP75 per method, the teacher's
 AP, and the issue's targets checked), paper_table.png (bars with the seeds as
 dots) and score_gap.{csv,png} (per FPN level, the validation mean of
-|σ(zt) − σ(zs)| for the none, ld and bckd students: the paper's Figure 3).
+|σ(zt) − σ(zs)| for the none, ld and bckd students, mean over seeds: the paper's
+Figure 3).
 """
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -35,6 +44,7 @@ from bckd_train.distill import METHODS  # noqa: E402
 
 DATASETS = ("fashion", "forest")
 METRICS = ("AP", "AP50", "AP75")
+GAP_METHODS = ("none", "ld", "bckd")
 GAP_COLOURS = {"none": "tab:blue", "ld": "tab:orange", "bckd": "tab:red"}
 
 
@@ -46,8 +56,38 @@ def teacher_dir(out, dataset):
     return os.path.join(out, dataset, "teacher")
 
 
+def record_path(records, dataset, name):
+    return os.path.join(records, dataset, f"{name}.json")
+
+
+def read_record(records, dataset, name):
+    path = record_path(records, dataset, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_record(records, dataset, name, record):
+    path = record_path(records, dataset, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+
+
 def finished(folder):
     return os.path.exists(os.path.join(folder, "metrics.json"))
+
+
+def weights_sha256(ckpt):
+    """Hash of a checkpoint's weights (names and values, NCHW order whatever the memory format)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, value in torch.load(ckpt, map_location="cpu", weights_only=False)["model"].items():
+        h.update(name.encode())
+        h.update(value.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def launch(cmd, folder, threads):
@@ -66,30 +106,76 @@ def launch(cmd, folder, threads):
     return minutes
 
 
+def run_record(folder, threads, teacher_sha):
+    """A finished run folder's record: its metrics, wall time and thread count."""
+    with open(os.path.join(folder, "metrics.json")) as f:
+        metrics = json.load(f)
+    wall = os.path.join(folder, "wall.json")
+    minutes = json.load(open(wall))["minutes"] if os.path.exists(wall) else None
+    return {"metrics": metrics, "minutes": minutes, "threads": threads, "teacher_sha256": teacher_sha}
+
+
+def prepare_teacher(args, dataset, py):
+    """Trains (or finds) the data set's teacher and checks it against its record; returns its hash."""
+    folder = teacher_dir(args.out, dataset)
+    if not finished(folder):
+        print(f"training the {dataset} teacher", flush=True)
+        launch(py + ["train", "--config", f"{dataset}_teacher"], folder, args.threads)
+    sha = weights_sha256(os.path.join(folder, "checkpoint.pth"))
+    recorded = read_record(args.records, dataset, "teacher")
+    if recorded is None:
+        write_record(args.records, dataset, "teacher", run_record(folder, args.threads, sha))
+    elif recorded["teacher_sha256"] != sha:
+        raise SystemExit(f"the {dataset} teacher in {folder} (sha256 {sha[:12]}) is not the one the recorded runs "
+                         f"distilled from ({recorded['teacher_sha256'][:12]}, trained with {recorded['threads']} "
+                         f"threads): retrain it with --threads {recorded['threads']}, or move "
+                         f"{os.path.dirname(record_path(args.records, dataset, 'teacher'))} away to start a new table")
+    return sha
+
+
 def train_all(args):
+    import torch
+
+    from bckd_train import distill, engine
+    from bckd_train.config import get_config
+
     py = [sys.executable, "-m", "bckd_train"]
-    for dataset in args.datasets:
-        folder = teacher_dir(args.out, dataset)
-        if not finished(folder):
-            print(f"training the {dataset} teacher", flush=True)
-            launch(py + ["train", "--config", f"{dataset}_teacher"], folder, args.threads)
-    jobs = []
-    for seed in args.seeds:
-        for dataset in args.datasets:
-            for method in args.methods:
-                folder = run_dir(args.out, dataset, method, seed)
-                if not finished(folder):
-                    teacher = os.path.join(teacher_dir(args.out, dataset), "checkpoint.pth")
-                    cmd = py + ["distill", "--config", f"{dataset}_student", "--teacher", teacher, "--method", method,
-                                "--seed", str(seed), "--memo-teacher", "--eval-every", "0"]
-                    jobs.append((cmd, folder))
-    print(f"{len(jobs)} runs to do, {args.jobs} at a time", flush=True)
     threads = max(1, args.threads // args.jobs)
+    torch.set_num_threads(threads)
+    jobs, teachers = [], {}
+    for dataset in args.datasets:
+        todo = [(m, s) for s in args.seeds for m in args.methods
+                if read_record(args.records, dataset, f"{m}_s{s}") is None]
+        if not todo:
+            continue
+        sha = prepare_teacher(args, dataset, py)
+        t_ckpt = os.path.join(teacher_dir(args.out, dataset), "checkpoint.pth")
+        maps = os.path.join(teacher_dir(args.out, dataset), "maps.pt")
+        t_cfg, teacher = engine.load_checkpoint(t_ckpt)
+        if any(m != "none" for m, _ in todo) and not os.path.exists(maps):
+            print(f"computing the {dataset} teacher's maps", flush=True)
+            train_set, _ = engine.datasets(get_config(f"{dataset}_student"))
+            distill.teacher_memo(teacher, train_set, get_config(f"{dataset}_student").augment, path=maps)
+        _, val = engine.datasets(t_cfg)
+        teachers[dataset] = (teacher, val, sha)
+        for method, seed in todo:
+            cmd = py + ["distill", "--config", f"{dataset}_student", "--teacher", t_ckpt, "--method", method,
+                        "--seed", str(seed), "--teacher-maps", maps, "--eval-every", "0"]
+            jobs.append((dataset, method, seed, cmd))
+    print(f"{len(jobs)} runs to do, {args.jobs} at a time", flush=True)
 
     def one(job):
-        cmd, folder = job
-        minutes = launch(cmd, folder, threads)
-        print(f"{os.path.relpath(folder, args.out)}: {minutes:.1f} min", flush=True)
+        dataset, method, seed, cmd = job
+        folder = run_dir(args.out, dataset, method, seed)
+        if not finished(folder):
+            launch(cmd, folder, threads)
+        teacher, val, sha = teachers[dataset]
+        record = run_record(folder, threads, sha)
+        _, student = engine.load_checkpoint(os.path.join(folder, "checkpoint.pth"))
+        record["score_gap"] = distill.score_gap(student, teacher, val)
+        write_record(args.records, dataset, f"{method}_s{seed}", record)
+        print(f"{dataset} {method}_s{seed}: AP {100 * record['metrics']['AP']:.1f}, {record['minutes'] or 0:.1f} min",
+              flush=True)
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(one, jobs))
@@ -102,17 +188,14 @@ def load_rows(args):
     rows = []
     for dataset in args.datasets:
         for method in ["teacher", *args.methods]:
-            seeds = [None] if method == "teacher" else args.seeds
-            for seed in seeds:
-                folder = teacher_dir(args.out, dataset) if method == "teacher" else run_dir(args.out, dataset, method, seed)
-                if not finished(folder):
+            for seed in [None] if method == "teacher" else args.seeds:
+                record = read_record(args.records, dataset, "teacher" if seed is None else f"{method}_s{seed}")
+                if record is None:
                     continue
-                with open(os.path.join(folder, "metrics.json")) as f:
-                    metrics = json.load(f)
-                wall = os.path.join(folder, "wall.json")
-                minutes = json.load(open(wall))["minutes"] if os.path.exists(wall) else float("nan")
+                minutes = record["minutes"] if record["minutes"] is not None else float("nan")
                 rows.append({"dataset": dataset, "method": method, "seed": "" if seed is None else seed,
-                             **{k: 100 * metrics[k] for k in METRICS}, "minutes": minutes})
+                             **{k: 100 * record["metrics"][k] for k in METRICS}, "minutes": minutes,
+                             "score_gap": record.get("score_gap")})
     return rows
 
 
@@ -161,7 +244,7 @@ def targets(rows, dataset):
 def write_report(args, rows):
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "paper_table.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["dataset", "method", "seed", *METRICS, "minutes"])
+        writer = csv.DictWriter(f, fieldnames=["dataset", "method", "seed", *METRICS, "minutes"], extrasaction="ignore")
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in r.items()})
@@ -216,52 +299,44 @@ def plot_bars(args, rows):
     plt.close(fig)
 
 
-def score_gaps(args):
-    """Figure 3: per-level mean |σ(zt) − σ(zs)| on the val set for the seed-0 none/ld/bckd students."""
+def score_gaps(args, rows):
+    """Figure 3: per-level mean |σ(zt) − σ(zs)| on the val set for the none/ld/bckd students (mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bckd_train import distill, engine
-
-    rows = []
+    gaps = []
     for dataset in args.datasets:
-        t_path = os.path.join(teacher_dir(args.out, dataset), "checkpoint.pth")
-        if not os.path.exists(t_path):
-            continue
-        _, teacher = engine.load_checkpoint(t_path)
-        for method in ("none", "ld", "bckd"):
-            folder = run_dir(args.out, dataset, method, args.seeds[0])
-            if not finished(folder) or not os.path.exists(os.path.join(folder, "checkpoint.pth")):
-                continue
-            cfg, student = engine.load_checkpoint(os.path.join(folder, "checkpoint.pth"))
-            _, val = engine.datasets(cfg)
-            for level, gap in enumerate(distill.score_gap(student, teacher, val)):
-                rows.append({"dataset": dataset, "method": method, "level": f"P{level + 3}", "gap": gap})
-    if not rows:
+        for method in GAP_METHODS:
+            per_seed = [r["score_gap"] for r in rows if r["dataset"] == dataset and r["method"] == method and r["score_gap"]]
+            for level, values in enumerate(zip(*per_seed)):
+                gaps.append({"dataset": dataset, "method": method, "level": f"P{level + 3}",
+                             "gap": statistics.mean(values), "seeds": len(values)})
+    if not gaps:
         return
     with open(os.path.join(args.results, "score_gap.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["dataset", "method", "level", "gap"])
+        writer = csv.DictWriter(f, fieldnames=["dataset", "method", "level", "gap", "seeds"])
         writer.writeheader()
-        writer.writerows(rows)
-    datasets = sorted({r["dataset"] for r in rows}, key=args.datasets.index)
+        writer.writerows(gaps)
+    datasets = [d for d in args.datasets if any(g["dataset"] == d for g in gaps)]
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.5), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
-        methods = [m for m in ("none", "ld", "bckd") if any(r["dataset"] == dataset and r["method"] == m for r in rows)]
+        methods = [m for m in GAP_METHODS if any(g["dataset"] == dataset and g["method"] == m for g in gaps)]
         for j, method in enumerate(methods):
-            sub = [r for r in rows if r["dataset"] == dataset and r["method"] == method]
+            sub = [g for g in gaps if g["dataset"] == dataset and g["method"] == method]
             xs = [i + (j - (len(methods) - 1) / 2) * 0.25 for i in range(len(sub))]
-            ax.bar(xs, [r["gap"] for r in sub], width=0.25, label=method, color=GAP_COLOURS[method])
-        ax.set_xticks(range(len(sub)), [r["level"] for r in sub])
+            ax.bar(xs, [g["gap"] for g in sub], width=0.25, label=f"{method} ({sub[0]['seeds']} seeds)",
+                   color=GAP_COLOURS[method])
+        ax.set_xticks(range(len(sub)), [g["level"] for g in sub])
         ax.set_ylabel("mean |σ(zt) − σ(zs)|")
         ax.set_title(f"{dataset}: teacher-student score gap (val)")
         ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(args.results, "score_gap.png"), dpi=100)
     plt.close(fig)
-    for r in rows:
-        print(f"{r['dataset']:8s} {r['method']:5s} {r['level']}: {r['gap']:.5f}")
+    for g in gaps:
+        print(f"{g['dataset']:8s} {g['method']:5s} {g['level']}: {g['gap']:.5f} ({g['seeds']} seeds)")
 
 
 def main(argv=None):
@@ -269,16 +344,19 @@ def main(argv=None):
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--out", default=os.path.join(ROOT, "runs", "paper"), help="run folders (the cache)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "runs", "paper"), help="run folders and teachers")
     parser.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results"))
+    parser.add_argument("--records", default=None, help="finished runs' records (default: RESULTS/paper_runs)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads shared by the jobs")
-    parser.add_argument("--report-only", action="store_true", help="no training: report the finished runs")
+    parser.add_argument("--report-only", action="store_true", help="no training: report the recorded runs")
     args = parser.parse_args(argv)
+    args.records = args.records or os.path.join(args.results, "paper_runs")
     if not args.report_only:
         train_all(args)
-    write_report(args, load_rows(args))
-    score_gaps(args)
+    rows = load_rows(args)
+    write_report(args, rows)
+    score_gaps(args, rows)
 
 
 if __name__ == "__main__":

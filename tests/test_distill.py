@@ -157,6 +157,24 @@ def test_memoised_teacher_maps_equal_online(teacher_ckpt, batch):
     assert len(memo.memo) == 4
 
 
+def test_teacher_maps_file_equals_online(teacher_ckpt, tmp_path):
+    train, _ = engine.datasets(get_config("instant"))
+    train.images = train.images[:5]
+    _, teacher = engine.load_checkpoint(teacher_ckpt)
+    path = str(tmp_path / "maps.pt")
+    memo = distill.teacher_memo(teacher, train, "hflip", path=path, batch_size=4)
+    assert sorted(memo) == [(i, t) for i in range(5) for t in (0, 1)]
+    loaded = distill.teacher_memo(None, train, "hflip", path=path)  # read from the file: no teacher needed
+    batch = [(3, 1), (0, 0), (4, 1)]
+    images, _, _ = engine.load_batch(train, batch)
+    with torch.no_grad():
+        cls_ref, reg_ref = teacher(images)
+    cls, reg = distill.Distiller(teacher, "bckd", memo=loaded).teacher_maps(images, batch)
+    for a, b in zip(cls + reg, cls_ref + reg_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert len(loaded) == 10
+
+
 def test_kd_and_ld_by_hand():
     zs = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     zt = torch.tensor([[3.0, 2.0, 1.0], [5.0, 0.0, 0.0]])

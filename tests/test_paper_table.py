@@ -1,29 +1,32 @@
-"""benchmarks/paper_table.py's report from finished runs (no training)."""
+"""benchmarks/paper_table.py's report from recorded runs (no training)."""
 
-import json
+import argparse
 import os
 import sys
+
+import pytest
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 import paper_table  # noqa: E402
 
 
-def finish(folder, ap):
-    os.makedirs(folder)
-    with open(os.path.join(folder, "metrics.json"), "w") as f:
-        json.dump({"AP": ap, "AP50": ap + 0.1, "AP75": ap - 0.1}, f)
+def record(records, name, ap, gap=None):
+    paper_table.write_record(str(records), "fashion", name, {
+        "metrics": {"AP": ap, "AP50": ap + 0.1, "AP75": ap - 0.1}, "minutes": 1.0, "threads": 1,
+        "teacher_sha256": "0" * 64, **({"score_gap": gap} if gap else {})})
 
 
-def test_report_from_finished_runs(tmp_path):
+def test_report_from_recorded_runs(tmp_path):
     out, results = tmp_path / "runs", tmp_path / "results"
-    finish(paper_table.teacher_dir(str(out), "fashion"), 0.60)
-    aps = {"none": (0.50, 0.51, 0.49), "kd": (0.50, 0.50, 0.50), "ld": (0.52, 0.52, 0.52),
+    records = results / "paper_runs"
+    record(records, "teacher", 0.60)
+    aps = {"none": (0.50, 0.51, 0.49), "kd": (0.50, 0.50), "ld": (0.52, 0.52, 0.52),
            "bcdl": (0.53, 0.53, 0.53), "ildl": (0.49, 0.50, 0.48), "bckd": (0.55, 0.56, 0.54)}
     for method, values in aps.items():
         for seed, ap in enumerate(values):
-            finish(paper_table.run_dir(str(out), "fashion", method, seed), ap)
-    os.remove(os.path.join(paper_table.run_dir(str(out), "fashion", "kd", 2), "metrics.json"))  # unfinished
+            record(records, f"{method}_s{seed}", ap, [0.1 * (seed + 1), 0.2] if method in ("none", "bckd") else None)
     paper_table.main(["--report-only", "--datasets", "fashion", "--out", str(out), "--results", str(results)])
     md = (results / "paper_table.md").read_text()
     assert "teacher AP 60.0" in md
@@ -36,3 +39,24 @@ def test_report_from_finished_runs(tmp_path):
     rows = (results / "paper_table.csv").read_text().splitlines()
     assert len(rows) == 1 + 1 + 17
     assert (results / "paper_table.png").exists()
+    gaps = (results / "score_gap.csv").read_text().splitlines()
+    assert gaps[0] == "dataset,method,level,gap,seeds"
+    assert gaps[1:] == ["fashion,none,P3,0.2,3", "fashion,none,P4,0.2,3", "fashion,bckd,P3,0.2,3", "fashion,bckd,P4,0.2,3"]
+    assert (results / "score_gap.png").exists()
+
+
+def test_a_different_teacher_is_refused(tmp_path):
+    out, records = tmp_path / "runs", tmp_path / "records"
+    folder = paper_table.teacher_dir(str(out), "fashion")
+    os.makedirs(folder)
+    torch.save({"model": {"w": torch.ones(2, 3, 1, 1).to(memory_format=torch.channels_last)}},
+               os.path.join(folder, "checkpoint.pth"))
+    with open(os.path.join(folder, "metrics.json"), "w") as f:
+        f.write('{"AP": 0.6, "AP50": 0.7, "AP75": 0.5}')
+    args = argparse.Namespace(out=str(out), records=str(records), threads=1)
+    sha = paper_table.prepare_teacher(args, "fashion", py=None)  # first sight: recorded
+    assert paper_table.read_record(str(records), "fashion", "teacher")["teacher_sha256"] == sha
+    assert paper_table.prepare_teacher(args, "fashion", py=None) == sha  # the same weights: accepted
+    torch.save({"model": {"w": torch.zeros(2, 3, 1, 1)}}, os.path.join(folder, "checkpoint.pth"))
+    with pytest.raises(SystemExit, match="not the one the recorded runs distilled from"):
+        paper_table.prepare_teacher(args, "fashion", py=None)
