@@ -47,11 +47,10 @@ def atss_assign(anchors, num_per_level, gt_boxes, gt_labels, num_classes, topk=9
     Returns:
         labels [A] (num_classes = background), matched gt index [A] (−1 for background).
     """
-    a = anchors.shape[0]
-    labels = torch.full((a,), num_classes, dtype=torch.long, device=anchors.device)
-    matched = torch.full((a,), -1, dtype=torch.long, device=anchors.device)
     if gt_boxes.shape[0] == 0:
-        return labels, matched
+        a = anchors.shape[0]
+        return (torch.full((a,), num_classes, dtype=torch.long, device=anchors.device),
+                torch.full((a,), -1, dtype=torch.long, device=anchors.device))
     iou = box_iou(anchors, gt_boxes)  # [A, G]
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2
     gt_centres = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
@@ -70,15 +69,23 @@ def atss_assign(anchors, num_per_level, gt_boxes, gt_labels, num_classes, topk=9
     cy = centres[candidates, 1]
     inside = (cx > gt_boxes[None, :, 0]) & (cx < gt_boxes[None, :, 2]) & (cy > gt_boxes[None, :, 1]) & (cy < gt_boxes[None, :, 3])
     positive &= inside
-    # IoU of (anchor, gt) where the pair is a positive candidate, −inf elsewhere.
-    overlaps = torch.full_like(iou, -1.0)
-    g = torch.arange(gt_boxes.shape[0], device=anchors.device).expand_as(candidates)
-    overlaps[candidates[positive], g[positive]] = cand_iou[positive]
+    # IoU of (anchor, gt) where the pair is a positive candidate, −1 elsewhere. A
+    # column's candidates are distinct anchors, so the scatter writes each cell once.
+    overlaps = torch.full_like(iou, -1.0).scatter_(0, candidates, torch.where(positive, cand_iou, -1.0))
     best, best_gt = overlaps.max(1)
     pos = best >= 0
-    matched[pos] = best_gt[pos]
-    labels[pos] = gt_labels[best_gt[pos]]
+    matched = torch.where(pos, best_gt, -1)
+    labels = torch.where(pos, gt_labels[best_gt], num_classes)
     return labels, matched
+
+
+def paired_iou(a, b):
+    """IoU of each row's pair of xyxy boxes, [N]."""
+    wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a + area_b - inter).clamp(min=EPS)
 
 
 def box_to_distances(points, boxes, stride, reg_max):
@@ -152,35 +159,27 @@ def gfl_loss(cls_maps, reg_maps, targets, *, strides, reg_max, num_classes, avg_
     b = len(targets)
     pts = all_points.repeat(b, 1)
     strides_flat = stride_per_anchor.repeat(b)
-    pos = (labels < num_classes).nonzero(as_tuple=True)[0]
-    n_pos = torch.zeros((), device=device) + pos.numel()
-    per_image = torch.stack([(labels.view(b, -1)[i] < num_classes).sum() for i in range(b)]).clamp(min=1).sum().float()
+    positive = labels.view(b, -1) < num_classes  # [B, A]
+    n_pos = positive.sum().float()
+    per_image = positive.sum(1).clamp(min=1).sum().float()
     avg = avg_factor_fn(per_image) if avg_factor_fn else per_image
     avg = avg.clamp(min=1)
 
-    scores = torch.zeros(labels.shape[0], device=device)
-    loss_giou = logits.new_zeros(())
-    loss_dfl = logits.new_zeros(())
-    weight_sum = logits.new_zeros(())
-    if pos.numel() > 0:
-        p_reg = reg[pos]
-        p_pts = pts[pos]
-        p_stride = strides_flat[pos]
-        dist = reference.dfl_decode(p_reg, reg_max) * p_stride[:, None]
-        pred_boxes = reference.distance_to_box(p_pts, dist)
-        target_boxes = gt_boxes[pos]
-        with torch.no_grad():
-            iou = torchvision.ops.box_iou(pred_boxes.detach(), target_boxes).diagonal().clamp(min=0)
-            scores[pos] = iou
-            weight = logits[pos].detach().sigmoid().max(1).values
-        weight_sum = weight.sum()
-        loss_giou = (bckd_kernels.giou_loss(pred_boxes, target_boxes, reduction="none") * weight).sum()
-        target_d = box_to_distances(p_pts, target_boxes, p_stride[:, None], reg_max)
-        dfl = distribution_focal_loss(p_reg.reshape(-1, reg_max + 1), target_d.reshape(-1)).view(-1, 4).mean(1)
-        loss_dfl = (dfl * weight).sum()
+    # Box losses over every anchor, weighted by the positives' mask: no indexing by a
+    # data-dependent count, so no host synchronisation (negatives weigh exactly 0).
+    pos = positive.reshape(-1)
+    dist = reference.dfl_decode(reg, reg_max) * strides_flat[:, None]
+    pred_boxes = reference.distance_to_box(pts, dist)
+    with torch.no_grad():
+        scores = paired_iou(pred_boxes, gt_boxes).clamp(min=0) * pos
+        weight = logits.detach().sigmoid().max(1).values * pos
+    weight_sum = weight.sum()
+    loss_giou = (bckd_kernels.giou_loss(pred_boxes, gt_boxes, reduction="none") * weight).sum()
+    target_d = box_to_distances(pts, gt_boxes, strides_flat[:, None], reg_max)
+    dfl = distribution_focal_loss(reg.reshape(-1, reg_max + 1), target_d.reshape(-1)).view(-1, 4).mean(1)
+    loss_dfl = (dfl * weight).sum()
     weight_avg = (avg_factor_fn(weight_sum) if avg_factor_fn else weight_sum).clamp(min=1)
     loss_qfl = quality_focal_loss(logits, labels, scores).sum() / avg
-    positive = labels.view(b, -1) < num_classes  # [B, A]
     pos_per_level = torch.stack([m.sum() for m in positive.split(num_per_level, 1)])  # [L]
     return {
         "loss_qfl": loss_qfl,

@@ -141,6 +141,92 @@ def test_decode_encode_round_trip():
     torch.testing.assert_close(reference.dfl_decode(logits.reshape(2, 68)), idx.float())
 
 
+@pytest.fixture(scope="module")
+def head_maps():
+    """A real instant batch through an untrained detector: (config, cls maps, reg maps, targets)."""
+    from bckd_train.model import GFL
+
+    cfg = get_config("instant")
+    train, _ = engine.datasets(cfg)
+    images, _, targets = engine.load_batch(train, [(i, i % 2) for i in range(4)])
+    targets[3] = dict(targets[3], boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long))  # no objects
+    torch.manual_seed(0)
+    cls, reg = GFL(cfg.model).train()(images)
+    return cfg, [c.detach() for c in cls], [r.detach() for r in reg], targets
+
+
+def test_box_losses_equal_the_positives_alone(head_maps):
+    """The masked dense box losses equal GIoU and DFL gathered over the positives only."""
+    cfg, cls, reg, targets = head_maps
+    cls = [c.clone().requires_grad_() for c in cls]
+    reg = [r.clone().requires_grad_() for r in reg]
+    kw = dict(strides=cfg.model.strides, reg_max=16, num_classes=10)
+    losses, extras = gfl.gfl_loss(cls, reg, targets, **kw)
+    got = torch.autograd.grad(losses["loss_giou"] + losses["loss_dfl"], reg)
+
+    points = gfl.level_points([c.shape[-2:] for c in cls], cfg.model.strides, "cpu")
+    labels, gt = gfl.gfl_targets(points, cfg.model.strides, [p.shape[0] for p in points], targets, 10)
+    pos = (labels.reshape(-1) < 10).nonzero()[:, 0]
+    assert 0 < pos.numel() and extras["num_pos"] == pos.numel()
+    strides = torch.cat([torch.full((p.shape[0],), float(s)) for p, s in zip(points, cfg.model.strides)]).repeat(4)
+    pts = torch.cat(points).repeat(4, 1)[pos]
+    p_reg = gfl.flatten_levels(reg).reshape(-1, 68)[pos]
+    pred = reference.distance_to_box(pts, reference.dfl_decode(p_reg) * strides[pos, None])
+    target = gt.reshape(-1, 4)[pos]
+    weight = gfl.flatten_levels(cls).reshape(-1, 10)[pos].detach().sigmoid().max(1).values
+    norm = weight.sum().clamp(min=1)
+    giou = 2.0 * (torchvision_giou(pred, target) * weight).sum() / norm
+    d = gfl.box_to_distances(pts, target, strides[pos, None], 16)
+    dfl = gfl.distribution_focal_loss(p_reg.reshape(-1, 17), d.reshape(-1)).view(-1, 4).mean(1)
+    dfl = 0.25 * (dfl * weight).sum() / norm
+    torch.testing.assert_close(losses["loss_giou"], giou)
+    torch.testing.assert_close(losses["loss_dfl"], dfl)
+    for a, b in zip(got, torch.autograd.grad(giou + dfl, reg)):
+        torch.testing.assert_close(a, b)
+
+
+def torchvision_giou(pred, target):
+    import torchvision
+
+    return torchvision.ops.generalized_box_iou_loss(pred, target, reduction="none")
+
+
+def test_loss_path_has_no_data_dependent_ops(head_maps):
+    """Ground-truth and BCKD losses, forward and backward, run on the meta device: nothing
+    in them reads a tensor's values on the host (no .item(), nonzero or boolean indexing)."""
+    from bckd_train import distill
+
+    cfg, cls, reg, targets = head_maps
+    meta = [t.to("meta").requires_grad_() for t in cls + reg]
+    cls_m, reg_m = meta[: len(cls)], meta[len(cls) :]
+    targets_m = [dict(t, boxes=t["boxes"].to("meta"), labels=t["labels"].to("meta")) for t in targets]
+    kw = dict(strides=cfg.model.strides, reg_max=16)
+    losses, extras = gfl.gfl_loss(cls_m, reg_m, targets_m, num_classes=10, **kw)
+    d = distill.Distiller(None, "none")
+    d.method = "bckd"
+    masks = torch.ones(4, 128, 128, device="meta")
+    losses.update(d.bckd_losses(masks, cls_m, reg_m, [c.detach() for c in cls_m], [r.detach() for r in reg_m],
+                                extras, **kw))
+    assert set(losses) == {"loss_qfl", "loss_dfl", "loss_giou", "loss_bcdl", "loss_ildl"}
+    sum(losses.values()).backward()
+    assert all(t.grad.shape == t.shape for t in meta)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_loss_path_does_not_synchronise_on_cuda(head_maps):
+    cfg, cls, reg, targets = head_maps
+    cls_c = [c.cuda().requires_grad_() for c in cls]
+    reg_c = [r.cuda().requires_grad_() for r in reg]
+    targets_c = [dict(t, boxes=t["boxes"].cuda(), labels=t["labels"].cuda()) for t in targets]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses, _ = gfl.gfl_loss(cls_c, reg_c, targets_c, strides=cfg.model.strides, reg_max=16, num_classes=10)
+        sum(losses.values()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_ground_truth_as_predictions_scores_ap_one(folders):
     val = data.CocoDetection(folders["fashion"], "val")
     val.images = val.images[:20]
