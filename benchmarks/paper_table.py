@@ -154,8 +154,9 @@ def train_all(args):
         t_cfg, teacher = engine.load_checkpoint(t_ckpt)
         if any(m != "none" for m, _ in todo) and not os.path.exists(maps):
             print(f"computing the {dataset} teacher's maps", flush=True)
-            train_set, _ = engine.datasets(get_config(f"{dataset}_student"))
-            distill.teacher_memo(teacher, train_set, get_config(f"{dataset}_student").augment, path=maps)
+            s_cfg = get_config(f"{dataset}_student")
+            train_set, _ = engine.datasets(s_cfg)
+            distill.teacher_memo(teacher, train_set, s_cfg.augment, path=maps)
         _, val = engine.datasets(t_cfg)
         teachers[dataset] = (teacher, val, sha)
         for method, seed in todo:
