@@ -24,6 +24,8 @@ class TrainConfig:
     max_val_images: Optional[int] = None
     max_iters: Optional[int] = None  # stop early (tests)
     augment: str = "hflip"  # "none", "hflip" or "dihedral" (all 8 flips/rotations by 90°: aerial views)
+    scale_jitter: tuple = (1.0, 1.0)  # image rescaled by a factor drawn from this range (data.jitter)
+    colour_jitter: float = 0.0  # brightness, contrast, saturation scaled by 1 ± up to this
     seed: int = 0
     eval_every: int = 1  # epochs between evaluations; 0: only after the last
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -324,6 +325,42 @@ def augment(image, target, t):
     if t & 2:
         image, target = vflip(image, target)
     return image, target
+
+
+def jitter(image, target, seed, *, scale=(1.0, 1.0), colour=0.0):
+    """Random rescaling and colour change, drawn from ``seed`` (so an input is a
+    function of its key). The image [3, H, W] is resized by a factor drawn from
+    ``scale``; a larger one is cropped back to H×W at a random place, keeping the
+    boxes at least MIN_VISIBLE inside (clipped), a smaller one stays smaller
+    (:func:`collate` pads it). Brightness, contrast and saturation are each
+    multiplied by a factor drawn from [1 − colour, 1 + colour]."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(6, generator=g, dtype=torch.float64).tolist()
+    h, w = image.shape[-2:]
+    s = scale[0] + (scale[1] - scale[0]) * u[0]
+    boxes, labels = target["boxes"], target["labels"]
+    if s != 1.0:
+        nh, nw = max(round(h * s), 1), max(round(w * s), 1)
+        image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False,
+                              antialias=s < 1)[0]
+        boxes = boxes * torch.tensor([nw / w, nh / h, nw / w, nh / h])
+        if s > 1:
+            y0, x0 = int(u[1] * (nh - h + 1)), int(u[2] * (nw - w + 1))
+            image = image[:, y0 : y0 + h, x0 : x0 + w]
+            full = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            boxes = boxes - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+            boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
+                                 boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], 1)
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            keep = (area >= MIN_VISIBLE * full) & (area > 0)
+            boxes, labels = boxes[keep], labels[keep]
+    if colour > 0:
+        b, c, sat = (1 - colour + 2 * colour * v for v in u[3:])
+        image = image * b
+        image = (image - image.mean()) * c + image.mean()
+        grey = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2])[None]
+        image = ((image - grey) * sat + grey).clamp(0, 1)
+    return image.contiguous(), dict(target, boxes=boxes, labels=labels)
 
 
 def collate(batch, size_divisor=32):

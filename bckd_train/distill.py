@@ -70,7 +70,7 @@ class Distiller:
         backend: the ``bckd_kernels`` backend for BCDL/ILDL ("auto", "reference", ...).
         memo: keep the teacher's maps per (image index, transform) and reuse them when
             the same input comes back. Exact when the inputs are a function of that key
-            (true here: flips and 90° rotations are the only augmentations); costs the maps' memory
+            (flips and 90° rotations; jittered inputs are never kept); costs the maps' memory
             (≈ 110 kB per fashion scene, ≈ 0.9 MB per forest tile, float32). A dict (from
             :func:`teacher_memo`) starts the memo filled.
     """
@@ -88,8 +88,8 @@ class Distiller:
     @torch.no_grad()
     def teacher_maps(self, images, keys=None):
         """Teacher's (cls, reg) per level for the batch; keys: one hashable per image."""
-        if self.memo is None or keys is None:
-            return self.teacher(images)
+        if self.memo is None or keys is None or any(isinstance(k, tuple) and len(k) > 2 for k in keys):
+            return self.teacher(images)  # a jittered input (key with a jitter seed) does not come back
         missing = [i for i, k in enumerate(keys) if k not in self.memo]
         if missing:
             cls, reg = self.teacher(images[missing])

@@ -78,9 +78,10 @@ def datasets(cfg: TrainConfig, cache=None):
 AUGMENTS = ("none", "hflip", "dihedral")
 
 
-def epoch_batches(n, batch_size, epoch, seed, rank, size, augment="hflip"):
+def epoch_batches(n, batch_size, epoch, seed, rank, size, augment="hflip", jitter=False):
     """This process's share of each global batch of one epoch, as (index, transform)
-    pairs (transform: see :func:`data.augment`).
+    pairs (transform: see :func:`data.augment`), or with ``jitter`` (index, transform,
+    jitter seed) triples (see :func:`data.jitter`).
 
     Order and transforms depend on (seed, epoch) only: not on the number of
     processes, nor on where an interrupted run resumed.
@@ -94,15 +95,24 @@ def epoch_batches(n, batch_size, epoch, seed, rank, size, augment="hflip"):
         transforms += 2 * torch.randint(0, 4, (n,), generator=g)
     elif augment == "none":
         transforms.zero_()
-    transforms = transforms.tolist()
+    keys = [(t,) for t in transforms.tolist()]
+    if jitter:
+        keys = [k + (s,) for k, s in zip(keys, torch.randint(0, 2**31 - 1, (n,), generator=g).tolist())]
     per_rank = batch_size // size
     for start in range(0, n - batch_size + 1, batch_size):
-        batch = [(i, transforms[i]) for i in order[start : start + batch_size]]
+        batch = [(i, *keys[i]) for i in order[start : start + batch_size]]
         yield batch[rank * per_rank : (rank + 1) * per_rank]
 
 
-def load_batch(dataset, batch):
-    return data.collate([data.augment(*dataset[i], t) for i, t in batch])
+def load_batch(dataset, batch, *, scale=(1.0, 1.0), colour=0.0):
+    """Images, masks and targets of (index, transform[, jitter seed]) keys."""
+    items = []
+    for i, t, *jitter in batch:
+        image, target = data.augment(*dataset[i], t)
+        if jitter:
+            image, target = data.jitter(image, target, jitter[0], scale=scale, colour=colour)
+        items.append((image, target))
+    return data.collate(items)
 
 
 # ------------------------------------------------------------- schedule ----
@@ -231,13 +241,15 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", prog
     metrics = {}
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
-        bar = tqdm(epoch_batches(len(train_set), cfg.batch_size, epoch, cfg.seed, rank, size, cfg.augment),
+        batches = epoch_batches(len(train_set), cfg.batch_size, epoch, cfg.seed, rank, size, cfg.augment,
+                                jitter=cfg.scale_jitter != (1.0, 1.0) or cfg.colour_jitter > 0)
+        bar = tqdm(batches,
                    total=iters_per_epoch, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress or rank != 0, dynamic_ncols=True)
         for batch in bar:
             if cfg.max_iters is not None and it >= cfg.max_iters:
                 break
-            images, masks, targets = load_batch(train_set, batch)
+            images, masks, targets = load_batch(train_set, batch, scale=cfg.scale_jitter, colour=cfg.colour_jitter)
             lr = learning_rate(cfg, it, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr

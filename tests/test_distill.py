@@ -155,6 +155,10 @@ def test_memoised_teacher_maps_equal_online(teacher_ckpt, batch):
     for a, b in zip(cls + reg, cls_ref + reg_ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert len(memo.memo) == 4
+    jittered = [(i, 0, 12345) for i in range(4)]  # a jitter seed: an input that does not come back
+    cls, _ = memo.teacher_maps(images, jittered)
+    torch.testing.assert_close(cls[0], cls_ref[0], rtol=1e-5, atol=1e-5)
+    assert len(memo.memo) == 4
 
 
 def test_teacher_maps_file_equals_online(teacher_ckpt, tmp_path):

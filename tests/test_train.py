@@ -83,6 +83,48 @@ def test_dihedral_transforms_move_boxes_with_pixels():
     assert len(seen) == 8
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_jitter_moves_boxes_with_pixels(seed):
+    """Rescaled (and cropped back when larger), boxes still frame their pixels;
+    the draw is a function of the seed."""
+    image = torch.zeros(3, 80, 100)
+    image[:, 20:40, 30:70] = 1
+    image[:, 70:80, 0:10] = 1  # near a corner: may be cropped away
+    target = {"boxes": torch.tensor([[30.0, 20.0, 70.0, 40.0], [0.0, 70.0, 10.0, 80.0]]),
+              "labels": torch.tensor([0, 1])}
+    img, tg = data.jitter(image, target, seed, scale=(0.6, 1.4))
+    again, tg2 = data.jitter(image, target, seed, scale=(0.6, 1.4))
+    assert torch.equal(img, again) and torch.equal(tg["boxes"], tg2["boxes"])
+    h, w = img.shape[-2:]
+    assert (h, w) == (80, 100) or (h < 80 and w < 100)
+    assert tg["labels"].tolist()[0] == 0 and len(tg["labels"]) == len(tg["boxes"])
+    for box in tg["boxes"]:
+        x0, y0, x1, y1 = box.tolist()
+        inside = img[0, math.ceil(y0) + 1 : int(y1) - 1, math.ceil(x0) + 1 : int(x1) - 1]
+        assert inside.numel() > 0 and inside.min() > 0.99
+    bright = img[0] > 0.5
+    covered = torch.zeros_like(bright)
+    for x0, y0, x1, y1 in tg["boxes"].tolist():
+        covered[max(int(y0) - 1, 0) : math.ceil(y1) + 1, max(int(x0) - 1, 0) : math.ceil(x1) + 1] = True
+    assert not (bright & ~covered).any() or tg["labels"].tolist() == [0]  # uncovered: the dropped corner box
+
+
+def test_colour_jitter_keeps_range_and_boxes():
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    target = {"boxes": torch.tensor([[1.0, 2.0, 20.0, 30.0]]), "labels": torch.tensor([0])}
+    img, tg = data.jitter(image, target, 3, colour=0.4)
+    assert img.shape == image.shape and 0 <= img.min() and img.max() <= 1 and not torch.equal(img, image)
+    assert torch.equal(tg["boxes"], target["boxes"])
+    same, _ = data.jitter(image, target, 3)
+    assert torch.equal(same, image)
+
+
+def test_jitter_keys_leave_the_epoch_unchanged():
+    plain = [p for batch in engine.epoch_batches(64, 8, 3, 0, 0, 1, "dihedral") for p in batch]
+    jittered = [p for batch in engine.epoch_batches(64, 8, 3, 0, 0, 1, "dihedral", jitter=True) for p in batch]
+    assert [p[:2] for p in jittered] == plain and len({p[2] for p in jittered}) == 64
+
+
 @pytest.mark.parametrize("augment,values", [("none", {0}), ("hflip", {0, 1}), ("dihedral", set(range(8)))])
 def test_epoch_transforms(augment, values):
     pairs = [p for batch in engine.epoch_batches(64, 8, 3, 0, 0, 1, augment) for p in batch]
