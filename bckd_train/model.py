@@ -27,6 +27,10 @@ class ModelConfig:
     reg_max: int = 16
     strides: tuple = (8, 16, 32, 64, 128)
     pretrained: bool = True
+    # 2: the image is upsampled 2x before the backbone, whose stride-16 and -32 outputs
+    # and a stride-2 conv on the latter feed the FPN, so the levels keep their strides
+    # (and map sizes) in input pixels: finer features for small objects, same anchors.
+    input_scale: int = 1
 
 
 MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
@@ -214,8 +218,14 @@ class GFL(nn.Module):
         backbones = {"mobilenet_v2": MobileNetV2Backbone, "efficientnet_lite2": EfficientNetLite2Backbone}
         if cfg.backbone not in backbones:
             raise ValueError(f"unknown backbone {cfg.backbone!r}; available: {', '.join(backbones)}")
+        if cfg.input_scale not in (1, 2):
+            raise ValueError(f"input_scale must be 1 or 2, got {cfg.input_scale}")
         self.backbone = backbones[cfg.backbone](pretrained=cfg.pretrained, cache=cache)
-        self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels)
+        in_channels = self.backbone.out_channels
+        if cfg.input_scale == 2:
+            self.extra = nn.Conv2d(in_channels[-1], cfg.fpn_channels, 3, stride=2, padding=1)
+            in_channels = (*in_channels[1:], cfg.fpn_channels)
+        self.fpn = FPN(in_channels, cfg.fpn_channels)
         self.head = GFLHead(num_classes=cfg.num_classes, channels=cfg.fpn_channels, num_convs=cfg.head_convs,
                             reg_max=cfg.reg_max, num_levels=len(cfg.strides))
         self.register_buffer("pixel_mean", torch.tensor(self.backbone.pixel_mean).view(1, 3, 1, 1), persistent=False)
@@ -237,5 +247,10 @@ class GFL(nn.Module):
 
     def forward(self, images):
         """images [B, 3, H, W] in [0, 1] -> (cls [B, C, H_l, W_l] per level, reg [B, 68, H_l, W_l] per level)."""
-        x = ((images - self.pixel_mean) / self.pixel_std).contiguous(memory_format=torch.channels_last)
-        return self.head(self.fpn(self.backbone(x)))
+        x = (images - self.pixel_mean) / self.pixel_std
+        if self.cfg.input_scale == 2:
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        feats = self.backbone(x.contiguous(memory_format=torch.channels_last))
+        if self.cfg.input_scale == 2:
+            feats = [*feats[1:], self.extra(feats[-1])]
+        return self.head(self.fpn(feats))

@@ -70,6 +70,21 @@ def test_efficientnet_lite2_backbone_loads_strictly():
     assert all(r.shape[1] == 68 for r in reg)
 
 
+def test_upsampled_input_keeps_the_levels():
+    """input_scale=2: the backbone sees the image at twice the size, the levels keep
+    their strides and map sizes in input pixels (what distillation pairs up)."""
+    from bckd_train.model import GFL, ModelConfig
+
+    kw = dict(num_classes=1, backbone="efficientnet_lite2", fpn_channels=32, head_convs=1, pretrained=False)
+    x = torch.rand(2, 3, 400, 400)
+    plain, _ = GFL(ModelConfig(**kw))(x)
+    upsampled, reg = GFL(ModelConfig(**kw, input_scale=2))(x)
+    assert [c.shape for c in upsampled] == [c.shape for c in plain]
+    assert [tuple(r.shape[-2:]) for r in reg] == [(50, 50), (25, 25), (13, 13), (7, 7), (4, 4)]
+    with pytest.raises(ValueError, match="input_scale"):
+        GFL(ModelConfig(**kw, input_scale=3))
+
+
 def test_dihedral_transforms_move_boxes_with_pixels():
     image = torch.zeros(3, 40, 60)
     image[:, 5:15, 20:50] = 1
