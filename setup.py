@@ -10,6 +10,7 @@ them: without one, TORCH_CUDA_ARCH_LIST defaults to "8.0;9.0" (A100, H100).
 
 import glob
 import os
+import platform
 import shutil
 import sys
 
@@ -74,6 +75,40 @@ if with_cuda:
 
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
+# Translation units compiled with an instruction set of their own, the way
+# PyTorch builds its per-capability CPU kernels: flags for that file only,
+# never a target pragma over library headers (GCC 13 and clang refuse it).
+# ops_cpu.cpp picks the AVX2 kernels at run time when the processor has them.
+ISA_FLAGS = {}
+if platform.machine().lower() in ("x86_64", "amd64") and os.name != "nt":
+    ISA_FLAGS[os.path.join("csrc", "cpu", "kernels_avx2.cpp")] = ["-mavx2", "-mfma", "-mf16c"]
+
+
+class BuildWithIsaFlags(BuildExtension):
+    """torch's BuildExtension, plus ISA_FLAGS for the files listed there."""
+
+    def build_extension(self, ext):
+        compile_all = self.compiler.compile
+
+        def compile_sources(sources, *args, extra_postargs, **kwargs):
+            # extra_postargs is ext.extra_compile_args: {"cxx": [...], "nvcc": [...]}.
+            def isa(source):
+                return ISA_FLAGS.get(os.path.relpath(os.path.abspath(source)))
+
+            plain = [s for s in sources if isa(s) is None]
+            objects = compile_all(plain, *args, extra_postargs=extra_postargs, **kwargs) if plain else []
+            for source in sources:
+                if isa(source) is not None:
+                    post = dict(extra_postargs, cxx=extra_postargs["cxx"] + isa(source))
+                    objects += compile_all([source], *args, extra_postargs=post, **kwargs)
+            return objects
+
+        self.compiler.compile = compile_sources
+        try:
+            super().build_extension(ext)
+        finally:
+            self.compiler.compile = compile_all
+
 cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
 cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
 cxx_flags = ["-O3", "-fopenmp"]
@@ -102,5 +137,5 @@ else:
 
 setup(
     ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildWithIsaFlags.with_options(use_ninja=True)},
 )

@@ -9,6 +9,8 @@ import warnings
 
 import torch
 
+from . import _contract
+
 HAS_COMPILED = False
 LOAD_ERROR = None
 
@@ -26,58 +28,69 @@ except (ImportError, OSError) as exc:
     )
 
 
-def _location_shape(x):
-    return (x.shape[0],) if x.dim() == 2 else (x.shape[0], x.shape[2], x.shape[3])
-
-
-def _loss_dtype(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _new_per_location(x):
-    return x.new_empty(_location_shape(x), dtype=_loss_dtype(x))
+    return x.new_empty(_contract.location_shape(x), dtype=_contract.loss_dtype(x))
 
 
 def _register():
     lib = "bckd::"
 
     # ------------------------------------------------------------- fakes ----
+    # The same checks as the kernels, so torch.compile and meta tensors refuse
+    # what the kernels refuse.
     @torch.library.register_fake(lib + "bin_cls_distill")
     def _(student, teacher, weight, beta):
+        _contract.check_bcdl("bin_cls_distill", student, teacher, weight, beta)
         return _new_per_location(student), _new_per_location(student)
 
     @torch.library.register_fake(lib + "_bin_cls_distill_backward")
     def _(grad_loss, student, teacher, weight, beta):
+        _contract.check_bcdl("_bin_cls_distill_backward", student, teacher, weight, beta)
+        _contract.check_per_location("_bin_cls_distill_backward", grad_loss, "grad_loss", student)
         return torch.empty_like(student)
 
     @torch.library.register_fake(lib + "paired_giou")
     def _(pred, target, eps=1e-6):
+        _contract.check_boxes("paired_giou", pred, target, eps)
         return _new_per_location(pred)
 
     @torch.library.register_fake(lib + "_paired_giou_backward")
     def _(grad, pred, target, eps):
+        _contract.check_boxes("_paired_giou_backward", pred, target, eps)
+        _contract.check_per_location("_paired_giou_backward", grad, "grad", pred)
         return torch.empty_like(pred), torch.empty_like(target)
 
     @torch.library.register_fake(lib + "dfl_giou_distill")
     def _(student_reg, teacher_reg, reg_max=16, eps=1e-6):
+        _contract.check_dfl("dfl_giou_distill", student_reg, teacher_reg, reg_max, eps)
         return _new_per_location(student_reg)
 
     @torch.library.register_fake(lib + "_dfl_giou_distill_backward")
     def _(grad, student_reg, teacher_reg, reg_max, eps):
+        _contract.check_dfl("_dfl_giou_distill_backward", student_reg, teacher_reg, reg_max, eps)
+        _contract.check_per_location("_dfl_giou_distill_backward", grad, "grad", student_reg)
         return torch.empty_like(student_reg)
 
-    for name, autograd in (("bin_cls_distill", bcdl_autograd), ("paired_giou", giou_autograd),
-                           ("dfl_giou_distill", dfl_autograd)):
-        backward, setup = autograd(getattr(torch.ops.bckd, f"_{name}_backward"))
+    ops = torch.ops.bckd
+    for name, (backward, setup) in (
+        ("bin_cls_distill", bcdl_autograd(ops._bin_cls_distill_backward, ops.bin_cls_distill)),
+        ("paired_giou", giou_autograd(ops._paired_giou_backward)),
+        ("dfl_giou_distill", dfl_autograd(ops._dfl_giou_distill_backward)),
+    ):
         torch.library.register_autograd(lib + name, backward, setup_context=setup)
+        no_double, no_setup = no_double_backward(name)
+        torch.library.register_autograd(lib + f"_{name}_backward", no_double, setup_context=no_setup)
 
 
-# Autograd of the three losses, given their backward ops (C++/CUDA here, Triton in
-# triton_ops.py): (backward, setup_context) for torch.library.register_autograd.
+# Autograd of the three losses, given their backward and forward ops (C++/CUDA
+# here, Triton in triton_ops.py): (backward, setup_context) for
+# torch.library.register_autograd.
 
 
-def bcdl_autograd(backward_op):
-    """Gradient to the student only; max_abs_diff has none."""
+def bcdl_autograd(backward_op, forward_op):
+    """Gradients to the student and to the weight; the teacher is a constant and
+    max_abs_diff has none. The weight's gradient, the unweighted loss times the
+    upstream gradient, costs one more forward pass, taken only when asked for."""
 
     def setup(ctx, inputs, output):
         student, teacher, weight, beta = inputs
@@ -88,7 +101,24 @@ def bcdl_autograd(backward_op):
     def backward(ctx, grad_loss, grad_max_abs_diff):
         student, teacher, weight = ctx.saved_tensors
         grad = backward_op(grad_loss, student, teacher, weight, ctx.beta) if ctx.needs_input_grad[0] else None
-        return grad, None, None, None
+        grad_weight = None
+        if ctx.needs_input_grad[2]:
+            unweighted, _ = forward_op(student.detach(), teacher, None, ctx.beta)
+            grad_weight = (grad_loss * unweighted).to(weight.dtype)
+        return grad, None, grad_weight, None
+
+    return backward, setup
+
+
+def no_double_backward(name):
+    """Autograd of a backward op: refuses a second derivative instead of
+    returning a wrong one."""
+
+    def setup(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise RuntimeError(f"bckd: double backward of {name} is not supported (its backward has no derivative)")
 
     return backward, setup
 

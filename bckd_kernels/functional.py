@@ -17,7 +17,7 @@ given (``eps = finfo(float32).eps``, so the normaliser is SPEC section 4's A).
 
 import torch
 
-from . import _ops, reference
+from . import _contract, _ops, reference
 
 __all__ = ["bin_cls_distill", "giou_loss", "loc_distill", "bckd_loss", "BACKENDS"]
 
@@ -105,8 +105,15 @@ def bin_cls_distill(
     return (loss, mad) if return_max_abs_diff else loss
 
 
-def _weighted(loss, weight):
-    return loss if weight is None else loss * weight
+def _weighted(op, loss, weight):
+    """The per-location loss times a weight of exactly its shape (no broadcasting:
+    an [N, 1] weight would silently make an [N, N] loss)."""
+    if weight is None:
+        return loss
+    if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != tuple(loss.shape):
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{op}: weight must have shape {tuple(loss.shape)} (one value per location), got {shape}")
+    return loss * weight
 
 
 def giou_loss(
@@ -124,7 +131,7 @@ def giou_loss(
         loss = torch.ops.bckd.paired_giou_triton(pred, target, float(eps))
     else:
         loss = torch.ops.bckd.paired_giou(pred, target, float(eps))
-    return loss_weight * reduce_loss(_weighted(loss, weight), avg_factor, reduction)
+    return loss_weight * reduce_loss(_weighted("giou_loss", loss, weight), avg_factor, reduction)
 
 
 def loc_distill(
@@ -148,14 +155,15 @@ def loc_distill(
         weight: per-location ω, ``[N]`` / ``[B, H, W]``: the ``max_abs_diff``
             of :func:`bin_cls_distill` times the valid mask.
     """
+    _contract.check_reg_max("loc_distill", reg_max)
     kind = _resolve(backend, student_reg)
     if kind == "reference":
         loss = reference.dfl_giou_distill(student_reg, teacher_reg, reg_max, eps)
     elif kind == "triton":
-        loss = torch.ops.bckd.dfl_giou_distill_triton(student_reg, teacher_reg, int(reg_max), float(eps))
+        loss = torch.ops.bckd.dfl_giou_distill_triton(student_reg, teacher_reg, reg_max, float(eps))
     else:
-        loss = torch.ops.bckd.dfl_giou_distill(student_reg, teacher_reg, int(reg_max), float(eps))
-    return loss_weight * reduce_loss(_weighted(loss, weight), avg_factor, reduction)
+        loss = torch.ops.bckd.dfl_giou_distill(student_reg, teacher_reg, reg_max, float(eps))
+    return loss_weight * reduce_loss(_weighted("loc_distill", loss, weight), avg_factor, reduction)
 
 
 def bckd_loss(
@@ -181,6 +189,11 @@ def bckd_loss(
     Returns:
         ``{"loss_bcdl": ..., "loss_ildl": ...}``.
     """
+    for name, x in (("student_reg", student_reg), ("teacher_reg", teacher_reg)):
+        _contract.check_rows("bckd_loss", x, name)
+        if _contract.location_shape(x) != _contract.location_shape(student_cls):
+            raise ValueError(f"bckd_loss: {name} has locations {_contract.location_shape(x)} but student_cls has "
+                             f"{_contract.location_shape(student_cls)}: both maps must come from the same level")
     loss_bcdl, mad = bin_cls_distill(
         student_cls,
         teacher_cls,

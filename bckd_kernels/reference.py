@@ -16,6 +16,8 @@ which measures what plain PyTorch loses at low precision.
 import torch
 import torch.nn.functional as F
 
+from . import _contract
+
 __all__ = ["bin_cls_distill", "paired_giou", "dfl_decode", "dfl_giou_distill", "distance_to_box"]
 
 
@@ -50,6 +52,7 @@ def bin_cls_distill(student, teacher, weight=None, beta=1.0, *, upcast=True):
         float64 inputs): ``w · Σ_k |σ(zs) − σ(zt)|^β · BCE(zs, σ(zt))`` and
         ``max_k |σ(zs) − σ(zt)|`` (no gradient).
     """
+    _contract.check_bcdl("bin_cls_distill", student, teacher, weight, beta)
     dtype = _compute_dtype(student, upcast)
     zs = _rows(student).to(dtype)  # [..., C]
     zt = _rows(teacher).detach().to(dtype)
@@ -68,6 +71,12 @@ def bin_cls_distill(student, teacher, weight=None, beta=1.0, *, upcast=True):
     return loss.to(out), max_abs_diff.to(out)
 
 
+def _clamp_min(x, lo):
+    """max(x, lo) with no gradient at the bound itself and NaN kept, on every
+    device (torch.clamp's gradient at the bound has differed between devices)."""
+    return torch.where(x <= lo, torch.full_like(x, lo), x)
+
+
 def paired_giou(pred, target, eps=1e-6, *, upcast=True):
     """``1 − GIoU`` of paired boxes (SPEC 2 conventions), ``[N, 4]`` -> ``[N]``.
 
@@ -75,18 +84,17 @@ def paired_giou(pred, target, eps=1e-6, *, upcast=True):
     ``eps`` (not shifted by it); areas are not clamped, so an inverted box has
     a negative area and an empty intersection.
     """
-    if pred.dim() != 2 or pred.shape[-1] != 4:
-        raise ValueError(f"expected [N, 4] boxes, got shape {tuple(pred.shape)}")
+    _contract.check_boxes("paired_giou", pred, target, eps)
     dtype = _compute_dtype(pred, upcast)
     px1, py1, px2, py2 = pred.to(dtype).unbind(-1)
     tx1, ty1, tx2, ty2 = target.to(dtype).unbind(-1)
-    iw = (torch.minimum(px2, tx2) - torch.maximum(px1, tx1)).clamp(min=0)
-    ih = (torch.minimum(py2, ty2) - torch.maximum(py1, ty1)).clamp(min=0)
+    iw = _clamp_min(torch.minimum(px2, tx2) - torch.maximum(px1, tx1), 0)
+    ih = _clamp_min(torch.minimum(py2, ty2) - torch.maximum(py1, ty1), 0)
     inter = iw * ih
-    union = ((px2 - px1) * (py2 - py1) + (tx2 - tx1) * (ty2 - ty1) - inter).clamp(min=eps)
-    ew = (torch.maximum(px2, tx2) - torch.minimum(px1, tx1)).clamp(min=0)
-    eh = (torch.maximum(py2, ty2) - torch.minimum(py1, ty1)).clamp(min=0)
-    enclose = (ew * eh).clamp(min=eps)
+    union = _clamp_min((px2 - px1) * (py2 - py1) + (tx2 - tx1) * (ty2 - ty1) - inter, eps)
+    ew = _clamp_min(torch.maximum(px2, tx2) - torch.minimum(px1, tx1), 0)
+    eh = _clamp_min(torch.maximum(py2, ty2) - torch.minimum(py1, ty1), 0)
+    enclose = _clamp_min(ew * eh, eps)
     loss = 1 - inter / union + (enclose - union) / enclose
     return loss.to(_out_dtype(pred))
 
@@ -115,6 +123,7 @@ def dfl_giou_distill(student_reg, teacher_reg, reg_max=16, eps=1e-6, *, upcast=T
     anchor point, taken as the origin. The teacher is a constant.
     Returns ``[N]`` or ``[B, H, W]``.
     """
+    _contract.check_dfl("dfl_giou_distill", student_reg, teacher_reg, reg_max, eps)
     dtype = _compute_dtype(student_reg, upcast)
     rs = _rows(student_reg).to(dtype)
     rt = _rows(teacher_reg).detach().to(dtype)

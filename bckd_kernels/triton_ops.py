@@ -20,6 +20,7 @@ Import this module after deciding on TRITON_INTERPRET: Triton reads it when the
 kernels are defined.
 """
 
+import contextlib
 import os
 from typing import Optional
 
@@ -29,12 +30,11 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from ._ops import bcdl_autograd, dfl_autograd, giou_autograd
+from . import _contract
+from ._ops import bcdl_autograd, dfl_autograd, giou_autograd, no_double_backward
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_REG_MAX = 64
-NAN_ALL = tl.PropagateNan.ALL
+MAX_REG_MAX = _contract.MAX_REG_MAX
 
 
 def _configs(blocks, interpret_block):
@@ -102,12 +102,18 @@ def _dmin(a, b):
 
 @triton.jit
 def _min(a, b):
-    return tl.minimum(a, b, propagate_nan=NAN_ALL)
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
 def _max(a, b):
-    return tl.maximum(a, b, propagate_nan=NAN_ALL)
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _max_nan(a, b):
+    """Combine function of a max reduction that keeps NaN (tl.max drops it)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -142,9 +148,9 @@ def _giou_grad(px1, py1, px2, py2, tx1, ty1, tx2, ty2, eps, g):
     ehc = _max(eh, 0.0)
     eraw = ewc * ehc
     enc = _max(eraw, eps)
-    g_u = tl.where(uraw > eps, g * (inter / (uni * uni) - 1.0 / enc), 0.0)
+    g_u = tl.where(uraw > eps, g * (inter / uni / uni - 1.0 / enc), 0.0)
     g_i = -g / uni - g_u
-    g_e = tl.where(eraw > eps, g * uni / (enc * enc), 0.0)
+    g_e = tl.where(eraw > eps, g * (uni / enc / enc), 0.0)
     g_iw = tl.where(iw > 0, g_i * ihc, 0.0)
     g_ih = tl.where(ih > 0, g_i * iwc, 0.0)
     g_ew = tl.where(ew > 0, g_e * ehc, 0.0)
@@ -190,7 +196,7 @@ def _bcdl_fwd_kernel(zs_ptr, zt_ptr, w_ptr, loss_ptr, mad_ptr, n_loc, C, H, W,
         d, pp, bce = _bcdl_pieces(zs, zt)
         mod, dmod = _modulator(d, beta, MODE)
         acc += tl.sum(tl.where(m, mod * bce, 0.0), axis=1)
-        mx = _max(mx, tl.max(tl.where(m, tl.abs(d), 0.0), axis=1))
+        mx = _max(mx, tl.reduce(tl.where(m, tl.abs(d), 0.0), 1, _max_nan))
     if HAS_W:
         acc = acc * tl.load(w_ptr + loc, mask=lmask, other=0.0)
     tl.store(loss_ptr + loc, acc, mask=lmask)
@@ -251,14 +257,14 @@ def _giou_fwd_kernel(p_ptr, t_ptr, loss_ptr, n_loc, p_s0, p_s1, t_s0, t_s1, eps,
 
 @triton.autotune(configs=_configs([(128, 4), (256, 4), (512, 8), (1024, 8)], 256), key=["n_loc"])
 @triton.jit
-def _giou_bwd_kernel(p_ptr, t_ptr, g_ptr, gp_ptr, gt_ptr, n_loc, p_s0, p_s1, t_s0, t_s1, gp_s0, gp_s1, gt_s0, gt_s1,
+def _giou_bwd_kernel(p_ptr, t_ptr, coef_ptr, gp_ptr, gt_ptr, n_loc, p_s0, p_s1, t_s0, t_s1, gp_s0, gp_s1, gt_s0, gt_s1,
                      eps, BLOCK_L: tl.constexpr):
     n = tl.program_id(0).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
     mask = n < n_loc
     px1, py1, px2, py2 = _load_box(p_ptr, n, p_s0, p_s1, mask)
     tx1, ty1, tx2, ty2 = _load_box(t_ptr, n, t_s0, t_s1, mask)
-    g = tl.load(g_ptr + n, mask=mask, other=0.0)
-    gp0, gp1, gp2, gp3, gt0, gt1, gt2, gt3 = _giou_grad(px1, py1, px2, py2, tx1, ty1, tx2, ty2, eps, g)
+    coef = tl.load(coef_ptr + n, mask=mask, other=0.0)
+    gp0, gp1, gp2, gp3, gt0, gt1, gt2, gt3 = _giou_grad(px1, py1, px2, py2, tx1, ty1, tx2, ty2, eps, coef)
     _store_box(gp_ptr, n, gp_s0, gp_s1, mask, gp0, gp1, gp2, gp3)
     _store_box(gt_ptr, n, gt_s0, gt_s1, mask, gt0, gt1, gt2, gt3)
 
@@ -268,19 +274,30 @@ def _giou_bwd_kernel(p_ptr, t_ptr, g_ptr, gp_ptr, gt_ptr, n_loc, p_s0, p_s1, t_s
 
 @triton.jit
 def _decode_edge(ptr, off, e, nbins, sc, lmask, NB: tl.constexpr):
-    """Softmax integral of edge e for a block of locations: (max, sum, dist)."""
-    j = tl.arange(0, NB)
-    jm = j < nbins
-    cols = (e * nbins + j).to(tl.int64)
-    r = tl.load(ptr + off[:, None] + cols[None, :] * sc, mask=lmask[:, None] & jm[None, :], other=0.0)
-    r = tl.where(jm[None, :], r.to(tl.float32), float("-inf"))
-    mx = tl.max(r, axis=1)
-    ex = tl.where(jm[None, :], tl.exp(r - mx[:, None]), 0.0)
-    s = tl.sum(ex, axis=1)
-    return mx, s, tl.sum(ex * j[None, :].to(tl.float32), axis=1) / s
+    """Softmax integral of edge e for a block of locations: (max, sum, dist).
+
+    The bins are read NB at a time with a running max (an online softmax), so
+    that a tile never holds more than NB bins per location whatever reg_max is:
+    wider tiles run out of registers. With nbins ≤ NB it is one plain pass."""
+    mx = tl.full(lmask.shape, float("-inf"), tl.float32)
+    s = tl.zeros(lmask.shape, tl.float32)
+    sj = tl.zeros(lmask.shape, tl.float32)
+    for j0 in range(0, nbins, NB):
+        j = j0 + tl.arange(0, NB)
+        jm = j < nbins
+        cols = (e * nbins + j).to(tl.int64)
+        r = tl.load(ptr + off[:, None] + cols[None, :] * sc, mask=lmask[:, None] & jm[None, :], other=0.0)
+        r = tl.where(jm[None, :], r.to(tl.float32), float("-inf"))
+        new_mx = tl.maximum(mx, tl.max(r, axis=1))
+        scale = tl.exp(mx - new_mx)
+        ex = tl.where(jm[None, :], tl.exp(r - new_mx[:, None]), 0.0)
+        s = s * scale + tl.sum(ex, axis=1)
+        sj = sj * scale + tl.sum(ex * j[None, :].to(tl.float32), axis=1)
+        mx = new_mx
+    return mx, s, sj / s
 
 
-@triton.autotune(configs=_configs([(32, 4), (64, 4), (128, 8)], 64), key=["n_loc", "nbins"])
+@triton.autotune(configs=_configs([(16, 4), (32, 8)], 64), key=["n_loc", "nbins"])
 @triton.jit
 def _dfl_fwd_kernel(rs_ptr, rt_ptr, loss_ptr, n_loc, nbins, H, W, s_sb, s_sh, s_sw, s_sc, t_sb, t_sh, t_sw, t_sc,
                     eps, NB: tl.constexpr, BLOCK_L: tl.constexpr):
@@ -301,18 +318,18 @@ def _dfl_fwd_kernel(rs_ptr, rt_ptr, loss_ptr, n_loc, nbins, H, W, s_sb, s_sh, s_
 
 @triton.jit
 def _edge_grad(ptr, g_ptr, off, g_off, e, nbins, sc, g_sc, lmask, mx, s, dist, gd, NB: tl.constexpr):
-    """Writes gd · P_j · (j − dist) for the bins of edge e."""
-    j = tl.arange(0, NB)
-    jm = j < nbins
-    m = lmask[:, None] & jm[None, :]
-    cols = (e * nbins + j).to(tl.int64)
-    r = tl.load(ptr + off[:, None] + cols[None, :] * sc, mask=m, other=0.0).to(tl.float32)
-    prob = tl.exp(r - mx[:, None]) / s[:, None]
-    grad = gd[:, None] * prob * (j[None, :].to(tl.float32) - dist[:, None])
-    tl.store(g_ptr + g_off[:, None] + cols[None, :] * g_sc, grad.to(g_ptr.dtype.element_ty), mask=m)
+    """Writes gd · P_j · (j − dist) for the bins of edge e, NB bins at a time."""
+    for j0 in range(0, nbins, NB):
+        j = j0 + tl.arange(0, NB)
+        m = lmask[:, None] & (j < nbins)[None, :]
+        cols = (e * nbins + j).to(tl.int64)
+        r = tl.load(ptr + off[:, None] + cols[None, :] * sc, mask=m, other=0.0).to(tl.float32)
+        prob = tl.exp(r - mx[:, None]) / s[:, None]
+        grad = gd[:, None] * prob * (j[None, :].to(tl.float32) - dist[:, None])
+        tl.store(g_ptr + g_off[:, None] + cols[None, :] * g_sc, grad.to(g_ptr.dtype.element_ty), mask=m)
 
 
-@triton.autotune(configs=_configs([(32, 4), (64, 4), (128, 8)], 64), key=["n_loc", "nbins"])
+@triton.autotune(configs=_configs([(16, 4), (32, 8)], 64), key=["n_loc", "nbins"])
 @triton.jit
 def _dfl_bwd_kernel(rs_ptr, rt_ptr, coef_ptr, g_ptr, n_loc, nbins, H, W, s_sb, s_sh, s_sw, s_sc,
                     t_sb, t_sh, t_sw, t_sc, g_sb, g_sh, g_sw, g_sc, eps, NB: tl.constexpr, BLOCK_L: tl.constexpr):
@@ -340,30 +357,18 @@ def _dfl_bwd_kernel(rs_ptr, rt_ptr, coef_ptr, g_ptr, n_loc, nbins, H, W, s_sb, s
 # ------------------------------------------------------------ host side ----
 
 
-def _check_pair(op, s, s_name, t, t_name):
-    if s.dim() not in (2, 4):
-        raise ValueError(f"{op}: {s_name} must be [N, C] or [B, C, H, W], got shape {tuple(s.shape)}")
-    if s.dtype not in _DTYPES:
-        raise ValueError(f"{op}: {s_name} must be float32, float16 or bfloat16 for the Triton backend, got {s.dtype}")
-    if t.shape != s.shape:
-        raise ValueError(f"{op}: {t_name} shape {tuple(t.shape)} must equal {s_name} shape {tuple(s.shape)}")
-    if t.dtype != s.dtype:
-        raise ValueError(f"{op}: {t_name} dtype {t.dtype} must equal {s_name} dtype {s.dtype}")
-    if t.device != s.device:
-        raise ValueError(f"{op}: {t_name} is on {t.device} but {s_name} is on {s.device}")
-
-
-def _loc_shape(x):
-    return (x.shape[0],) if x.dim() == 2 else (x.shape[0], x.shape[2], x.shape[3])
-
-
 def _per_location(op, v, name, like):
-    shape = _loc_shape(like)
-    if tuple(v.shape) != shape:
-        raise ValueError(f"{op}: {name} must have shape {shape} (one value per location), got {tuple(v.shape)}")
-    if v.device != like.device:
-        raise ValueError(f"{op}: {name} is on {v.device} but the inputs are on {like.device}")
+    """A checked per-location tensor as the contiguous float32 vector the kernels read."""
+    _contract.check_per_location(op, v, name, like)
     return v.to(torch.float32).contiguous()
+
+
+def _device_guard(x):
+    """Launches on the inputs' GPU, not the current one (inductor's generated
+    code guards the device itself when compiling)."""
+    if x.is_cuda and not torch.compiler.is_compiling():
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
 
 
 def _layouts(*xs):
@@ -380,8 +385,15 @@ def _layouts(*xs):
     return (b, h, w), [(x.stride(0), x.stride(2), x.stride(3), x.stride(1)) for x in xs]
 
 
-def _beta_mode(beta):
-    return 1 if beta == 1.0 else 2 if beta == 2.0 else 0
+def _block_c(c):
+    """Classes per step of the BCDL kernels' class loop."""
+    return min(triton.next_power_of_2(max(c, 1)), 32)
+
+
+def _bins_block(nbins):
+    """The DFL kernels' tile width over one edge's bins: all of them up to 32,
+    32 at a time beyond."""
+    return min(triton.next_power_of_2(nbins), 32)
 
 
 def _grid(n):
@@ -391,19 +403,18 @@ def _grid(n):
 @triton_op("bckd::bin_cls_distill_triton", mutates_args=())
 def bin_cls_distill_triton(student: Tensor, teacher: Tensor, weight: Optional[Tensor], beta: float) -> tuple[Tensor, Tensor]:
     op = "bin_cls_distill_triton"
-    _check_pair(op, student, "student", teacher, "teacher")
-    if beta <= 0:
-        raise ValueError(f"{op}: beta must be > 0, got {beta}")
+    _contract.check_bcdl(op, student, teacher, weight, beta, _contract.TRITON_DTYPES)
     w = None if weight is None else _per_location(op, weight, "weight", student)
-    loss = student.new_empty(_loc_shape(student), dtype=torch.float32)
+    loss = student.new_empty(_contract.location_shape(student), dtype=torch.float32)
     mad = torch.empty_like(loss)
     (B, H, W), (ls, lt) = _layouts(student, teacher)
     n, c = B * H * W, student.shape[1]
     if n > 0:
-        wrap_triton(_bcdl_fwd_kernel)[_grid(n)](
-            student, teacher, w if w is not None else loss, loss, mad, n, c, H, W, *ls, *lt, float(beta),
-            HAS_W=w is not None, MODE=_beta_mode(beta), BLOCK_C=min(triton.next_power_of_2(max(c, 1)), 32),
-        )
+        with _device_guard(student):
+            wrap_triton(_bcdl_fwd_kernel)[_grid(n)](
+                student, teacher, w if w is not None else loss, loss, mad, n, c, H, W, *ls, *lt, float(beta),
+                HAS_W=w is not None, MODE=_contract.beta_mode(beta), BLOCK_C=_block_c(c),
+            )
     return loss, mad
 
 
@@ -412,75 +423,61 @@ def _bin_cls_distill_backward_triton(
     grad_loss: Tensor, student: Tensor, teacher: Tensor, weight: Optional[Tensor], beta: float
 ) -> Tensor:
     op = "_bin_cls_distill_backward_triton"
+    _contract.check_bcdl(op, student, teacher, weight, beta, _contract.TRITON_DTYPES)
     coef = _per_location(op, grad_loss, "grad_loss", student)
     if weight is not None:
-        coef = coef * _per_location(op, weight, "weight", student)
+        coef = coef * weight.to(torch.float32)
     grad = torch.empty_like(student)
     (B, H, W), (ls, lt, lg) = _layouts(student, teacher, grad)
     n, c = B * H * W, student.shape[1]
     if grad.numel() > 0:
-        wrap_triton(_bcdl_bwd_kernel)[_grid(n)](
-            student, teacher, coef, grad, n, c, H, W, *ls, *lt, *lg, float(beta),
-            MODE=_beta_mode(beta), BLOCK_C=min(triton.next_power_of_2(max(c, 1)), 32),
-        )
+        with _device_guard(student):
+            wrap_triton(_bcdl_bwd_kernel)[_grid(n)](
+                student, teacher, coef, grad, n, c, H, W, *ls, *lt, *lg, float(beta),
+                MODE=_contract.beta_mode(beta), BLOCK_C=_block_c(c),
+            )
     return grad
-
-
-def _check_boxes(op, pred, target, eps):
-    if pred.dim() != 2 or pred.shape[1] != 4:
-        raise ValueError(f"{op}: pred must be [N, 4] boxes (x1, y1, x2, y2), got shape {tuple(pred.shape)}")
-    _check_pair(op, pred, "pred", target, "target")
-    if eps <= 0:
-        raise ValueError(f"{op}: eps must be > 0, got {eps}")
 
 
 @triton_op("bckd::paired_giou_triton", mutates_args=())
 def paired_giou_triton(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
-    _check_boxes("paired_giou_triton", pred, target, eps)
+    _contract.check_boxes("paired_giou_triton", pred, target, eps, _contract.TRITON_DTYPES)
     n = pred.shape[0]
     loss = pred.new_empty((n,), dtype=torch.float32)
     if n > 0:
-        wrap_triton(_giou_fwd_kernel)[_grid(n)](pred, target, loss, n, *pred.stride(), *target.stride(), float(eps))
+        with _device_guard(pred):
+            wrap_triton(_giou_fwd_kernel)[_grid(n)](pred, target, loss, n, *pred.stride(), *target.stride(), float(eps))
     return loss
 
 
 @triton_op("bckd::_paired_giou_backward_triton", mutates_args=())
 def _paired_giou_backward_triton(grad: Tensor, pred: Tensor, target: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    coef = _per_location("_paired_giou_backward_triton", grad, "grad", pred)
+    op = "_paired_giou_backward_triton"
+    _contract.check_boxes(op, pred, target, eps, _contract.TRITON_DTYPES)
+    coef = _per_location(op, grad, "grad", pred)
     grad_pred, grad_target = torch.empty_like(pred), torch.empty_like(target)
     n = pred.shape[0]
     if n > 0:
-        wrap_triton(_giou_bwd_kernel)[_grid(n)](
-            pred, target, coef, grad_pred, grad_target, n, *pred.stride(), *target.stride(),
-            *grad_pred.stride(), *grad_target.stride(), float(eps),
-        )
+        with _device_guard(pred):
+            wrap_triton(_giou_bwd_kernel)[_grid(n)](
+                pred, target, coef, grad_pred, grad_target, n, *pred.stride(), *target.stride(),
+                *grad_pred.stride(), *grad_target.stride(), float(eps),
+            )
     return grad_pred, grad_target
-
-
-def _check_dfl(op, s, t, reg_max, eps):
-    _check_pair(op, s, "student_reg", t, "teacher_reg")
-    if not 1 <= reg_max <= MAX_REG_MAX:
-        raise ValueError(f"{op}: reg_max must be in [1, {MAX_REG_MAX}], got {reg_max}")
-    if s.shape[1] != 4 * (reg_max + 1):
-        raise ValueError(
-            f"{op}: student_reg must have 4 * (reg_max + 1) = {4 * (reg_max + 1)} channels in dimension 1 "
-            f"for reg_max = {reg_max}, got shape {tuple(s.shape)}"
-        )
-    if eps <= 0:
-        raise ValueError(f"{op}: eps must be > 0, got {eps}")
 
 
 @triton_op("bckd::dfl_giou_distill_triton", mutates_args=())
 def dfl_giou_distill_triton(student_reg: Tensor, teacher_reg: Tensor, reg_max: int = 16, eps: float = 1e-6) -> Tensor:
-    _check_dfl("dfl_giou_distill_triton", student_reg, teacher_reg, reg_max, eps)
-    loss = student_reg.new_empty(_loc_shape(student_reg), dtype=torch.float32)
+    _contract.check_dfl("dfl_giou_distill_triton", student_reg, teacher_reg, reg_max, eps, _contract.TRITON_DTYPES)
+    loss = student_reg.new_empty(_contract.location_shape(student_reg), dtype=torch.float32)
     (B, H, W), (ls, lt) = _layouts(student_reg, teacher_reg)
     n = B * H * W
     if n > 0:
-        wrap_triton(_dfl_fwd_kernel)[_grid(n)](
-            student_reg, teacher_reg, loss, n, reg_max + 1, H, W, *ls, *lt, float(eps),
-            NB=triton.next_power_of_2(reg_max + 1),
-        )
+        with _device_guard(student_reg):
+            wrap_triton(_dfl_fwd_kernel)[_grid(n)](
+                student_reg, teacher_reg, loss, n, reg_max + 1, H, W, *ls, *lt, float(eps),
+                NB=_bins_block(reg_max + 1),
+            )
     return loss
 
 
@@ -488,24 +485,32 @@ def dfl_giou_distill_triton(student_reg: Tensor, teacher_reg: Tensor, reg_max: i
 def _dfl_giou_distill_backward_triton(
     grad: Tensor, student_reg: Tensor, teacher_reg: Tensor, reg_max: int, eps: float
 ) -> Tensor:
-    coef = _per_location("_dfl_giou_distill_backward_triton", grad, "grad", student_reg)
+    op = "_dfl_giou_distill_backward_triton"
+    _contract.check_dfl(op, student_reg, teacher_reg, reg_max, eps, _contract.TRITON_DTYPES)
+    coef = _per_location(op, grad, "grad", student_reg)
     grad_student = torch.empty_like(student_reg)
     (B, H, W), (ls, lt, lg) = _layouts(student_reg, teacher_reg, grad_student)
     n = B * H * W
     if grad_student.numel() > 0:
-        wrap_triton(_dfl_bwd_kernel)[_grid(n)](
-            student_reg, teacher_reg, coef, grad_student, n, reg_max + 1, H, W, *ls, *lt, *lg, float(eps),
-            NB=triton.next_power_of_2(reg_max + 1),
-        )
+        with _device_guard(student_reg):
+            wrap_triton(_dfl_bwd_kernel)[_grid(n)](
+                student_reg, teacher_reg, coef, grad_student, n, reg_max + 1, H, W, *ls, *lt, *lg, float(eps),
+                NB=_bins_block(reg_max + 1),
+            )
     return grad_student
 
 
 # -------------------------------------------------------------- autograd ----
 
-for _op, _autograd, _backward_op in (
-    (bin_cls_distill_triton, bcdl_autograd, torch.ops.bckd._bin_cls_distill_backward_triton),
-    (paired_giou_triton, giou_autograd, torch.ops.bckd._paired_giou_backward_triton),
-    (dfl_giou_distill_triton, dfl_autograd, torch.ops.bckd._dfl_giou_distill_backward_triton),
+_ops = torch.ops.bckd
+for _name, _op, (_backward, _setup), _backward_op in (
+    ("bin_cls_distill_triton", bin_cls_distill_triton,
+     bcdl_autograd(_ops._bin_cls_distill_backward_triton, _ops.bin_cls_distill_triton), _bin_cls_distill_backward_triton),
+    ("paired_giou_triton", paired_giou_triton, giou_autograd(_ops._paired_giou_backward_triton),
+     _paired_giou_backward_triton),
+    ("dfl_giou_distill_triton", dfl_giou_distill_triton, dfl_autograd(_ops._dfl_giou_distill_backward_triton),
+     _dfl_giou_distill_backward_triton),
 ):
-    _backward, _setup = _autograd(_backward_op)
     _op.register_autograd(_backward, setup_context=_setup)
+    _no_double, _no_setup = no_double_backward(_name)
+    _backward_op.register_autograd(_no_double, setup_context=_no_setup)

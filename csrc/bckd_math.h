@@ -187,18 +187,19 @@ BCKD_HD void giou_grad(const typename M::T* p, const typename M::T* t,
   const T eraw = ewc * ehc;
   const T enc = M::max(eraw, eps);
 
-  // loss = 1 − I/U + 1 − U/E as a function of (I, U, E).
-  const T u_live = M::select(M::gt(uraw, eps), T(1), zero);
-  const T e_live = M::select(M::gt(eraw, eps), T(1), zero);
-  const T g_u = g * (inter / (uni * uni) - T(1) / enc) * u_live;  // ∂/∂(A_p + A_t − I)
-  const T g_i = -g / uni - g_u;                                   // direct + through U
-  const T g_e = g * uni / (enc * enc) * e_live;
+  // loss = 1 − I/U + 1 − U/E as a function of (I, U, E). Quotients are taken
+  // one at a time ((I/U)/U, not I/(U·U)), so that coordinates near the square
+  // root of the largest float do not overflow; dead branches are selected away,
+  // never multiplied by 0, so that an infinite or 0/0 term there cannot make NaN.
+  const T g_u = M::select(M::gt(uraw, eps), g * (inter / uni / uni - T(1) / enc), zero);  // ∂/∂(A_p + A_t − I)
+  const T g_i = -g / uni - g_u;                                                        // direct + through U
+  const T g_e = M::select(M::gt(eraw, eps), g * (uni / enc / enc), zero);
 
   // Through max(0, ·) of the intersection and enclosure sides.
-  const T g_iw = g_i * ihc * M::select(M::gt(iw, zero), T(1), zero);
-  const T g_ih = g_i * iwc * M::select(M::gt(ih, zero), T(1), zero);
-  const T g_ew = g_e * ehc * M::select(M::gt(ew, zero), T(1), zero);
-  const T g_eh = g_e * ewc * M::select(M::gt(eh, zero), T(1), zero);
+  const T g_iw = M::select(M::gt(iw, zero), g_i * ihc, zero);
+  const T g_ih = M::select(M::gt(ih, zero), g_i * iwc, zero);
+  const T g_ew = M::select(M::gt(ew, zero), g_e * ehc, zero);
+  const T g_eh = M::select(M::gt(eh, zero), g_e * ewc, zero);
 
   // x2: +iw through min(p2, t2), +ew through max(p2, t2); x1: −iw through
   // max(p0, t0), −ew through min(p0, t0); and the box's own area.

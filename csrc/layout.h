@@ -1,5 +1,6 @@
 // Host-side argument checks and the location layout shared by the CPU and CUDA
-// wrappers.
+// wrappers. Every refusal is a ValueError naming the operator and the argument,
+// as bckd_kernels/_contract.py words it for the Python side.
 //
 // Every op reads per-location rows of "channels" (classes, or 4·(reg_max + 1)
 // regression bins) either from an [N, C] matrix or from a head map
@@ -82,15 +83,15 @@ inline at::ScalarType loss_dtype(at::ScalarType t) {
 // Checks a pair of per-location-row inputs (student/teacher logits).
 inline void check_pair(const char* op, const at::Tensor& s, const char* s_name,
                        const at::Tensor& t, const char* t_name) {
-  TORCH_CHECK(s.dim() == 2 || s.dim() == 4, op, ": ", s_name,
+  TORCH_CHECK_VALUE(s.dim() == 2 || s.dim() == 4, op, ": ", s_name,
               " must be [N, C] or [B, C, H, W], got shape ", s.sizes());
-  TORCH_CHECK(is_supported_float(s.scalar_type()), op, ": ", s_name,
+  TORCH_CHECK_VALUE(is_supported_float(s.scalar_type()), op, ": ", s_name,
               " must be float32, float16, bfloat16 or float64, got ", s.scalar_type());
-  TORCH_CHECK(t.sizes() == s.sizes(), op, ": ", t_name, " shape ", t.sizes(),
+  TORCH_CHECK_VALUE(t.sizes() == s.sizes(), op, ": ", t_name, " shape ", t.sizes(),
               " must equal ", s_name, " shape ", s.sizes());
-  TORCH_CHECK(t.scalar_type() == s.scalar_type(), op, ": ", t_name, " dtype ",
+  TORCH_CHECK_VALUE(t.scalar_type() == s.scalar_type(), op, ": ", t_name, " dtype ",
               t.scalar_type(), " must equal ", s_name, " dtype ", s.scalar_type());
-  TORCH_CHECK(t.device() == s.device(), op, ": ", t_name, " is on ", t.device(),
+  TORCH_CHECK_VALUE(t.device() == s.device(), op, ": ", t_name, " is on ", t.device(),
               " but ", s_name, " is on ", s.device());
 }
 
@@ -100,11 +101,11 @@ inline void check_pair(const char* op, const at::Tensor& s, const char* s_name,
 inline at::Tensor per_location(const char* op, const at::Tensor& v, const char* name,
                                const at::Tensor& like, at::ScalarType dtype) {
   const auto shape = location_shape(like);
-  TORCH_CHECK(v.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have shape ",
+  TORCH_CHECK_VALUE(v.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have shape ",
               at::IntArrayRef(shape), " (one value per location), got ", v.sizes());
-  TORCH_CHECK(v.device() == like.device(), op, ": ", name, " is on ", v.device(),
+  TORCH_CHECK_VALUE(v.device() == like.device(), op, ": ", name, " is on ", v.device(),
               " but the inputs are on ", like.device());
-  TORCH_CHECK(at::isFloatingType(v.scalar_type()) || v.scalar_type() == at::kBool, op,
+  TORCH_CHECK_VALUE(at::isFloatingType(v.scalar_type()) || v.scalar_type() == at::kBool, op,
               ": ", name, " must be a floating point or bool tensor, got ", v.scalar_type());
   return v.to(dtype).contiguous();
 }

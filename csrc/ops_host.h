@@ -9,6 +9,7 @@
 #include <ATen/ops/mul.h>
 #include <c10/util/Optional.h>
 
+#include <cmath>
 #include <tuple>
 
 #include "args.h"
@@ -19,6 +20,13 @@ namespace bckd {
 // Largest reg_max the fused DFL kernels take (65 bins per edge).
 constexpr int64_t kMaxRegMax = 64;
 
+// β and eps: finite and positive (an infinite β gives NaN gradients, an
+// infinite eps NaN losses).
+inline void check_positive(const char* op, double value, const char* name) {
+  TORCH_CHECK_VALUE(std::isfinite(value) && value > 0.0, op, ": ", name, " must be finite and > 0, got ",
+                    value);
+}
+
 inline at::Tensor new_per_location(const at::Tensor& like) {
   return at::empty(location_shape(like), like.options().dtype(loss_dtype(like.scalar_type())));
 }
@@ -28,7 +36,7 @@ inline at::Tensor new_per_location(const at::Tensor& like) {
 inline void check_bcdl(const char* op, const at::Tensor& student, const at::Tensor& teacher,
                        double beta) {
   check_pair(op, student, "student", teacher, "teacher");
-  TORCH_CHECK(beta > 0.0, op, ": beta must be > 0, got ", beta);
+  check_positive(op, beta, "beta");
 }
 
 template <class Backend>
@@ -89,17 +97,17 @@ at::Tensor bin_cls_distill_backward(const at::Tensor& grad_loss, const at::Tenso
 
 inline void check_boxes(const char* op, const at::Tensor& pred, const at::Tensor& target,
                         double eps) {
-  TORCH_CHECK(pred.dim() == 2 && pred.size(1) == 4, op,
+  TORCH_CHECK_VALUE(pred.dim() == 2 && pred.size(1) == 4, op,
               ": pred must be [N, 4] boxes (x1, y1, x2, y2), got shape ", pred.sizes());
-  TORCH_CHECK(is_supported_float(pred.scalar_type()), op,
+  TORCH_CHECK_VALUE(is_supported_float(pred.scalar_type()), op,
               ": pred must be float32, float16, bfloat16 or float64, got ", pred.scalar_type());
-  TORCH_CHECK(target.sizes() == pred.sizes(), op, ": target shape ", target.sizes(),
+  TORCH_CHECK_VALUE(target.sizes() == pred.sizes(), op, ": target shape ", target.sizes(),
               " must equal pred shape ", pred.sizes());
-  TORCH_CHECK(target.scalar_type() == pred.scalar_type(), op, ": target dtype ",
+  TORCH_CHECK_VALUE(target.scalar_type() == pred.scalar_type(), op, ": target dtype ",
               target.scalar_type(), " must equal pred dtype ", pred.scalar_type());
-  TORCH_CHECK(target.device() == pred.device(), op, ": target is on ", target.device(),
+  TORCH_CHECK_VALUE(target.device() == pred.device(), op, ": target is on ", target.device(),
               " but pred is on ", pred.device());
-  TORCH_CHECK(eps > 0.0, op, ": eps must be > 0, got ", eps);
+  check_positive(op, eps, "eps");
 }
 
 template <class Backend>
@@ -152,12 +160,12 @@ std::tuple<at::Tensor, at::Tensor> paired_giou_backward(const at::Tensor& grad,
 inline void check_dfl(const char* op, const at::Tensor& student, const at::Tensor& teacher,
                       int64_t reg_max, double eps) {
   check_pair(op, student, "student_reg", teacher, "teacher_reg");
-  TORCH_CHECK(reg_max >= 1 && reg_max <= kMaxRegMax, op, ": reg_max must be in [1, ",
+  TORCH_CHECK_VALUE(reg_max >= 1 && reg_max <= kMaxRegMax, op, ": reg_max must be in [1, ",
               kMaxRegMax, "], got ", reg_max);
-  TORCH_CHECK(student.size(1) == 4 * (reg_max + 1), op, ": student_reg must have 4 * (reg_max + 1) = ",
+  TORCH_CHECK_VALUE(student.size(1) == 4 * (reg_max + 1), op, ": student_reg must have 4 * (reg_max + 1) = ",
               4 * (reg_max + 1), " channels in dimension 1 for reg_max = ", reg_max, ", got shape ",
               student.sizes());
-  TORCH_CHECK(eps > 0.0, op, ": eps must be > 0, got ", eps);
+  check_positive(op, eps, "eps");
 }
 
 template <class Backend>

@@ -58,7 +58,7 @@ def test_bin_cls_distill(device, dtype, layout, shape, beta):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout, shape, reg_max", [("nc", (37, 68), 16), ("nc_strided", (5, 32), 7),
+@pytest.mark.parametrize("layout, shape, reg_max", [("nc", (37, 68), 16), ("nc_strided", (5, 32), 7), ("nc", (9, 164), 40),
                                                      ("nchw", (2, 68, 5, 7), 16), ("nchw_strided", (1, 68, 3, 3), 16)])
 def test_dfl_giou_distill(device, dtype, layout, shape, reg_max):
     s, t, _, gout = make(shape, dtype, device, layout, seed=1)
@@ -108,24 +108,6 @@ def test_functional_backend_and_empty(device):
     assert loss.shape == (0,)
     (g,) = torch.autograd.grad(loss.sum(), empty)
     assert g.shape == empty.shape
-
-
-@pytest.mark.parametrize(
-    "call, match",
-    [
-        (lambda: torch.ops.bckd.bin_cls_distill_triton(torch.randn(3, 4), torch.randn(3, 5), None, 1.0), "teacher shape"),
-        (lambda: torch.ops.bckd.bin_cls_distill_triton(torch.randn(3, 4).double(), torch.randn(3, 4).double(), None, 1.0),
-         "float32, float16 or bfloat16"),
-        (lambda: torch.ops.bckd.bin_cls_distill_triton(torch.randn(3, 4), torch.randn(3, 4), torch.ones(4), 1.0),
-         "weight must have shape"),
-        (lambda: torch.ops.bckd.paired_giou_triton(torch.rand(3, 5), torch.rand(3, 5), 1e-6), r"pred must be \[N, 4\]"),
-        (lambda: torch.ops.bckd.dfl_giou_distill_triton(torch.rand(3, 60), torch.rand(3, 60), 16, 1e-6),
-         "4 \\* \\(reg_max \\+ 1\\) = 68"),
-    ],
-)
-def test_bad_input(call, match):
-    with pytest.raises(ValueError, match=match):
-        call()
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")

@@ -1,0 +1,65 @@
+"""Every invalid argument of every operator, forward and backward, on every
+backend (C++ CPU and CUDA, Triton, the fake kernels on meta tensors, the
+reference) raises a ValueError that names the argument: never a crash, a
+silently wrong result or another exception type. Each backend runs in its own
+process (tests/bad_inputs.py), so a crash fails that backend's test and names
+the case it happened in."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import HAS_CUDA
+
+import bckd_kernels
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+needs_compiled = pytest.mark.skipif(not bckd_kernels.HAS_COMPILED, reason="the compiled kernels did not load")
+
+BACKENDS = [
+    pytest.param("cpu", marks=needs_compiled),
+    pytest.param("meta", marks=needs_compiled),
+    "reference",
+    pytest.param("triton", marks=pytest.mark.skipif(HAS_CUDA, reason="the Triton interpreter runs without a GPU")),
+    pytest.param("cuda", marks=[needs_compiled, needs_cuda]),
+    pytest.param("triton-cuda", marks=needs_cuda),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_bad_input_raises_value_error_naming_the_argument(backend):
+    if backend.startswith("triton"):
+        pytest.importorskip("triton")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "bad_inputs.py"), backend],
+                          capture_output=True, text=True, env=env, timeout=600)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    results = [r for r in lines if "raised" in r]
+    started = [r["case"] for r in lines if r.get("started")]
+    if len(results) < len(started):
+        pytest.fail(f"{backend}: the process died (exit {proc.returncode}) in case {started[len(results)]}:\n"
+                    f"{proc.stderr[-2000:]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert results, proc.stderr[-2000:]
+    wrong = [f"{r['case']}: {r['raised']}: {r['message']}" for r in results
+             if r["raised"] != "ValueError" or r["arg"] not in r["message"]]
+    assert not wrong, f"{backend}: {len(wrong)} of {len(results)} cases did not raise a ValueError naming " \
+                      "the argument:\n" + "\n".join(wrong)
+
+
+def test_a_mismatched_device_is_refused_on_every_backend():
+    """Student on the GPU, teacher on the CPU (and the reverse)."""
+    if not HAS_CUDA:
+        pytest.skip("needs a CUDA GPU")
+    s = torch.randn(4, 80, device="cuda")
+    t = torch.randn(4, 80)
+    from bckd_kernels import reference, triton_ops  # noqa: F401
+
+    for fn in (torch.ops.bckd.bin_cls_distill, torch.ops.bckd.bin_cls_distill_triton, reference.bin_cls_distill):
+        for a, b in ((s, t), (t, s)):
+            with pytest.raises(ValueError, match="teacher"):
+                fn(a, b, None, 1.0)
