@@ -14,7 +14,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q numpy pytest matplotlib pycocotools tqdm
+.venv/bin/python -m pip install -q numpy pytest hypothesis matplotlib pycocotools tqdm
 .venv/bin/python -m pip install -q -e . --no-build-isolation
 SOURCES=${BCKD_CACHE:-.cache}/sources
 mkdir -p "$SOURCES"

@@ -22,13 +22,21 @@ FLOOR = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.b
 
 
 def assert_matches(actual, ref64, ref_lowp, dtype, what=""):
-    """|actual − ref64| ≤ 2·|ref_lowp − ref64| + floor, in the max norm."""
+    """|actual − ref64| ≤ 2·|ref_lowp − ref64| + floor, in the max norm.
+
+    Where plain PyTorch at low precision overflows (float16 box areas above
+    65504) its error is unbounded and bounds nothing: those entries leave the
+    low-precision error out, and the kernel, which accumulates in float32, is
+    held to the floor there."""
     assert actual.shape == ref64.shape, (what, actual.shape, ref64.shape)
     actual = actual.double()
     ref64 = ref64.double()
-    err = (actual - ref64).abs().max().item() if actual.numel() else 0.0
-    base = (ref_lowp.double() - ref64).abs().max().item() if actual.numel() else 0.0
-    scale = max(ref64.abs().max().item() if actual.numel() else 0.0, 1.0)
+    if not actual.numel():
+        return
+    err = (actual - ref64).abs().max().item()
+    lowp_err = (ref_lowp.double() - ref64).abs()
+    base = lowp_err[lowp_err.isfinite()].max().item() if lowp_err.isfinite().any() else 0.0
+    scale = max(ref64.abs().max().item(), 1.0)
     bound = 2 * base + FLOOR[dtype] * scale
     assert err <= bound, f"{what}: error {err:.3g} > bound {bound:.3g} (torch's own error {base:.3g})"
 

@@ -1,0 +1,131 @@
+"""Inputs at the edges, on the C++ and Triton operators (CPU tensors; the Triton
+ones through the interpreter without a GPU, on CUDA tensors with one): no
+silent NaN, no silently wrong result, no silently missing gradient."""
+
+import pytest
+import torch
+from conftest import HAS_CUDA, assert_matches
+
+import bckd_kernels
+from bckd_kernels import reference
+
+triton = pytest.importorskip("triton")
+from bckd_kernels import triton_ops  # noqa: E402,F401
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+ops = torch.ops.bckd
+BCDL = {"compiled": ops.bin_cls_distill, "triton": ops.bin_cls_distill_triton}
+GIOU = {"compiled": ops.paired_giou, "triton": ops.paired_giou_triton}
+DFL = {"compiled": ops.dfl_giou_distill, "triton": ops.dfl_giou_distill_triton}
+pytestmark = pytest.mark.skipif(not bckd_kernels.HAS_COMPILED, reason="the compiled kernels did not load")
+
+
+@pytest.mark.parametrize("backend", ["compiled", "triton"])
+@pytest.mark.parametrize("shape", [(7, 13), (2, 5, 3, 4)])
+def test_weight_that_requires_grad_gets_its_gradient(backend, shape):
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(shape, generator=g).to(DEVICE).requires_grad_()
+    t = torch.randn(shape, generator=g).to(DEVICE)
+    loc = (shape[0],) if len(shape) == 2 else (shape[0], *shape[2:])
+    w = torch.rand(loc, generator=g).to(DEVICE).requires_grad_()
+    gout = torch.randn(loc, generator=g).to(DEVICE)
+    loss, _ = BCDL[backend](s, t, w, 1.5)
+    gs, gw = torch.autograd.grad(loss, (s, w), gout)
+    ref, _ = reference.bin_cls_distill(s, t, w, 1.5)
+    rs, rw = torch.autograd.grad(ref, (s, w), gout)
+    torch.testing.assert_close(gs, rs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gw, rw, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "triton"])
+@pytest.mark.parametrize("loss", ["bcdl", "giou", "dfl"])
+def test_double_backward_is_refused(backend, loss):
+    if loss == "bcdl":
+        x = torch.randn(4, 6, device=DEVICE, requires_grad=True)
+        out = BCDL[backend](x, torch.randn(4, 6, device=DEVICE), None, 1.0)[0]
+    elif loss == "giou":
+        x = torch.tensor([[0.0, 0.0, 2.0, 2.0]], device=DEVICE, requires_grad=True)
+        out = GIOU[backend](x, torch.tensor([[1.0, 1.0, 3.0, 3.0]], device=DEVICE), 1e-6)
+    else:
+        x = torch.randn(4, 68, device=DEVICE, requires_grad=True)
+        out = DFL[backend](x, torch.randn(4, 68, device=DEVICE), 16, 1e-6)
+    (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward .* is not supported"):
+        g.sum().backward()
+
+
+@pytest.mark.parametrize("backend", ["compiled", "triton"])
+def test_max_abs_diff_keeps_nan(backend):
+    """max_abs_diff is ILDL's weight: a NaN logit must not vanish from it."""
+    s = torch.randn(3, 40, device=DEVICE)
+    t = torch.randn(3, 40, device=DEVICE)
+    s[1, 33] = float("nan")
+    t[2, 0] = float("nan")
+    loss, mad = BCDL[backend](s, t, None, 1.0)
+    assert torch.isfinite(mad[0]) and mad[1].isnan() and mad[2].isnan()
+    assert torch.isfinite(loss[0]) and loss[1].isnan() and loss[2].isnan()
+
+
+@pytest.mark.parametrize("backend", ["compiled", "triton"])
+@pytest.mark.parametrize("coord", [5e9, 1e12, 1e18])
+def test_giou_gradient_of_huge_boxes(backend, coord):
+    """Areas near float32's largest value: (I/U)/U, never I/U²."""
+    p64 = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.1, 0.2, 0.9, 1.1]], dtype=torch.float64) * coord
+    t64 = torch.tensor([[0.2, 0.1, 1.1, 0.8], [0.0, 0.0, 1.0, 1.0]], dtype=torch.float64) * coord
+    p, t = p64.float().to(DEVICE).requires_grad_(), t64.float().to(DEVICE).requires_grad_()
+    loss = GIOU[backend](p, t, 1e-6)
+    gp, gt = torch.autograd.grad(loss.sum(), (p, t))
+    p64, t64 = p.detach().double().requires_grad_(), t.detach().double().requires_grad_()
+    rp, rt = torch.autograd.grad(reference.paired_giou(p64, t64).sum(), (p64, t64))
+    # Gradients scale as 1/coordinate: compare gradient × coordinate.
+    for a, r in ((gp, rp), (gt, rt)):
+        torch.testing.assert_close((a.double() * coord).cpu(), (r * coord).cpu(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "triton"])
+@pytest.mark.parametrize("eps", [1e-23, 1e-30, 1e-38])
+def test_zero_area_pair_with_tiny_eps_has_finite_gradient(backend, eps):
+    p = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 5.0], [0.0, 0.0, 2.0, 2.0]], device=DEVICE,
+                     requires_grad=True)
+    t = p.detach().clone().requires_grad_()
+    loss = GIOU[backend](p, t, eps)
+    gp, gt = torch.autograd.grad(loss.sum(), (p, t))
+    assert torch.isfinite(loss).all() and torch.isfinite(gp).all() and torch.isfinite(gt).all()
+    p64, t64 = p.detach().double().requires_grad_(), t.detach().double().requires_grad_()
+    ref = reference.paired_giou(p64, t64, eps)
+    rp, rt = torch.autograd.grad(ref.sum(), (p64, t64))
+    torch.testing.assert_close(loss.double().cpu(), ref.cpu())
+    torch.testing.assert_close(gp.double().cpu(), rp.cpu())
+
+
+def test_float16_boxes_whose_areas_overflow_float16():
+    """Plain float16 PyTorch overflows (areas above 65504, non-finite loss); the
+    kernels accumulate in float32 and stay within the float16 floor."""
+    g = torch.Generator().manual_seed(3)
+    p = torch.rand(64, 2, generator=g) * 100
+    p = torch.cat([p, p + 300 + torch.rand(64, 2, generator=g) * 100], 1)
+    t = p + torch.randn(64, 4, generator=g) * 20
+    p, t = p.half().to(DEVICE), t.half().to(DEVICE)
+    lowp = reference.paired_giou(p, t, upcast=False)
+    assert not torch.isfinite(lowp).all()
+    ref64 = reference.paired_giou(p.double(), t.double())
+    for fn in GIOU.values():
+        assert_matches(fn(p, t, 1e-6), ref64, lowp, torch.float16, "loss")
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: bckd_kernels.giou_loss(torch.rand(4, 4), torch.rand(4, 4), torch.ones(4, 1)), "weight must have shape"),
+        (lambda: bckd_kernels.loc_distill(torch.rand(4, 68), torch.rand(4, 68), torch.ones(4, 1)),
+         "weight must have shape"),
+        (lambda: bckd_kernels.loc_distill(torch.rand(4, 68), torch.rand(4, 68), reg_max=16.9), "reg_max must be an int"),
+        (lambda: bckd_kernels.bckd_loss(torch.rand(2, 8, 1, 30), torch.rand(2, 8, 1, 30), torch.rand(2, 68, 30, 30),
+                                        torch.rand(2, 68, 30, 30)), "student_reg has locations"),
+        (lambda: bckd_kernels.bckd_loss(torch.rand(2, 8, 29, 30), torch.rand(2, 8, 29, 30), torch.rand(2, 68, 30, 30),
+                                        torch.rand(2, 68, 30, 30)), "student_reg has locations"),
+    ],
+)
+def test_functional_api_refuses_what_would_broadcast(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
