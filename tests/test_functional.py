@@ -92,6 +92,24 @@ def test_modules():
         bckd_kernels.GIoULoss(reduction="avg")
 
 
+def test_loc_module_weights_from_cls_maps():
+    s, t, rs, rt, valid = maps("cpu", seed=3)
+    s.requires_grad_()
+    rs.requires_grad_()
+    af = torch.tensor(6.0)
+    loc = bckd_kernels.LocDistillLoss(loss_weight=2.0)
+    got = loc(rs, rt, valid, avg_factor=af, student_cls=s, teacher_cls=t)
+    want = bckd_kernels.bckd_loss(s, t, rs, rt, valid, avg_factor=af, loc_weight=2.0)["loss_ildl"]
+    torch.testing.assert_close(got, want)
+    got.backward()
+    assert s.grad is None and rs.grad is not None
+    unmasked = loc(rs, rt, student_cls=s, teacher_cls=t, reduction_override="none")
+    _, mad = bckd_kernels.bin_cls_distill(s, t, return_max_abs_diff=True)
+    torch.testing.assert_close(unmasked, 2.0 * mad * reference.dfl_giou_distill(rs, rt), rtol=2e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="given together"):
+        loc(rs, rt, student_cls=s)
+
+
 def test_backend_argument():
     s, t, *_ = maps("cpu")
     with pytest.raises(ValueError, match="backend must be one of"):
