@@ -178,7 +178,7 @@ def _locations(BLOCK_L: tl.constexpr, n_loc, H, W):
 # ----------------------------------------------------------------- BCDL ----
 
 
-@triton.autotune(configs=_configs([(32, 4), (64, 4), (128, 8), (256, 8)], 64), key=["n_loc", "C", "MODE"])
+@triton.autotune(configs=_configs([(32, 4), (64, 4)], 64), key=["n_loc", "C", "MODE"])
 @triton.jit
 def _bcdl_fwd_kernel(zs_ptr, zt_ptr, w_ptr, loss_ptr, mad_ptr, n_loc, C, H, W,
                      s_sb, s_sh, s_sw, s_sc, t_sb, t_sh, t_sw, t_sc, beta,
@@ -203,7 +203,7 @@ def _bcdl_fwd_kernel(zs_ptr, zt_ptr, w_ptr, loss_ptr, mad_ptr, n_loc, C, H, W,
     tl.store(mad_ptr + loc, mx, mask=lmask)
 
 
-@triton.autotune(configs=_configs([(32, 4), (64, 4), (128, 8), (256, 8)], 64), key=["n_loc", "C", "MODE"])
+@triton.autotune(configs=_configs([(32, 4), (64, 4)], 64), key=["n_loc", "C", "MODE"])
 @triton.jit
 def _bcdl_bwd_kernel(zs_ptr, zt_ptr, coef_ptr, g_ptr, n_loc, C, H, W,
                      s_sb, s_sh, s_sw, s_sc, t_sb, t_sh, t_sw, t_sc, g_sb, g_sh, g_sw, g_sc, beta,
@@ -297,7 +297,7 @@ def _decode_edge(ptr, off, e, nbins, sc, lmask, NB: tl.constexpr):
     return mx, s, sj / s
 
 
-@triton.autotune(configs=_configs([(16, 4), (32, 8)], 64), key=["n_loc", "nbins"])
+@triton.autotune(configs=_configs([(8, 4), (16, 8)], 64), key=["n_loc", "nbins"])
 @triton.jit
 def _dfl_fwd_kernel(rs_ptr, rt_ptr, loss_ptr, n_loc, nbins, H, W, s_sb, s_sh, s_sw, s_sc, t_sb, t_sh, t_sw, t_sc,
                     eps, NB: tl.constexpr, BLOCK_L: tl.constexpr):
@@ -329,7 +329,7 @@ def _edge_grad(ptr, g_ptr, off, g_off, e, nbins, sc, g_sc, lmask, mx, s, dist, g
         tl.store(g_ptr + g_off[:, None] + cols[None, :] * g_sc, grad.to(g_ptr.dtype.element_ty), mask=m)
 
 
-@triton.autotune(configs=_configs([(16, 4), (32, 8)], 64), key=["n_loc", "nbins"])
+@triton.autotune(configs=_configs([(8, 4), (16, 8)], 64), key=["n_loc", "nbins"])
 @triton.jit
 def _dfl_bwd_kernel(rs_ptr, rt_ptr, coef_ptr, g_ptr, n_loc, nbins, H, W, s_sb, s_sh, s_sw, s_sc,
                     t_sb, t_sh, t_sw, t_sc, g_sb, g_sh, g_sw, g_sc, eps, NB: tl.constexpr, BLOCK_L: tl.constexpr):
@@ -387,7 +387,7 @@ def _layouts(*xs):
 
 def _block_c(c):
     """Classes per step of the BCDL kernels' class loop."""
-    return min(triton.next_power_of_2(max(c, 1)), 32)
+    return min(triton.next_power_of_2(max(c, 1)), 16)
 
 
 def _bins_block(nbins):
