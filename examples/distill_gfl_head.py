@@ -60,7 +60,8 @@ class TinyGFL(nn.Module):
 def make_batch():
     """Two images of different sizes with coloured boxes, padded into one batch."""
     sizes = [(96, 128), (64, 96)]
-    boxes = [torch.tensor([[10.0, 12.0, 50.0, 60.0], [60.0, 20.0, 124.0, 90.0]]), torch.tensor([[8.0, 8.0, 40.0, 56.0]])]
+    boxes = [torch.tensor([[10.0, 12.0, 50.0, 60.0], [60.0, 20.0, 124.0, 90.0]]),
+             torch.tensor([[8.0, 8.0, 40.0, 56.0]])]
     images = torch.zeros(2, 3, 96, 128)
     pixel_mask = torch.zeros(2, 96, 128)
     for i, ((h, w), bs) in enumerate(zip(sizes, boxes)):
@@ -94,7 +95,8 @@ def main():
         teacher_out = teacher(images)
     student_out = student(images)
     num_pos = count_positives(boxes, [c.shape[-2:] for c in student_out[0]], STRIDES)
-    print(f"maps per level: {[tuple(c.shape) for c in student_out[0]]} cls, {[tuple(r.shape) for r in student_out[1]]} reg")
+    print(f"class maps per level: {[tuple(c.shape) for c in student_out[0]]}, "
+          f"regression maps: {[tuple(r.shape) for r in student_out[1]]}")
     print(f"positives per image and level: {num_pos.int().tolist()}")
 
     params = list(student.parameters())
