@@ -13,6 +13,7 @@ fashion  scenes of 2-5 Fashion-MNIST items (Debian's dataset-fashion-mnist) at
 (COCO) and ``<cache>/data/<name>/images/``.
 """
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -327,7 +328,30 @@ def augment(image, target, t):
     return image, target
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Runs the block on one CPU thread, then restores the thread count."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def jitter(image, target, seed, *, scale=(1.0, 1.0), colour=0.0):
+    """Random rescaling and colour change, drawn from ``seed``: :func:`jitter_` on one
+    thread. PyTorch's CPU resampling and reductions split their work by the thread
+    count, which moves the last bit of the result; on one thread an input is a
+    function of its key alone, in the training loop as in a DataLoader worker."""
+    with one_thread():
+        return jitter_(image, target, seed, scale=scale, colour=colour)
+
+
+def jitter_(image, target, seed, *, scale=(1.0, 1.0), colour=0.0):
     """Random rescaling and colour change, drawn from ``seed`` (so an input is a
     function of its key). The image [3, H, W] is resized by a factor drawn from
     ``scale``; a larger one is cropped back to H×W at a random place, keeping the
