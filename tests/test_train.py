@@ -604,7 +604,7 @@ def test_two_processes_match_one(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("AP50") == 1, out.stdout  # the metrics table, from the first process only
+    assert out.stdout.count("APs") == 1, out.stdout  # the metrics table, from the first process only
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-4)
     a = torch.load(tmp_path / "one" / "checkpoint.pth", weights_only=False)["model"]
     b = torch.load(tmp_path / "two" / "checkpoint.pth", weights_only=False)["model"]
@@ -628,7 +628,9 @@ def test_cli_eval_and_show(tmp_path, folders):
             "--out", str(tmp_path / "show.png")]
     out = subprocess.run(show + ["--score", "0.0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert (tmp_path / "show.png").exists() and "detections drawn" in out.stdout
+    assert (tmp_path / "show.png").exists()
+    # one epoch of the instant preset may score nothing above inference's 0.05: either line is right
+    assert " detections drawn to " in out.stdout or out.stdout.startswith("0 detections above score 0.0 ("), out.stdout
     out = subprocess.run(show + ["--score", "1.5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.startswith("0 detections above score 1.5"), out.stdout
 
