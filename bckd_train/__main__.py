@@ -1,12 +1,13 @@
 """python -m bckd_train {data,train,distill,eval,show} ..."""
 
 import argparse
-import json
+import dataclasses
 import os
 import sys
 
 from . import data
 from .distill import METHODS
+from .errors import UserError
 
 
 def check_teacher(cfg, t_cfg):
@@ -14,7 +15,30 @@ def check_teacher(cfg, t_cfg):
     for what, a, b in (("dataset", cfg.dataset, t_cfg.dataset), ("num_classes", cfg.model.num_classes, t_cfg.model.num_classes),
                        ("strides", cfg.model.strides, t_cfg.model.strides), ("reg_max", cfg.model.reg_max, t_cfg.model.reg_max)):
         if a != b:
-            raise ValueError(f"teacher {what} {b!r} does not match the student's {a!r}")
+            raise UserError(f"--teacher: teacher {what} {b!r} does not match the student's {a!r}")
+
+
+def positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_device(p, *, training=False):
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda (under torchrun: the "
+                                                    "LOCAL_RANK GPU) or cuda:N")
+    p.add_argument("--amp", default="none", choices=("none", "bf16"),
+                   help="bf16: forward passes under torch.autocast (float32 weights and optimiser state)")
+    if training:
+        p.add_argument("--workers", type=int, default=None,
+                       help="data loader processes (default: 0 on the CPU, up to 8 per GPU)")
+        p.add_argument("--memory-format", default=None, choices=("channels_last", "contiguous"),
+                       help="the detector's layout (default: ModelConfig's per-device choice)")
+
+
+def rank():
+    return int(os.environ.get("RANK", "0"))
 
 
 def main(argv=None):
@@ -26,9 +50,10 @@ def main(argv=None):
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
-    p.add_argument("--max-iters", type=int, default=None, help="stop after this many iterations")
+    p.add_argument("--max-iters", type=positive, default=None, help="stop after this many iterations in all")
     p.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     p.add_argument("--cache", default=None)
+    add_device(p, training=True)
     p = sub.add_parser("distill", help="train a student preset with a teacher checkpoint")
     p.add_argument("--config", required=True, help="the student's preset")
     p.add_argument("--teacher", required=True, help="the teacher's checkpoint.pth")
@@ -36,7 +61,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
-    p.add_argument("--max-iters", type=int, default=None, help="stop after this many iterations")
+    p.add_argument("--max-iters", type=positive, default=None, help="stop after this many iterations in all")
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N epochs and after the last (0: only after the last)")
     p.add_argument("--backend", default="auto", help="bckd_kernels backend for BCDL/ILDL (auto, reference, ...)")
     p.add_argument("--memo-teacher", action="store_true",
@@ -46,15 +71,18 @@ def main(argv=None):
                    help="the teacher's maps for every training input, computed into FILE when it does not exist "
                         "and read from it after (runs with one teacher share one teacher pass); implies --memo-teacher")
     p.add_argument("--cache", default=None)
+    add_device(p, training=True)
     p = sub.add_parser("eval", help="COCO metrics of a checkpoint on its data set's val split")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--cache", default=None)
+    add_device(p)
     p = sub.add_parser("show", help="draw a checkpoint's detections on an image")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--image", required=True)
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--score", type=float, default=0.3, help="lowest score drawn")
     p.add_argument("--cache", default=None)
+    add_device(p)
     args = parser.parse_args(argv)
 
     try:
@@ -62,42 +90,61 @@ def main(argv=None):
             for name, folder in data.prepare(args.cache).items():
                 print(f"{name}: {folder}")
             return 0
-        from . import engine
-        from .config import get_config
-
-        if args.command in ("train", "distill"):
-            overrides = {k: v for k, v in (("max_iters", args.max_iters), ("seed", args.seed),
-                                           ("eval_every", getattr(args, "eval_every", None))) if v is not None}
-            cfg = get_config(args.config, **overrides)
-            distiller = None
-            if args.command == "distill":
-                from .distill import Distiller, teacher_memo
-
-                t_cfg, teacher = engine.load_checkpoint(args.teacher, args.cache)
-                check_teacher(cfg, t_cfg)
-                memo = args.memo_teacher
-                if args.teacher_maps and args.method != "none":
-                    train_set, _ = engine.datasets(cfg, args.cache)
-                    memo = teacher_memo(teacher, train_set, cfg.augment, path=args.teacher_maps)
-                distiller = Distiller(teacher, args.method, backend=args.backend, memo=memo)
-            metrics = engine.train(cfg, args.out, resume=args.resume, cache=args.cache, distiller=distiller)
-            print(json.dumps(metrics, indent=2))
-            return 0
-        cfg, model = engine.load_checkpoint(args.ckpt, args.cache)
-        if args.command == "show":
-            n = engine.show(model, cfg, args.image, args.out, score=args.score, cache=args.cache)
-            print(f"{n} detections drawn to {args.out}")
-            return 0
-        _, val = engine.datasets(cfg, args.cache)
-        metrics = engine.evaluate(model, val)
-        out = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "eval.json")
-        with open(out, "w") as f:
-            json.dump(metrics, f, indent=2)
-        print(json.dumps(metrics, indent=2))
-        return 0
-    except data.MissingSource as exc:
-        print(f"bckd_train: {exc}", file=sys.stderr)
+        return run(args)
+    except UserError as exc:
+        print(f"bckd_train {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def run(args):
+    from . import engine
+    from .config import get_config
+
+    device = engine.resolve_device(args.device)
+    amp = None if args.amp == "none" else args.amp
+    if args.command in ("train", "distill"):
+        overrides = {k: v for k, v in (("max_iters", args.max_iters), ("seed", args.seed),
+                                       ("eval_every", getattr(args, "eval_every", None))) if v is not None}
+        cfg = get_config(args.config, **overrides)
+        if args.memory_format:
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, memory_format=args.memory_format))
+        distiller = None
+        if args.command == "distill":
+            from .distill import Distiller, teacher_memo
+
+            t_cfg, teacher = engine.load_checkpoint(args.teacher, args.cache)
+            check_teacher(cfg, t_cfg)
+            teacher.to_device(device)
+            memo = args.memo_teacher
+            if args.teacher_maps and args.method != "none":
+                train_set, _ = engine.datasets(cfg, args.cache)
+                memo = teacher_memo(teacher, train_set, cfg.augment, path=args.teacher_maps)
+            distiller = Distiller(teacher, args.method, backend=args.backend, memo=memo)
+        metrics = engine.train(cfg, args.out, resume=args.resume, cache=args.cache, device=device, amp=amp,
+                               workers=args.workers, distiller=distiller)
+        if engine.world()[0] == 0:
+            _, val = engine.datasets(cfg, args.cache)
+            print(engine.metrics_table(metrics, title=f"{cfg.name}: {cfg.dataset} val, {len(val.images)} images, "
+                                                      f"{args.out}/metrics.json"))
+        return 0
+    if rank() != 0:
+        return 0  # under torchrun the first process answers for all
+    cfg, model = engine.load_checkpoint(args.ckpt, args.cache)
+    model.to_device(device)
+    if args.command == "show":
+        n, top = engine.show(model, cfg, args.image, args.out, score=args.score, cache=args.cache, amp=amp)
+        if n == 0:
+            best = "no detection at all" if top is None else f"the highest scores {top:.3f}"
+            print(f"0 detections above score {args.score} ({best}); {args.out} shows the image without boxes")
+        else:
+            print(f"{n} detections drawn to {args.out}")
+        return 0
+    _, val = engine.datasets(cfg, args.cache)
+    metrics = engine.evaluate(model, val, device=device, amp=amp)
+    out = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "eval.json")
+    engine.save_json(metrics, out)
+    print(engine.metrics_table(metrics, title=f"{cfg.name}: {cfg.dataset} val, {len(val.images)} images, {args.ckpt}"))
+    return 0
 
 
 if __name__ == "__main__":

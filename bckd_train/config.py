@@ -3,6 +3,7 @@
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from .errors import UserError
 from .model import ModelConfig
 
 
@@ -117,7 +118,7 @@ PRESETS["forest_teacher_x2"] = replace(PRESETS["forest_teacher"], name="forest_t
 
 def get_config(name, **overrides):
     if name not in PRESETS:
-        raise ValueError(f"unknown config {name!r}; presets: {', '.join(PRESETS)}")
+        raise UserError(f"unknown config {name!r}; presets: {', '.join(PRESETS)}")
     return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
 
 

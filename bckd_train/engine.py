@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from . import data, gfl
 from .config import TrainConfig
+from .errors import UserError
 from .model import GFL
 
 # ------------------------------------------------------------ processes ----
@@ -27,12 +29,50 @@ def world():
     return 0, 1
 
 
-def init_distributed():
-    """Joins the torchrun process group (gloo on CPU, nccl on GPU) when launched by torchrun."""
+def resolve_device(device="auto"):
+    """The torch.device to run on: "auto" (CUDA when available, else the CPU), "cpu",
+    "cuda" (under torchrun, this process's LOCAL_RANK GPU) or "cuda:N"."""
+    name = str(device)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not name.startswith("cuda"):
+        raise UserError(f"--device {device!r}: one of auto, cpu, cuda")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device}: PyTorch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                        "use --device cpu")
+    out = torch.device(name)
+    if out.index is None:
+        out = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if out.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: GPU {out.index} asked for, {torch.cuda.device_count()} visible "
+                        "(one process per GPU under torchrun)")
+    return out
+
+
+def process_group_backend(device):
+    """NCCL for GPUs, gloo for the CPU: what can all-reduce tensors on that device."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def init_distributed(device):
+    """Joins the torchrun process group (when launched by torchrun with several
+    processes), with the backend that can all-reduce on ``device``."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device(device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(process_group_backend(device))
+
+
+def wrap_ddp(model, device):
+    """The model under DistributedDataParallel when a process group is up (its GPU as
+    device_ids on CUDA, none on the CPU), else the model itself."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return model
+    device = torch.device(device)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def reduce_mean(t):
@@ -43,6 +83,19 @@ def reduce_mean(t):
     t = t.clone()
     dist.all_reduce(t)
     return t / size
+
+
+AMP = {None: None, "none": None, "bf16": torch.bfloat16}
+
+
+def autocast(device, amp):
+    """torch.autocast to ``amp`` ("bf16") on the device's type, or a context that does
+    nothing (amp None or "none"): the float32 path runs exactly as without it."""
+    if amp not in AMP:
+        raise UserError(f"--amp {amp!r}: one of none, bf16")
+    if AMP[amp] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=AMP[amp])
 
 
 def seed_everything(seed):
@@ -115,6 +168,41 @@ def load_batch(dataset, batch, *, scale=(1.0, 1.0), colour=0.0):
     return data.collate(items)
 
 
+class EpochBatches(torch.utils.data.Dataset):
+    """Batches given by their keys (:func:`epoch_batches`), item k = :func:`load_batch`
+    of the k-th: a DataLoader over it yields, in order, what the loop would load
+    itself, since the keys fix every image, flip and jitter draw, whichever process
+    loads them. Each item is (images [B, 3, H, W], masks [B, H, W], targets)."""
+
+    def __init__(self, dataset, batches, *, scale=(1.0, 1.0), colour=0.0):
+        self.dataset = dataset
+        self.batches = list(batches)
+        self.scale = scale
+        self.colour = colour
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, k):
+        return load_batch(self.dataset, self.batches[k], scale=self.scale, colour=self.colour)
+
+
+def batch_loader(dataset, batches, *, scale=(1.0, 1.0), colour=0.0, workers=0, pin_memory=False):
+    """A DataLoader over :class:`EpochBatches`: ``workers`` processes load ahead (0: in
+    this process, when asked), ``pin_memory`` for non_blocking copies to a GPU."""
+    return torch.utils.data.DataLoader(EpochBatches(dataset, batches, scale=scale, colour=colour), batch_size=None,
+                                       shuffle=False, num_workers=workers, pin_memory=pin_memory)
+
+
+def default_workers(device):
+    """Loader processes per training process: none on the CPU (they would take the
+    cores the convolutions use), up to 8 per GPU."""
+    if torch.device(device).type != "cuda":
+        return 0
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, (os.cpu_count() or 1) // local - 1))
+
+
 # ------------------------------------------------------------- schedule ----
 
 
@@ -130,14 +218,20 @@ def learning_rate(cfg: TrainConfig, it, epoch):
 
 
 @torch.no_grad()
-def evaluate(model, dataset, *, batch_size=8, device="cpu"):
-    """COCO metrics of the model on a dataset: AP, AP50, AP75, AP_S, AP_M, AP_L."""
+def evaluate(model, dataset, *, batch_size=8, device="cpu", amp=None):
+    """COCO metrics of the model on a dataset: AP, AP50, AP75, AP_S, AP_M, AP_L (fractions).
+
+    Under ``amp`` the forward pass runs in bf16; the maps are decoded in float32
+    (box coordinates in pixels need more than bf16's 8 bits).
+    """
     model.eval()
     results = []
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         images, _, targets = data.collate(items)
-        cls, reg = model(images.to(device))
+        with autocast(device, amp):
+            cls, reg = model(images.to(device))
+        cls, reg = [c.float() for c in cls], [r.float() for r in reg]
         dets = gfl.detect(cls, reg, strides=model.cfg.strides, reg_max=model.cfg.reg_max)
         for det, t in zip(dets, targets):
             for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
@@ -164,29 +258,131 @@ def coco_metrics(dataset, results):
     return {n: max(float(v), 0.0) for n, v in zip(names, ev.stats[:6])}
 
 
+def metrics_table(metrics, *, title):
+    """COCO metrics (fractions) as a small table in percent, under a title line."""
+    names = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AP_S": "APs", "AP_M": "APm", "AP_L": "APl"}
+    head = " ".join(f"{names[k]:>5}" for k in names)
+    row = " ".join(f"{100 * metrics[k]:5.1f}" for k in names)
+    return f"{title}\n{head}\n{row}"
+
+
+# ----------------------------------------------------------- checkpoints ----
+
+
+def fsync_dir(folder):
+    """Makes a rename in ``folder`` durable (where the platform allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_atomic(write, path):
+    """Writes ``path`` through ``write(file)`` into a temporary file beside it, fsyncs
+    and renames it over ``path``: a kill at any moment leaves either the old file or
+    the new one, whole."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def save_checkpoint(state, path):
+    save_atomic(lambda f: torch.save(state, f), path)
+
+
+def save_json(obj, path):
+    save_atomic(lambda f: f.write((json.dumps(obj, indent=2)).encode()), path)
+
+
+def read_checkpoint(path, *, what="checkpoint"):
+    """A training checkpoint's dict, or a UserError naming the file when it is missing,
+    truncated, empty or not one of ours."""
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # any failure to read a file we were handed is the file's
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"{what} {path} is not readable ({type(exc).__name__}: {first}); "
+                        "it may be truncated or not a bckd_train checkpoint") from exc
+    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
+        raise UserError(f"{what} {path} is not a bckd_train checkpoint (no model and config entries)")
+    return ckpt
+
+
 def load_checkpoint(path, cache=None):
-    """(config, model in eval mode) of a training checkpoint."""
+    """(config, model in eval mode, on the CPU) of a training checkpoint."""
     from .config import get_config
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = get_config(ckpt["config"], seed=ckpt.get("seed", 0))
+    ckpt = read_checkpoint(path)
+    try:
+        cfg = get_config(ckpt["config"], seed=ckpt.get("seed", 0))
+    except UserError as exc:
+        raise UserError(f"checkpoint {path}: {exc}") from exc
     model = GFL(dataclasses.replace(cfg.model, pretrained=False), cache=cache)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {path} does not fit the {cfg.name} preset's detector "
+                        f"({str(exc).splitlines()[0]})") from exc
     return cfg, model.eval()
 
 
+def weights_sha256(state_dict):
+    """Hash of a state dict's names and values (NCHW order whatever the memory format or device)."""
+    h = hashlib.sha256()
+    for name, value in state_dict.items():
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_resume(ckpt, path, cfg, *, method, teacher_sha256=None):
+    """Refuses (UserError) to resume a checkpoint with arguments that contradict it."""
+    wanted = {"config": cfg.name, "seed": cfg.seed, "method": method}
+    for key, value in wanted.items():
+        if ckpt.get(key, "none" if key == "method" else None) != value:
+            flag = {"config": "--config", "seed": "--seed", "method": "--method"}[key]
+            raise UserError(f"--resume: {path} was trained with {key} {ckpt.get(key)!r}, this run asks for "
+                            f"{value!r}; pass {flag} {ckpt.get(key)} to continue it, or another --out to start anew")
+    if teacher_sha256 is not None and ckpt.get("teacher_sha256") not in (None, teacher_sha256):
+        raise UserError(f"--resume: {path} was distilled from another teacher (weights sha256 "
+                        f"{ckpt['teacher_sha256'][:12]}, --teacher has {teacher_sha256[:12]})")
+
+
 @torch.no_grad()
-def show(model, cfg, image_path, out_path, *, score=0.3, cache=None):
-    """Draws the detections above `score` on the image; returns how many."""
+def show(model, cfg, image_path, out_path, *, score=0.3, cache=None, amp=None):
+    """Draws the detections above `score` on the image (on the model's device); returns
+    (how many, the highest score of any detection, or None when there is none)."""
     from PIL import Image, ImageDraw
 
+    if not os.path.isfile(image_path):
+        raise UserError(f"--image {image_path} does not exist")
     folder = data.prepare(cache, names=(cfg.dataset,))[cfg.dataset]
     with open(os.path.join(folder, "val.json")) as f:
         names = [c["name"] for c in json.load(f)["categories"]]
-    image = Image.open(image_path).convert("RGB")
+    try:
+        image = Image.open(image_path).convert("RGB")
+    except OSError as exc:
+        raise UserError(f"--image {image_path} is not an image PIL can read ({exc})") from exc
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
     images, _, _ = data.collate([(x, None)])
-    cls, reg = model(images)
+    device = next(model.parameters()).device
+    with autocast(device, amp):
+        cls, reg = model(images.to(device))
+    cls, reg = [c.float() for c in cls], [r.float() for r in reg]
     det = gfl.detect(cls, reg, strides=cfg.model.strides, reg_max=cfg.model.reg_max)[0]
     draw = ImageDraw.Draw(image)
     keep = det["scores"] >= score
@@ -194,40 +390,146 @@ def show(model, cfg, image_path, out_path, *, score=0.3, cache=None):
         draw.rectangle(box, outline=(255, 40, 40), width=2)
         draw.text((box[0] + 2, box[1] + 1), f"{names[label]} {s:.2f}", fill=(255, 255, 0))
     image.save(out_path)
-    return int(keep.sum())
+    top = float(det["scores"].max()) if det["scores"].numel() else None
+    return int(keep.sum()), top
 
 
 # -------------------------------------------------------------- training ----
 
 
-def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", progress=True, distiller=None):
-    """Trains cfg into folder out; returns the last epoch's metrics.
+class LossLog:
+    """log.jsonl's per-iteration records. Each iteration's losses come back from the
+    device in one transfer, started when they are pushed and read at the next push
+    (or flush): the host never waits for the GPU in the middle of an epoch."""
+
+    def __init__(self, path, bar=None):
+        self.path = path  # None: this process does not write (rank > 0)
+        self.bar = bar
+        self.pending = None
+
+    def push(self, names, values, meta):
+        """names: the losses' names; values [len(names) + 1]: the losses and their
+        total, on the device; meta: iteration, epoch, lr, time."""
+        if self.path is not None and values.is_cuda:
+            values = values.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            event = None
+        self.flush()
+        if self.path is not None:
+            self.pending = (names, values, event, meta)
+
+    def flush(self):
+        if self.pending is None:
+            return
+        names, values, event, meta = self.pending
+        self.pending = None
+        if event is not None:
+            event.synchronize()
+        values = values.tolist()
+        record = dict(zip(names, values[:-1]))
+        record.update(iteration=meta["iteration"], epoch=meta["epoch"], lr=meta["lr"], loss=values[-1],
+                      time=meta["time"])
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{record['loss']:.3f}", qfl=f"{record['loss_qfl']:.3f}", lr=f"{meta['lr']:.4f}")
+
+
+def step_losses(model, distiller, images, masks, targets, keys, *, cfg, amp=None):
+    """One batch's losses: a dict of loss tensors on the model's device.
+
+    images [B, 3, H, W], masks [B, H, W] and targets on the device; keys: the
+    batch's (index, transform[, jitter seed]) keys for the teacher's memo. Under
+    ``amp`` the student's and the teacher's forward passes run in bf16 autocast;
+    the ground-truth losses (ATSS, QFL, DFL, GIoU) take the maps upcast to float32,
+    the distillation losses the bf16 maps as they come.
+    """
+    teacher = None
+    with autocast(images.device, amp):
+        cls, reg = model(images)
+        if distiller is not None and distiller.method != "none":
+            teacher = distiller.teacher_maps(images, keys)
+    losses, extras = gfl.gfl_loss([c.float() for c in cls], [r.float() for r in reg], targets,
+                                  strides=cfg.model.strides, reg_max=cfg.model.reg_max,
+                                  num_classes=cfg.model.num_classes, avg_factor_fn=reduce_mean)
+    if distiller is not None:
+        losses.update(distiller(images, masks, cls, reg, extras, strides=cfg.model.strides,
+                                reg_max=cfg.model.reg_max, keys=keys, teacher=teacher))
+    return losses
+
+
+def to_device(images, masks, targets, device):
+    """The batch on ``device``, copied without waiting (from pinned memory on a GPU)."""
+    images = images.to(device, non_blocking=True)
+    masks = masks.to(device, non_blocking=True)
+    targets = [dict(t, boxes=t["boxes"].to(device, non_blocking=True), labels=t["labels"].to(device, non_blocking=True))
+               for t in targets]
+    return images, masks, targets
+
+
+def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", amp=None, workers=None, progress=True,
+          distiller=None):
+    """Trains cfg into folder out; returns the last evaluation's metrics.
+
+    device: "auto", "cpu", "cuda" (this process's LOCAL_RANK GPU under torchrun)
+    or a torch.device; the distiller's teacher must be on it already. amp: None
+    or "bf16" (autocast forward passes, float32 weights and optimiser state).
+    workers: loader processes (None: 0 on the CPU, up to 8 per GPU).
 
     Writes out/log.jsonl (per-iteration losses, per-epoch metrics),
-    out/checkpoint.pth (every epoch: weights, optimiser, RNG states),
-    out/metrics.json and out/curves.png at the end. With a
+    out/checkpoint.pth (every epoch and where --max-iters stops: weights,
+    optimiser, RNG states, position; written atomically), out/metrics.json and
+    out/curves.png at the end. ``resume`` continues from out/checkpoint.pth where
+    it stopped, mid-epoch included, and refuses (UserError) a checkpoint that
+    contradicts the arguments or has nothing left to train. With a
     :class:`bckd_train.distill.Distiller`, its losses join the ground-truth ones
     (the teacher is not among the optimised parameters).
     """
-    init_distributed()
+    device = resolve_device(device)
+    autocast(device, amp)  # checks amp before any work
+    init_distributed(device)
     rank, size = world()
     if cfg.batch_size % size:
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {size} processes")
+        raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {size} processes")
+    if cfg.max_iters is not None and cfg.max_iters < 1:
+        raise UserError(f"--max-iters {cfg.max_iters}: must be at least 1")
+    workers = default_workers(device) if workers is None else workers
     os.makedirs(out, exist_ok=True)
     seed_everything(cfg.seed)
     train_set, val_set = datasets(cfg, cache)
-    model = GFL(cfg.model, cache=cache).to(device)
+    model = GFL(cfg.model, cache=cache).to_device(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if size > 1 else model
+    ddp = wrap_ddp(model, device)
     ckpt_path = os.path.join(out, "checkpoint.pth")
     log_path = os.path.join(out, "log.jsonl")
-    start_epoch, it = 0, 0
+    metrics_path = os.path.join(out, "metrics.json")
+    method = distiller.method if distiller is not None else "none"
+    teacher_sha = weights_sha256(distiller.teacher.state_dict()) if method != "none" else None
+    start_epoch, start_step, it = 0, 0, 0
+    metrics = {}
     if resume and os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = read_checkpoint(ckpt_path)
+        check_resume(ckpt, ckpt_path, cfg, method=method, teacher_sha256=teacher_sha)
+        start_epoch, start_step, it = ckpt["epoch"], ckpt.get("step", 0), ckpt["iteration"]
+        metrics = ckpt.get("metrics", {})
+        if start_epoch >= cfg.epochs:
+            if metrics and not os.path.exists(metrics_path):
+                # killed after its last checkpoint: only the end's files are missing
+                if rank == 0:
+                    save_json(metrics, metrics_path)
+                    plot_curves(log_path, os.path.join(out, "curves.png"))
+                return metrics
+            raise UserError(f"--resume: {ckpt_path} has finished its schedule (epoch {start_epoch} of {cfg.epochs}, "
+                            f"iteration {it}); nothing to continue. Use another --out, or leave out --resume to "
+                            "train anew")
+        if cfg.max_iters is not None and it >= cfg.max_iters:
+            raise UserError(f"--resume: {ckpt_path} is at iteration {it} already, --max-iters {cfg.max_iters}; "
+                            "raise --max-iters or leave it out to finish the schedule")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, it = ckpt["epoch"], ckpt["iteration"]
         set_rng_state(ckpt["rng"])
         if rank == 0 and os.path.exists(log_path):
             # a killed run may have logged iterations past its last checkpoint
@@ -237,31 +539,35 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", prog
                 f.writelines(kept)
     elif rank == 0 and os.path.exists(log_path):
         os.remove(log_path)
-    iters_per_epoch = len(train_set) // cfg.batch_size
-    metrics = {}
+    if rank == 0:
+        # a process killed while saving leaves its temporary file (the checkpoint itself is whole)
+        for name in os.listdir(out):
+            if name.startswith("checkpoint.pth.") and name.endswith(".tmp"):
+                os.remove(os.path.join(out, name))
+
+    def stopped():
+        return cfg.max_iters is not None and it >= cfg.max_iters
+
+    jitter = cfg.scale_jitter != (1.0, 1.0) or cfg.colour_jitter > 0
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
-        batches = epoch_batches(len(train_set), cfg.batch_size, epoch, cfg.seed, rank, size, cfg.augment,
-                                jitter=cfg.scale_jitter != (1.0, 1.0) or cfg.colour_jitter > 0)
-        bar = tqdm(batches,
-                   total=iters_per_epoch, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}",
+        batches = list(epoch_batches(len(train_set), cfg.batch_size, epoch, cfg.seed, rank, size, cfg.augment,
+                                     jitter=jitter))
+        first = start_step if epoch == start_epoch else 0
+        loader = batch_loader(train_set, batches[first:], scale=cfg.scale_jitter, colour=cfg.colour_jitter,
+                              workers=workers, pin_memory=device.type == "cuda")
+        bar = tqdm(loader, total=len(batches), initial=first, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress or rank != 0, dynamic_ncols=True)
-        for batch in bar:
-            if cfg.max_iters is not None and it >= cfg.max_iters:
-                break
-            images, masks, targets = load_batch(train_set, batch, scale=cfg.scale_jitter, colour=cfg.colour_jitter)
+        log = LossLog(log_path if rank == 0 else None, bar)
+        step = first
+        t_epoch = time.perf_counter()
+        for batch, (images, masks, targets) in zip(batches[first:], bar):
             lr = learning_rate(cfg, it, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
-            images = images.to(device)
-            cls, reg = ddp(images)
-            losses, extras = gfl.gfl_loss(cls, reg, targets, strides=cfg.model.strides, reg_max=cfg.model.reg_max,
-                                          num_classes=cfg.model.num_classes, avg_factor_fn=reduce_mean)
-            if distiller is not None:
-                keys = list(batch)
-                losses.update(distiller(images, masks.to(device), cls, reg, extras, strides=cfg.model.strides,
-                                        reg_max=cfg.model.reg_max, keys=keys))
+            images, masks, targets = to_device(images, masks, targets, device)
+            losses = step_losses(ddp, distiller, images, masks, targets, list(batch), cfg=cfg, amp=amp)
             total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -269,29 +575,39 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", prog
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             it += 1
-            # Logged values are the global batch's: the mean over processes.
-            record = {k: float(reduce_mean(v.detach())) for k, v in losses.items()}
-            record.update(iteration=it, epoch=epoch, lr=lr, loss=float(reduce_mean(total.detach())),
-                          time=time.perf_counter() - t0)
-            if rank == 0:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                bar.set_postfix(loss=f"{record['loss']:.3f}", qfl=f"{record['loss_qfl']:.3f}", lr=f"{lr:.4f}")
-        if rank == 0 and ((cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch + 1 == cfg.epochs):
-            metrics = evaluate(model, val_set, device=device)
+            step += 1
+            # Logged values are the global batch's: the mean over processes, one all-reduce.
+            values = reduce_mean(torch.stack([v.detach().float() for v in losses.values()] + [total.detach().float()]))
+            log.push(list(losses), values, dict(iteration=it, epoch=epoch, lr=lr, time=time.perf_counter() - t0))
+            if stopped():
+                break
+        log.flush()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t_epoch
+        if progress and rank == 0 and step > first:
+            print(f"{cfg.name} epoch {epoch + 1}: {step - first} iterations in {seconds:.1f} s, "
+                  f"{(step - first) / seconds:.2f} it/s", flush=True)
+        done = step == len(batches)
+        if rank == 0 and ((done and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)
+                          or (done and epoch + 1 == cfg.epochs) or stopped()):
+            metrics = evaluate(model, val_set, device=device, amp=amp)
+            at = epoch + 1 if done else round(epoch + step / len(batches), 3)
             with open(log_path, "a") as f:
-                f.write(json.dumps({"epoch": epoch + 1, "iteration": it, **metrics}) + "\n")
+                f.write(json.dumps({"epoch": at, "iteration": it, **metrics}) + "\n")
             if progress:
-                print(f"{cfg.name} epoch {epoch + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+                print(f"{cfg.name} epoch {at}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         if rank == 0:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                        "iteration": it, "rng": rng_state(), "config": cfg.name, "seed": cfg.seed,
-                        "method": distiller.method if distiller is not None else "none"}, ckpt_path)
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "epoch": epoch + 1 if done else epoch, "step": 0 if done else step, "iteration": it,
+                             "rng": rng_state(), "config": cfg.name, "seed": cfg.seed, "method": method,
+                             "teacher_sha256": teacher_sha, "amp": amp, "metrics": metrics}, ckpt_path)
         if size > 1:
             dist.barrier()
+        if stopped():
+            break
     if rank == 0:
-        with open(os.path.join(out, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=2)
+        save_json(metrics, metrics_path)
         plot_curves(log_path, os.path.join(out, "curves.png"))
     return metrics
 

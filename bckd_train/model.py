@@ -9,6 +9,7 @@ import hashlib
 import io
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,18 @@ class ModelConfig:
     # and a stride-2 conv on the latter feed the FPN, so the levels keep their strides
     # (and map sizes) in input pixels: finer features for small objects, same anchors.
     input_scale: int = 1
+    # Layout of the weights, the input and so of every map: "channels_last",
+    # "contiguous" (NCHW), or None for DEFAULT_MEMORY_FORMAT of the device the
+    # detector is placed on (GFL.to_device). The maths is the same either way.
+    memory_format: Optional[str] = None
+
+
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+# NHWC on CPU: oneDNN's convolutions run 1.2-1.25x faster forward+backward on this
+# project's CPU (MobileNetV2 and EfficientNet-Lite2 detectors, 1 thread), and the
+# fused losses read the channels_last maps in place. On CUDA, channels_last too
+# until GPU measurements say otherwise (benchmarks/gpu_train_smoke.sh times both).
+DEFAULT_MEMORY_FORMAT = {"cpu": "channels_last", "cuda": "channels_last"}
 
 
 MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
@@ -220,6 +233,8 @@ class GFL(nn.Module):
             raise ValueError(f"unknown backbone {cfg.backbone!r}; available: {', '.join(backbones)}")
         if cfg.input_scale not in (1, 2):
             raise ValueError(f"input_scale must be 1 or 2, got {cfg.input_scale}")
+        if cfg.memory_format is not None and cfg.memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"unknown memory_format {cfg.memory_format!r}; one of {', '.join(MEMORY_FORMATS)} or None")
         self.backbone = backbones[cfg.backbone](pretrained=cfg.pretrained, cache=cache)
         in_channels = self.backbone.out_channels
         if cfg.input_scale == 2:
@@ -230,10 +245,15 @@ class GFL(nn.Module):
                             reg_max=cfg.reg_max, num_levels=len(cfg.strides))
         self.register_buffer("pixel_mean", torch.tensor(self.backbone.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.backbone.pixel_std).view(1, 3, 1, 1), persistent=False)
-        # NHWC: oneDNN's convolutions run 1.2-1.25x faster forward+backward on this CPU
-        # (MobileNetV2 and EfficientNet-Lite2 detectors, 1 thread); the head's maps come
-        # out channels_last, which the losses and the fused ops read in place.
-        self.to(memory_format=torch.channels_last)
+        self.to_device(torch.device("cpu"))
+
+    def to_device(self, device):
+        """Moves the detector to ``device`` in the memory format ModelConfig.memory_format
+        asks for there (the input follows it in forward); returns self."""
+        device = torch.device(device)
+        name = self.cfg.memory_format or DEFAULT_MEMORY_FORMAT.get(device.type, "contiguous")
+        self.input_format = MEMORY_FORMATS[name]
+        return self.to(device=device, memory_format=self.input_format)
 
     def train(self, mode=True):
         """The backbone's BatchNorm layers keep their ImageNet statistics (mmdetection's
@@ -250,7 +270,7 @@ class GFL(nn.Module):
         x = (images - self.pixel_mean) / self.pixel_std
         if self.cfg.input_scale == 2:
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-        feats = self.backbone(x.contiguous(memory_format=torch.channels_last))
+        feats = self.backbone(x.contiguous(memory_format=self.input_format))
         if self.cfg.input_scale == 2:
             feats = [*feats[1:], self.extra(feats[-1])]
         return self.head(self.fpn(feats))

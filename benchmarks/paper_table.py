@@ -5,7 +5,7 @@
 
 Each run is `python -m bckd_train distill --config {dataset}_student --teacher
 OUT/{dataset}/teacher/checkpoint.pth --method M --seed S --teacher-maps
-OUT/{dataset}/teacher/maps.pt --resume` into OUT/{dataset}/{M}_s{S} (an interrupted
+OUT/{dataset}/teacher/maps.pt --device D --resume` into OUT/{dataset}/{M}_s{S} (an interrupted
 run resumes from its last epoch). The teachers are the `{dataset}_teacher` presets,
 trained first when missing; their maps for every training input are computed once
 and shared by the runs. Runs evaluate once, after their last epoch.
@@ -120,7 +120,7 @@ def prepare_teacher(args, dataset, py):
     folder = teacher_dir(args.out, dataset)
     if not finished(folder):
         print(f"training the {dataset} teacher", flush=True)
-        launch(py + ["train", "--config", f"{dataset}_teacher"], folder, args.threads)
+        launch(py + ["train", "--config", f"{dataset}_teacher", "--device", args.device], folder, args.threads)
     sha = weights_sha256(os.path.join(folder, "checkpoint.pth"))
     recorded = read_record(args.records, dataset, "teacher")
     if recorded is None:
@@ -142,6 +142,7 @@ def train_all(args):
     py = [sys.executable, "-m", "bckd_train"]
     threads = max(1, args.threads // args.jobs)
     torch.set_num_threads(threads)
+    device = engine.resolve_device(args.device)
     jobs, teachers = [], {}
     for dataset in args.datasets:
         todo = [(m, s) for s in args.seeds for m in args.methods
@@ -152,6 +153,7 @@ def train_all(args):
         t_ckpt = os.path.join(teacher_dir(args.out, dataset), "checkpoint.pth")
         maps = os.path.join(teacher_dir(args.out, dataset), "maps.pt")
         t_cfg, teacher = engine.load_checkpoint(t_ckpt)
+        teacher.to_device(device)
         if any(m != "none" for m, _ in todo) and not os.path.exists(maps):
             print(f"computing the {dataset} teacher's maps", flush=True)
             s_cfg = get_config(f"{dataset}_student")
@@ -161,7 +163,7 @@ def train_all(args):
         teachers[dataset] = (teacher, val, sha)
         for method, seed in todo:
             cmd = py + ["distill", "--config", f"{dataset}_student", "--teacher", t_ckpt, "--method", method,
-                        "--seed", str(seed), "--teacher-maps", maps, "--eval-every", "0"]
+                        "--seed", str(seed), "--teacher-maps", maps, "--eval-every", "0", "--device", args.device]
             jobs.append((dataset, method, seed, cmd))
     print(f"{len(jobs)} runs to do, {args.jobs} at a time", flush=True)
 
@@ -173,7 +175,7 @@ def train_all(args):
         teacher, val, sha = teachers[dataset]
         record = run_record(folder, threads, sha)
         _, student = engine.load_checkpoint(os.path.join(folder, "checkpoint.pth"))
-        record["score_gap"] = distill.score_gap(student, teacher, val)
+        record["score_gap"] = distill.score_gap(student.to_device(device), teacher, val, device=device)
         write_record(args.records, dataset, f"{method}_s{seed}", record)
         print(f"{dataset} {method}_s{seed}: AP {100 * record['metrics']['AP']:.1f}, {record['minutes'] or 0:.1f} min",
               flush=True)
@@ -350,6 +352,8 @@ def main(argv=None):
     parser.add_argument("--records", default=None, help="finished runs' records (default: RESULTS/paper_runs)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads shared by the jobs")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda: the runs' and "
+                                                         "the teacher maps' device")
     parser.add_argument("--report-only", action="store_true", help="no training: report the recorded runs")
     args = parser.parse_args(argv)
     args.records = args.records or os.path.join(args.results, "paper_runs")

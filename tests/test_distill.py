@@ -221,7 +221,7 @@ def test_teacher_must_match_the_student():
 def test_distill_two_processes_match_one(teacher_ckpt, tmp_path):
     """torchrun with 2 gloo processes against 1 process, BCKD with the same global batch."""
     base = [sys.executable, "-m", "bckd_train", "distill", "--config", "instant", "--teacher", teacher_ckpt,
-            "--method", "bckd", "--max-iters", "4"]
+            "--method", "bckd", "--max-iters", "4", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one = subprocess.run(base + ["--out", str(tmp_path / "one")], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
@@ -234,3 +234,38 @@ def test_distill_two_processes_match_one(teacher_ckpt, tmp_path):
     assert len(a) == len(b) == 4
     for key in ("loss", "loss_bcdl", "loss_ildl"):
         np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_memo_with_a_gpu_teacher(teacher_ckpt, batch, tmp_path):
+    """A GPU teacher's maps kept on the host (by the memo and in a --teacher-maps file)
+    come back to the GPU equal to the teacher's online maps."""
+    images = batch[0].cuda()
+    _, teacher = engine.load_checkpoint(teacher_ckpt)
+    teacher.to_device("cuda")
+    keys = [(i, i % 2) for i in range(4)]
+    d = distill.Distiller(teacher, "bckd", memo=True)
+    d.teacher_maps(images[:2], keys[:2])
+    cls, reg = d.teacher_maps(images, keys)
+    assert all(m.is_cuda for m in cls + reg)
+    assert all(not m.is_cuda for k in keys for maps in d.memo[k] for m in maps)
+    with torch.no_grad():
+        cls_ref, reg_ref = teacher(images)
+    for a, b in zip(cls + reg, cls_ref + reg_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    train, _ = engine.datasets(get_config("instant"))
+    train.images = train.images[:4]
+    memo = distill.teacher_memo(teacher, train, "hflip", path=str(tmp_path / "maps.pt"))
+    cls, _ = distill.Distiller(teacher, "bckd", memo=memo).teacher_maps(images, keys)
+    for a, b in zip(cls, cls_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_distill_cli_on_cuda_with_bf16(teacher_ckpt, tmp_path):
+    base = [sys.executable, "-m", "bckd_train", "distill", "--config", "instant", "--teacher", teacher_ckpt,
+            "--method", "bckd", "--max-iters", "3", "--device", "cuda", "--amp", "bf16"]
+    out = subprocess.run(base + ["--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = records(tmp_path)
+    assert len(rows) == 3 and all(math.isfinite(r[k]) for r in rows for k in ("loss_bcdl", "loss_ildl", "loss"))
