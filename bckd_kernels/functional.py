@@ -11,7 +11,7 @@ Every function takes ``backend``:
 
 Reduction: ``"none"`` returns the per-location loss; ``"sum"`` its sum;
 ``"mean"`` its mean, or ``sum / (avg_factor + eps)`` when ``avg_factor`` is
-given (``eps = finfo(float32).eps``, so the normaliser is SPEC section 4's A).
+given (``eps = finfo(float32).eps``, so the normaliser is the normaliser A of docs/method.md section 4).
 ``avg_factor`` may be a tensor: nothing here reads it back to the host.
 """
 
@@ -79,7 +79,7 @@ def bin_cls_distill(
     return_max_abs_diff=False,
     backend="auto",
 ):
-    """Binary classification distillation loss (BCDL, SPEC section 1).
+    """Binary classification distillation loss (BCDL, docs/method.md section 1).
 
     Args:
         student: classification logits, ``[N, C]`` (any strides) or a head map
@@ -119,7 +119,7 @@ def _weighted(op, loss, weight):
 def giou_loss(
     pred, target, weight=None, *, avg_factor=None, reduction="mean", loss_weight=1.0, eps=1e-6, backend="auto"
 ):
-    """``1 − GIoU`` of paired boxes ``[N, 4]`` (x1, y1, x2, y2), SPEC conventions.
+    """``1 − GIoU`` of paired boxes ``[N, 4]`` (x1, y1, x2, y2), the conventions of docs/method.md section 2.
 
     Gradients flow to both ``pred`` and ``target`` when they require them.
     ``weight`` is per box, ``[N]``.
@@ -146,7 +146,7 @@ def loc_distill(
     eps=1e-6,
     backend="auto",
 ):
-    """IoU-based localization distillation (ILDL, SPEC section 2).
+    """IoU-based localization distillation (ILDL, docs/method.md section 2).
 
     Args:
         student_reg: GFocal regression logits ``[N, 4·(reg_max+1)]`` or

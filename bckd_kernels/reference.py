@@ -1,4 +1,4 @@
-"""Readable pure-PyTorch references of every bckd op, written from shared/SPEC.md.
+"""Readable pure-PyTorch references of every bckd op, written from docs/method.md.
 
 Tests, benchmarks and the fallback (when the compiled library is missing) all
 use these functions; nothing re-implements them elsewhere. Autograd through
@@ -39,7 +39,7 @@ def _out_dtype(x):
 
 
 def bin_cls_distill(student, teacher, weight=None, beta=1.0, *, upcast=True):
-    """Binary classification distillation loss (SPEC 1), per location.
+    """Binary classification distillation loss (docs/method.md section 1), per location.
 
     Args:
         student: logits ``[N, C]`` or ``[B, C, H, W]``.
@@ -78,7 +78,7 @@ def _clamp_min(x, lo):
 
 
 def paired_giou(pred, target, eps=1e-6, *, upcast=True):
-    """``1 − GIoU`` of paired boxes (SPEC 2 conventions), ``[N, 4]`` -> ``[N]``.
+    """``1 − GIoU`` of paired boxes (docs/method.md section 2 conventions), ``[N, 4]`` -> ``[N]``.
 
     Boxes are ``(x1, y1, x2, y2)``. Union and enclosing area are clamped to
     ``eps`` (not shifted by it); areas are not clamped, so an inverted box has

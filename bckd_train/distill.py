@@ -1,12 +1,12 @@
-"""Teacher-student distillation of a GFL student (SPEC sections 1-5).
+"""Teacher-student distillation of a GFL student (docs/method.md sections 1-5).
 
 Methods:
     none  the student alone (ground-truth GFL losses only)
     kd    softmax KD on the classification of ATSS positives (LD's version: T = 2, /C, weight 10)
     ld    localization distillation: KL of the 17-bin edge distributions on positives
           (T = 10, weight 0.25, weighted by the detached student max-class score)
-    bcdl  binary classification distillation only (SPEC 1)
-    ildl  IoU-based localization distillation only (SPEC 2), ω = valid · max_k |σ(zt) − σ(zs)|
+    bcdl  binary classification distillation only (docs/method.md section 1)
+    ildl  IoU-based localization distillation only (docs/method.md section 2), ω = valid · max_k |σ(zt) − σ(zs)|
     bckd  both, α1 = 1, α2 = 4
 
 BCDL and ILDL run on the fused ``bckd_kernels`` ops straight on each level's

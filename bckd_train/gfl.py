@@ -1,4 +1,4 @@
-"""Anchors, ATSS assignment, GFL losses and inference (SPEC section 3).
+"""Anchors, ATSS assignment, GFL losses and inference (docs/method.md section 3).
 
 One anchor per location: a square of side 8·stride centred on the location's
 point (x·stride, y·stride). Boxes are decoded from the regression
@@ -138,7 +138,7 @@ def gfl_loss(cls_maps, reg_maps, targets, *, strides, reg_max, num_classes, avg_
     """Ground-truth GFL losses: {"loss_qfl", "loss_dfl", "loss_giou"}, weights 1.0, 0.25, 2.0.
 
     Also returns, for the distillation losses, a dict of tensors: the normaliser
-    A of SPEC section 4 ("avg_factor", averaged across processes by
+    A of docs/method.md section 4 ("avg_factor", averaged across processes by
     avg_factor_fn when given), "positive" [B, A] (ATSS positives, levels
     concatenated), "pos_per_level" [L] (this process's positives per level),
     "num_pos" and "weight_avg" (the DFL/GIoU normaliser: the positives' summed

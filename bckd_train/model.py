@@ -1,4 +1,4 @@
-"""GFocal (GFL) detector: backbone, FPN P3-P7, shared GFL head (SPEC section 3).
+"""GFocal (GFL) detector: backbone, FPN P3-P7, shared GFL head (docs/method.md section 3).
 
 The head returns the raw per-level maps, class logits ``[B, C, H, W]`` and
 regression logits ``[B, 4·(reg_max+1), H, W]``, which the losses (and the

@@ -19,7 +19,7 @@ never mixed into one table.
 
 Writes, under --results: paper_table.csv (one row per recorded run),
 paper_table.md (mean ± std over seeds of AP, AP50, AP75 per method, the teacher's
-AP, and the issue's targets checked), paper_table.png (bars with the seeds as
+AP, and the criteria of docs/results.md section 4 checked), paper_table.png (bars with the seeds as
 dots) and score_gap.{csv,png} (per FPN level, the validation mean of
 |σ(zt) − σ(zs)| for the none, ld and bckd students, mean over seeds: the paper's
 Figure 3).
@@ -217,7 +217,7 @@ def fmt(s):
 
 
 def targets(rows, dataset):
-    """The issue's targets on one data set: (text, met or None when not enough runs)."""
+    """The criteria of docs/results.md section 4 on one data set: (text, met or None when not enough runs)."""
     ap = {m: summarise(rows, dataset, m, "AP") for m in METHODS}
     checks = []
 

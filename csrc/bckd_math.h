@@ -10,7 +10,7 @@
 // location. Comparisons return M::Mask; M::select(mask, a, b) picks a where the
 // mask holds.
 //
-// Conventions follow shared/SPEC.md (sections 1 and 2).
+// Conventions follow docs/method.md (sections 1 and 2).
 #pragma once
 
 #include <cmath>
@@ -48,7 +48,7 @@ struct ScalarMath {
 
 
 // ---------------------------------------------------------------------------
-// BCDL (SPEC 1). For one element, with p = σ(zs), q = σ(zt), d = p − q:
+// BCDL (docs/method.md section 1). For one element, with p = σ(zs), q = σ(zt), d = p − q:
 //   ℓ = |d|^β · BCE(zs, q),  BCE(z, q) = softplus(z) − q·z
 //   ∂ℓ/∂zs = |d|^β · d + ∂|d|^β/∂d · p(1−p) · BCE
 // σ, p(1−p) and softplus all come from one e = exp(−|z|):
@@ -125,7 +125,7 @@ BCKD_HD typename M::T bcdl_grad(typename M::T zs, typename M::T zt,
 }
 
 // ---------------------------------------------------------------------------
-// GIoU (SPEC 2), boxes (x1, y1, x2, y2), reference-code conventions:
+// GIoU (docs/method.md section 2), boxes (x1, y1, x2, y2), reference-code conventions:
 //   I = max(0, iw) · max(0, ih),  iw = min(x2, X2) − max(x1, X1)
 //   U = max(A_p + A_t − I, eps),  E = max(max(0, ew) · max(0, eh), eps)
 //   loss = 1 − GIoU = 1 − I/U + (E − U)/E
@@ -224,7 +224,7 @@ BCKD_HD void distances_to_box(const typename M::T* dist, typename M::T* box) {
 }
 
 // ---------------------------------------------------------------------------
-// Softmax integral (SPEC 2): dist = Σ_j j · softmax(r)_j over reg_max + 1 bins
+// Softmax integral (docs/method.md section 2): dist = Σ_j j · softmax(r)_j over reg_max + 1 bins
 // read through `load(j)`. Max-subtracted, so any finite logits are safe.
 // `keep(j, e)` receives each e_j = exp(r_j − max) (P_j = e_j / sum), so that a
 // backward can reuse them instead of computing the exponentials again.

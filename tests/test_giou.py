@@ -107,7 +107,7 @@ def test_nonfinite_stays_local(device):
 
 
 def test_equals_torchvision_where_eps_does_not_bite():
-    """torchvision adds eps to the union and the enclosure, SPEC clamps them to
+    """torchvision adds eps to the union and the enclosure, docs/method.md clamps them to
     eps: the two agree to O(eps / area) on boxes of non-negligible area, and
     differ only where the union or the enclosure is below eps (degenerate
     boxes), where torchvision divides by (area + eps) and this op by eps."""

@@ -22,7 +22,7 @@ from hypothesis import strategies as st  # noqa: E402
 pytestmark = pytest.mark.skipif(not bckd_kernels.HAS_COMPILED, reason="the compiled kernels did not load")
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-SPECIAL = [math.nan, math.inf, -math.inf, 0.0, 40.0, -40.0]
+EXTREMES = [math.nan, math.inf, -math.inf, 0.0, 40.0, -40.0]
 BACKENDS = {
     "bcdl": (torch.ops.bckd.bin_cls_distill, torch.ops.bckd.bin_cls_distill_triton),
     "dfl": (torch.ops.bckd.dfl_giou_distill, torch.ops.bckd.dfl_giou_distill_triton),
@@ -41,7 +41,7 @@ def rows(draw, channels):
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     pair = [torch.randn(shape, generator=g, dtype=torch.float64) * 3 for _ in range(2)]
     for _ in range(draw(st.integers(0, 3))):
-        which, index, value = draw(st.integers(0, 1)), draw(st.integers(0, pair[0].numel() - 1)), draw(st.sampled_from(SPECIAL))
+        which, index, value = draw(st.integers(0, 1)), draw(st.integers(0, pair[0].numel() - 1)), draw(st.sampled_from(EXTREMES))
         pair[which].view(-1)[index] = value
     return [as_layout(x.to(dtype).to(DEVICE), layout) for x in pair]
 
