@@ -76,8 +76,8 @@ PRESETS = {
         warmup_iters=100,
         lr_steps=(4, 5),
     ),
-    # lr 0.01 at batch 4 (the paper's lr, docs/method.md section 3, at a quarter of its batch) was unstable here: the
-    # classification branch collapsed mid-training (QFL 0.2 -> 2.0, AP 0) in two of
+    # lr 0.01 at batch 4 (the paper's lr, docs/method.md section 3, at a quarter of
+    # its batch) was unstable here: the classification branch collapsed mid-training (QFL 0.2 -> 2.0, AP 0) in two of
     # two runs, once recovering (AP 11.4), once not (AP 0.2). The forest teacher's
     # lr and clipping instead.
     "forest_student": TrainConfig(
