@@ -28,18 +28,10 @@ namespace bckd {
 namespace cuda {
 namespace {
 
-// Class planes a kLocation thread loads before computing on them.
+// Class planes a kLocation thread loads before computing on them. The last
+// block of a row is predicated rather than left to a second loop, which
+// would keep the row pointers live across two loops (ptxas spilled them).
 constexpr int kUnroll = 4;
-
-// Runs body(integral_constant<U>, k) for k = 0, U, 2U, ... while U channels
-// remain, then body(integral_constant<1>, k) for the rest: the body loads
-// its U planes before it uses any of them.
-template <int U, class Body>
-__device__ __forceinline__ void in_blocks_of(int64_t count, Body body) {
-  int64_t k = 0;
-  for (; k + U <= count; k += U) body(std::integral_constant<int, U>{}, k);
-  for (; k < count; ++k) body(std::integral_constant<int, 1>{}, k);
-}
 
 // VL per-location accumulator values starting at p (16-byte aligned when the
 // launcher chose VL > 1).
@@ -111,20 +103,23 @@ __global__ void __launch_bounds__(kThreads)
     acc_t sum[VL], mx[VL];
 #pragma unroll
     for (int q = 0; q < VL; ++q) sum[q] = mx[q] = acc_t(0);
-    in_blocks_of<kUnroll>(a.ls.C, [&](auto nu, int64_t k) {
-      constexpr int U = decltype(nu)::value;
-      Pack<scalar_t, VL> xs[U], xt[U];
+    for (int64_t k = 0; k < a.ls.C; k += kUnroll) {
+      Pack<scalar_t, VL> xs[kUnroll], xt[kUnroll];
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        xs[u] = load_pack<VL>(ps + (k + u) * a.ls.sc);
-        xt[u] = load_pack<VL>(pt + (k + u) * a.lt.sc);
+      for (int u = 0; u < kUnroll; ++u) {
+        if (k + u < a.ls.C) {
+          xs[u] = load_pack<VL>(ps + (k + u) * a.ls.sc);
+          xt[u] = load_pack<VL>(pt + (k + u) * a.lt.sc);
+        }
       }
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
+      for (int u = 0; u < kUnroll; ++u) {
+        if (k + u < a.ls.C) {
 #pragma unroll
-        for (int q = 0; q < VL; ++q) K::add(xs[u].v[q], xt[u].v[q], beta, sum[q], mx[q]);
+          for (int q = 0; q < VL; ++q) K::add(xs[u].v[q], xt[u].v[q], beta, sum[q], mx[q]);
+        }
       }
-    });
+    }
     if (coef != nullptr) {
       acc_t w[VL];
       load_locations<VL>(coef + i, w);
@@ -154,22 +149,25 @@ __global__ void __launch_bounds__(kThreads)
     scalar_t* pg = grad + loc.offset(a.lg);
     acc_t c[VL];
     load_locations<VL>(coef + i, c);
-    in_blocks_of<kUnroll>(a.ls.C, [&](auto nu, int64_t k) {
-      constexpr int U = decltype(nu)::value;
-      Pack<scalar_t, VL> xs[U], xt[U];
+    for (int64_t k = 0; k < a.ls.C; k += kUnroll) {
+      Pack<scalar_t, VL> xs[kUnroll], xt[kUnroll];
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        xs[u] = load_pack<VL>(ps + (k + u) * a.ls.sc);
-        xt[u] = load_pack<VL>(pt + (k + u) * a.lt.sc);
+      for (int u = 0; u < kUnroll; ++u) {
+        if (k + u < a.ls.C) {
+          xs[u] = load_pack<VL>(ps + (k + u) * a.ls.sc);
+          xt[u] = load_pack<VL>(pt + (k + u) * a.lt.sc);
+        }
       }
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        Pack<scalar_t, VL> g;
+      for (int u = 0; u < kUnroll; ++u) {
+        if (k + u < a.ls.C) {
+          Pack<scalar_t, VL> g;
 #pragma unroll
-        for (int q = 0; q < VL; ++q) g.v[q] = K::grad(xs[u].v[q], xt[u].v[q], beta, c[q]);
-        store_pack(pg + (k + u) * a.lg.sc, g);
+          for (int q = 0; q < VL; ++q) g.v[q] = K::grad(xs[u].v[q], xt[u].v[q], beta, c[q]);
+          store_pack(pg + (k + u) * a.lg.sc, g);
+        }
       }
-    });
+    }
   }
 }
 
