@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "../bckd_math.h"
 #include "../layout.h"
@@ -43,20 +45,53 @@ struct LocIndex {
        i += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
 // N elements loaded or stored as one access of N·sizeof(T) bytes (16 for the
-// kernels' vectors): the alignment makes nvcc emit LDG.E.128 / STG.E.128.
+// kernels' vectors), moved as machine words of the widest width that divides
+// them (uint4 for 16). Stores go through st.global.v4 / v2 explicitly: with a
+// plain struct or uint4 store nvcc split the gradient stores of the backward
+// kernels into scalar st.global.f32 already in the PTX.
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
-template <int N, typename T>
-__device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
-  return *reinterpret_cast<const Pack<T, N>*>(p);
-}
+template <int BYTES>
+using WordOf = std::conditional_t<
+    BYTES % 16 == 0, uint4,
+    std::conditional_t<BYTES % 8 == 0, uint2, std::conditional_t<BYTES % 4 == 0, unsigned int, unsigned short>>>;
 
 template <int N, typename T>
+__device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
+  using W = WordOf<sizeof(Pack<T, N>)>;
+  constexpr int kWords = sizeof(Pack<T, N>) / sizeof(W);
+  W w[kWords];
+#pragma unroll
+  for (int i = 0; i < kWords; ++i) w[i] = reinterpret_cast<const W*>(p)[i];
+  Pack<T, N> x;
+  memcpy(&x, w, sizeof(x));
+  return x;
+}
+
+__device__ __forceinline__ void store_word(uint4* p, const uint4& w) {
+  asm("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(w.x), "r"(w.y), "r"(w.z), "r"(w.w)
+      : "memory");
+}
+__device__ __forceinline__ void store_word(uint2* p, const uint2& w) {
+  asm("st.global.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(w.x), "r"(w.y) : "memory");
+}
+template <typename W>
+__device__ __forceinline__ void store_word(W* p, const W& w) {
+  *p = w;
+}
+
+// p: global memory.
+template <int N, typename T>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& x) {
-  *reinterpret_cast<Pack<T, N>*>(p) = x;
+  using W = WordOf<sizeof(Pack<T, N>)>;
+  constexpr int kWords = sizeof(Pack<T, N>) / sizeof(W);
+  W w[kWords];
+  memcpy(w, &x, sizeof(x));
+#pragma unroll
+  for (int i = 0; i < kWords; ++i) store_word(reinterpret_cast<W*>(p) + i, w[i]);
 }
 
 // Warps of the kChannel kernels: each warp takes 32 / group locations at a
