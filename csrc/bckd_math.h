@@ -14,6 +14,8 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
+#include <utility>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define BCKD_HD __host__ __device__ __forceinline__
@@ -47,6 +49,24 @@ struct ScalarMath {
 };
 
 
+// 1/x for x in [1, 3]. A policy may supply rcp_unit, a reciprocal valid on
+// that range only (the CUDA float32 policy: one special-function
+// instruction instead of an IEEE division); otherwise a plain division.
+template <class M, class = void>
+struct HasRcpUnit : std::false_type {};
+template <class M>
+struct HasRcpUnit<M, std::void_t<decltype(M::rcp_unit(std::declval<typename M::T>()))>>
+    : std::true_type {};
+
+template <class M>
+BCKD_HD typename M::T rcp_unit(typename M::T x) {
+  if constexpr (HasRcpUnit<M>::value) {
+    return M::rcp_unit(x);
+  } else {
+    return typename M::T(1) / x;
+  }
+}
+
 // ---------------------------------------------------------------------------
 // BCDL (docs/method.md section 1). For one element, with p = σ(zs), q = σ(zt), d = p − q:
 //   ℓ = |d|^β · BCE(zs, q),  BCE(z, q) = softplus(z) − q·z
@@ -71,10 +91,10 @@ BCKD_HD BcdlPieces<M> bcdl_pieces(typename M::T zs, typename M::T zt) {
   using T = typename M::T;
   const T one(1), zero(0);
   const T es = M::exp_neg(-M::abs(zs));
-  const T rs = one / (one + es);
+  const T rs = rcp_unit<M>(one + es);
   const T p = M::select(M::ge(zs, zero), rs, es * rs);
   const T et = M::exp_neg(-M::abs(zt));
-  const T rt = one / (one + et);
+  const T rt = rcp_unit<M>(one + et);
   const T q = M::select(M::ge(zt, zero), rt, et * rt);
   const T softplus = M::max(zs, zero) + M::log1p_unit(es);
   return {p - q, es * rs * rs, softplus - q * zs};

@@ -1,11 +1,25 @@
-// BCDL on CUDA (SPEC 1). One thread per location walks the C classes: on a
-// head map [B, C, H, W] neighbouring threads read neighbouring locations of
-// one class plane, so every load is coalesced, and the sum and max over
-// classes are a thread's own serial loop — deterministic, no atomics.
+// BCDL on CUDA (SPEC 1), per location i over its C classes k:
 //   forward:  loss_i = w_i Σ_k |d|^β BCE(zs, q),  max_abs_diff_i = max_k |d|
 //   backward: ∂/∂zs_ik = g_i w_i (|d|^β d + ∂|d|^β/∂d · p(1−p) · BCE)
-// The per-element maths is bckd_math.h's, shared with the CPU kernels.
+// with p = σ(zs), q = σ(zt), d = p − q; the per-element maths is
+// bckd_math.h's, shared with the CPU kernels. Each pass reads zs and zt once
+// (and the backward writes the gradient once): 2·C (forward) and 3·C
+// (backward) elements per location, plus the per-location weight, gradient
+// and outputs, which is the least any implementation moves.
+//
+// The memory pattern is chosen per call (access.h):
+// - kLocation (head maps [B, C, H, W]): a thread owns VL neighbouring
+//   locations (one 16-byte load per class plane, VL = 4 in float32, 8 in
+//   half precision; VL = 1 for any other strides) and loads kUnroll class
+//   planes before it uses the first, so that several loads are in flight.
+// - kChannel (channels-last maps, [N, C] rows): `group` lanes share a
+//   location and read its row as 16-byte vectors; the sum and max over
+//   classes finish in a shuffle butterfly.
+// Sums run in a fixed order in both (class order inside a thread, then the
+// butterfly), so a call gives the same bits every run; no atomics.
 #include <ATen/Dispatch.h>
+
+#include <type_traits>
 
 #include "common.cuh"
 #include "kernels.h"
@@ -14,74 +28,311 @@ namespace bckd {
 namespace cuda {
 namespace {
 
-template <typename scalar_t, int MODE>
-__global__ void bcdl_forward_kernel(const BcdlArgs a, int64_t n) {
-  using acc_t = at::opmath_type<scalar_t>;
-  using M = math::ScalarMath<acc_t>;
-  const auto* zs = static_cast<const scalar_t*>(a.student);
-  const auto* zt = static_cast<const scalar_t*>(a.teacher);
-  const auto* coef = static_cast<const acc_t*>(a.coef);
-  const acc_t beta = static_cast<acc_t>(a.beta);
-  BCKD_GRID_LOOP(i, n) {
-    const LocIndex loc(a.ls, i);
-    const scalar_t* ps = zs + loc.offset(a.ls);
-    const scalar_t* pt = zt + loc.offset(a.lt);
-    acc_t sum = 0, mx = 0;
-    for (int64_t k = 0; k < a.ls.C; ++k) {
-      acc_t ad;
-      sum += math::bcdl_loss<M, MODE>(static_cast<acc_t>(ps[k * a.ls.sc]),
-                                      static_cast<acc_t>(pt[k * a.lt.sc]), beta, ad);
-      mx = M::max(mx, ad);
+// Class planes a kLocation thread loads before computing on them. The last
+// block of a row is predicated rather than left to a second loop, which
+// would keep the row pointers live across two loops (ptxas spilled them).
+constexpr int kUnroll = 4;
+
+// VL per-location accumulator values starting at p (16-byte aligned when the
+// launcher chose VL > 1).
+template <int VL, typename acc_t>
+__device__ __forceinline__ void load_locations(const acc_t* p, acc_t (&out)[VL]) {
+  if constexpr (VL % 4 == 0 && sizeof(acc_t) == 4) {
+#pragma unroll
+    for (int c = 0; c < VL / 4; ++c) {
+      const Pack<acc_t, 4> x = load_pack<4>(p + 4 * c);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) out[4 * c + q] = x.v[q];
     }
-    if (coef != nullptr) sum *= coef[i];
-    static_cast<acc_t*>(a.loss)[i] = sum;
-    static_cast<acc_t*>(a.max_abs_diff)[i] = mx;
+  } else {
+#pragma unroll
+    for (int q = 0; q < VL; ++q) out[q] = p[q];
+  }
+}
+
+template <int VL, typename acc_t>
+__device__ __forceinline__ void store_locations(acc_t* p, const acc_t (&x)[VL]) {
+  if constexpr (VL % 4 == 0 && sizeof(acc_t) == 4) {
+#pragma unroll
+    for (int c = 0; c < VL / 4; ++c) {
+      Pack<acc_t, 4> y;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) y.v[q] = x[4 * c + q];
+      store_pack(p + 4 * c, y);
+    }
+  } else {
+#pragma unroll
+    for (int q = 0; q < VL; ++q) p[q] = x[q];
   }
 }
 
 template <typename scalar_t, int MODE>
-__global__ void bcdl_backward_kernel(const BcdlArgs a, int64_t n) {
+struct Bcdl {
   using acc_t = at::opmath_type<scalar_t>;
-  using M = math::ScalarMath<acc_t>;
-  const auto* zs = static_cast<const scalar_t*>(a.student);
-  const auto* zt = static_cast<const scalar_t*>(a.teacher);
-  const auto* coef = static_cast<const acc_t*>(a.coef);
-  auto* grad = static_cast<scalar_t*>(a.grad);
+  using M = DeviceMath<acc_t>;
+
+  static __device__ __forceinline__ void add(scalar_t zs, scalar_t zt, acc_t beta, acc_t& sum,
+                                             acc_t& mx) {
+    acc_t ad;
+    sum += math::bcdl_loss<M, MODE>(static_cast<acc_t>(zs), static_cast<acc_t>(zt), beta, ad);
+    mx = M::max(mx, ad);
+  }
+
+  static __device__ __forceinline__ scalar_t grad(scalar_t zs, scalar_t zt, acc_t beta, acc_t c) {
+    return static_cast<scalar_t>(
+        math::bcdl_grad<M, MODE>(static_cast<acc_t>(zs), static_cast<acc_t>(zt), beta) * c);
+  }
+};
+
+// ------------------------------------------------------------ kLocation ----
+
+template <typename scalar_t, int MODE, int VL>
+__global__ void __launch_bounds__(kThreads)
+    bcdl_forward_loc(const BcdlArgs a, int64_t nthreads) {
+  using K = Bcdl<scalar_t, MODE>;
+  using acc_t = typename K::acc_t;
+  const auto* __restrict__ zs = static_cast<const scalar_t*>(a.student);
+  const auto* __restrict__ zt = static_cast<const scalar_t*>(a.teacher);
+  const auto* __restrict__ coef = static_cast<const acc_t*>(a.coef);
   const acc_t beta = static_cast<acc_t>(a.beta);
-  BCKD_GRID_LOOP(i, n) {
+  BCKD_GRID_LOOP(t, nthreads) {
+    const int64_t i = t * VL;
+    const LocIndex loc(a.ls, i);
+    const scalar_t* ps = zs + loc.offset(a.ls);
+    const scalar_t* pt = zt + loc.offset(a.lt);
+    acc_t sum[VL], mx[VL];
+#pragma unroll
+    for (int q = 0; q < VL; ++q) sum[q] = mx[q] = acc_t(0);
+    for (int64_t k = 0; k < a.ls.C; k += kUnroll) {
+      Pack<scalar_t, VL> xs[kUnroll], xt[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (k + u < a.ls.C) {
+          xs[u] = load_pack<VL>(ps + (k + u) * a.ls.sc);
+          xt[u] = load_pack<VL>(pt + (k + u) * a.lt.sc);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (k + u < a.ls.C) {
+#pragma unroll
+          for (int q = 0; q < VL; ++q) K::add(xs[u].v[q], xt[u].v[q], beta, sum[q], mx[q]);
+        }
+      }
+    }
+    if (coef != nullptr) {
+      acc_t w[VL];
+      load_locations<VL>(coef + i, w);
+#pragma unroll
+      for (int q = 0; q < VL; ++q) sum[q] *= w[q];
+    }
+    store_locations<VL>(static_cast<acc_t*>(a.loss) + i, sum);
+    store_locations<VL>(static_cast<acc_t*>(a.max_abs_diff) + i, mx);
+  }
+}
+
+template <typename scalar_t, int MODE, int VL>
+__global__ void __launch_bounds__(kThreads)
+    bcdl_backward_loc(const BcdlArgs a, int64_t nthreads) {
+  using K = Bcdl<scalar_t, MODE>;
+  using acc_t = typename K::acc_t;
+  const auto* __restrict__ zs = static_cast<const scalar_t*>(a.student);
+  const auto* __restrict__ zt = static_cast<const scalar_t*>(a.teacher);
+  const auto* __restrict__ coef = static_cast<const acc_t*>(a.coef);
+  auto* __restrict__ grad = static_cast<scalar_t*>(a.grad);
+  const acc_t beta = static_cast<acc_t>(a.beta);
+  BCKD_GRID_LOOP(t, nthreads) {
+    const int64_t i = t * VL;
+    const LocIndex loc(a.ls, i);
+    const scalar_t* ps = zs + loc.offset(a.ls);
+    const scalar_t* pt = zt + loc.offset(a.lt);
+    scalar_t* pg = grad + loc.offset(a.lg);
+    acc_t c[VL];
+    load_locations<VL>(coef + i, c);
+    for (int64_t k = 0; k < a.ls.C; k += kUnroll) {
+      Pack<scalar_t, VL> xs[kUnroll], xt[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (k + u < a.ls.C) {
+          xs[u] = load_pack<VL>(ps + (k + u) * a.ls.sc);
+          xt[u] = load_pack<VL>(pt + (k + u) * a.lt.sc);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (k + u < a.ls.C) {
+          Pack<scalar_t, VL> g;
+#pragma unroll
+          for (int q = 0; q < VL; ++q) g.v[q] = K::grad(xs[u].v[q], xt[u].v[q], beta, c[q]);
+          store_pack(pg + (k + u) * a.lg.sc, g);
+        }
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------- kChannel ----
+
+template <typename scalar_t, int MODE, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    bcdl_forward_chan(const BcdlArgs a, int64_t n, int group) {
+  using K = Bcdl<scalar_t, MODE>;
+  using acc_t = typename K::acc_t;
+  using M = typename K::M;
+  const auto* __restrict__ zs = static_cast<const scalar_t*>(a.student);
+  const auto* __restrict__ zt = static_cast<const scalar_t*>(a.teacher);
+  const auto* __restrict__ coef = static_cast<const acc_t*>(a.coef);
+  const acc_t beta = static_cast<acc_t>(a.beta);
+  const int64_t nvec = a.ls.C / VEC;
+  const WarpGroups wg(group);
+  BCKD_WARP_LOOP(wg, warp, n) {
+    const int64_t i = wg.location(warp);
+    acc_t sum(0), mx(0);
+    if (i < n) {
+      const LocIndex loc(a.ls, i);
+      const scalar_t* ps = zs + loc.offset(a.ls);
+      const scalar_t* pt = zt + loc.offset(a.lt);
+      for (int64_t v0 = wg.sub; v0 < nvec; v0 += static_cast<int64_t>(group) * kVecsPerLane) {
+        Pack<scalar_t, VEC> xs[kVecsPerLane], xt[kVecsPerLane];
+#pragma unroll
+        for (int u = 0; u < kVecsPerLane; ++u) {
+          const int64_t v = v0 + static_cast<int64_t>(u) * group;
+          if (v < nvec) {
+            xs[u] = load_pack<VEC>(ps + v * VEC);
+            xt[u] = load_pack<VEC>(pt + v * VEC);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kVecsPerLane; ++u) {
+          if (v0 + static_cast<int64_t>(u) * group < nvec) {
+#pragma unroll
+            for (int q = 0; q < VEC; ++q) K::add(xs[u].v[q], xt[u].v[q], beta, sum, mx);
+          }
+        }
+      }
+    }
+    sum = group_sum(sum, group);
+    mx = group_max<M>(mx, group);
+    if (i < n && wg.sub == 0) {
+      if (coef != nullptr) sum *= coef[i];
+      static_cast<acc_t*>(a.loss)[i] = sum;
+      static_cast<acc_t*>(a.max_abs_diff)[i] = mx;
+    }
+  }
+}
+
+template <typename scalar_t, int MODE, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    bcdl_backward_chan(const BcdlArgs a, int64_t n, int group) {
+  using K = Bcdl<scalar_t, MODE>;
+  using acc_t = typename K::acc_t;
+  const auto* __restrict__ zs = static_cast<const scalar_t*>(a.student);
+  const auto* __restrict__ zt = static_cast<const scalar_t*>(a.teacher);
+  const auto* __restrict__ coef = static_cast<const acc_t*>(a.coef);
+  auto* __restrict__ grad = static_cast<scalar_t*>(a.grad);
+  const acc_t beta = static_cast<acc_t>(a.beta);
+  const int64_t nvec = a.ls.C / VEC;
+  const WarpGroups wg(group);
+  BCKD_WARP_LOOP(wg, warp, n) {
+    const int64_t i = wg.location(warp);
+    if (i >= n) continue;
     const LocIndex loc(a.ls, i);
     const scalar_t* ps = zs + loc.offset(a.ls);
     const scalar_t* pt = zt + loc.offset(a.lt);
     scalar_t* pg = grad + loc.offset(a.lg);
     const acc_t c = coef[i];
-    for (int64_t k = 0; k < a.ls.C; ++k) {
-      const acc_t g = math::bcdl_grad<M, MODE>(static_cast<acc_t>(ps[k * a.ls.sc]),
-                                               static_cast<acc_t>(pt[k * a.lt.sc]), beta);
-      pg[k * a.lg.sc] = static_cast<scalar_t>(g * c);
+    for (int64_t v0 = wg.sub; v0 < nvec; v0 += static_cast<int64_t>(group) * kVecsPerLane) {
+      Pack<scalar_t, VEC> xs[kVecsPerLane], xt[kVecsPerLane];
+#pragma unroll
+      for (int u = 0; u < kVecsPerLane; ++u) {
+        const int64_t v = v0 + static_cast<int64_t>(u) * group;
+        if (v < nvec) {
+          xs[u] = load_pack<VEC>(ps + v * VEC);
+          xt[u] = load_pack<VEC>(pt + v * VEC);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kVecsPerLane; ++u) {
+        const int64_t v = v0 + static_cast<int64_t>(u) * group;
+        if (v < nvec) {
+          Pack<scalar_t, VEC> g;
+#pragma unroll
+          for (int q = 0; q < VEC; ++q) g.v[q] = K::grad(xs[u].v[q], xt[u].v[q], beta, c);
+          store_pack(pg + v * VEC, g);
+        }
+      }
     }
   }
 }
 
-template <typename scalar_t, int MODE, bool FORWARD>
-void launch_mode(const BcdlArgs& a, int64_t n, cudaStream_t stream) {
-  if (FORWARD) {
-    bcdl_forward_kernel<scalar_t, MODE><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
+// ------------------------------------------------------------ launching ----
+
+template <typename scalar_t, int MODE>
+void launch_forward(const BcdlArgs& a, cudaStream_t stream) {
+  constexpr bool kVectors = sizeof(scalar_t) < 8;
+  constexpr int V = kVecBytes / sizeof(scalar_t);
+  const int64_t n = a.ls.num_locations();
+  const Operand s{a.student, &a.ls}, t{a.teacher, &a.lt};
+  const Access acc = kVectors ? plan_access({s, t}, sizeof(scalar_t), {kVecBytes})
+                              : plan_access({s, t}, sizeof(scalar_t), {});
+  if (acc.pattern == Pattern::kChannel) {
+    const unsigned int blocks = blocks_for(n * acc.group);
+    if (kVectors && acc.vec > 1) {
+      bcdl_forward_chan<scalar_t, MODE, (kVectors ? V : 1)><<<blocks, kThreads, 0, stream>>>(a, n, acc.group);
+    } else {
+      bcdl_forward_chan<scalar_t, MODE, 1><<<blocks, kThreads, 0, stream>>>(a, n, acc.group);
+    }
+  } else if (kVectors && acc.vec > 1 && base_ok(a.loss) && base_ok(a.max_abs_diff) &&
+             (a.coef == nullptr || base_ok(a.coef))) {
+    constexpr int VL = kVectors ? V : 1;
+    bcdl_forward_loc<scalar_t, MODE, VL><<<blocks_for(n / VL), kThreads, 0, stream>>>(a, n / VL);
   } else {
-    bcdl_backward_kernel<scalar_t, MODE><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
+    bcdl_forward_loc<scalar_t, MODE, 1><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, int MODE>
+void launch_backward(const BcdlArgs& a, cudaStream_t stream) {
+  constexpr bool kVectors = sizeof(scalar_t) < 8;
+  constexpr int V = kVecBytes / sizeof(scalar_t);
+  const int64_t n = a.ls.num_locations();
+  const Operand s{a.student, &a.ls}, t{a.teacher, &a.lt}, g{a.grad, &a.lg};
+  const Access acc = kVectors ? plan_access({s, t, g}, sizeof(scalar_t), {kVecBytes})
+                              : plan_access({s, t, g}, sizeof(scalar_t), {});
+  if (acc.pattern == Pattern::kChannel) {
+    const unsigned int blocks = blocks_for(n * acc.group);
+    if (kVectors && acc.vec > 1) {
+      bcdl_backward_chan<scalar_t, MODE, (kVectors ? V : 1)><<<blocks, kThreads, 0, stream>>>(a, n, acc.group);
+    } else {
+      bcdl_backward_chan<scalar_t, MODE, 1><<<blocks, kThreads, 0, stream>>>(a, n, acc.group);
+    }
+  } else if (kVectors && acc.vec > 1 && base_ok(a.coef)) {
+    constexpr int VL = kVectors ? V : 1;
+    bcdl_backward_loc<scalar_t, MODE, VL><<<blocks_for(n / VL), kThreads, 0, stream>>>(a, n / VL);
+  } else {
+    bcdl_backward_loc<scalar_t, MODE, 1><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <bool FORWARD>
 void launch(const BcdlArgs& a, cudaStream_t stream) {
-  const int64_t n = a.ls.num_locations();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "bcdl_cuda", [&] {
+    const auto run = [&](auto mode) {
+      constexpr int MODE = decltype(mode)::value;
+      if (FORWARD) {
+        launch_forward<scalar_t, MODE>(a, stream);
+      } else {
+        launch_backward<scalar_t, MODE>(a, stream);
+      }
+    };
     if (a.beta == 1.0) {
-      launch_mode<scalar_t, 1, FORWARD>(a, n, stream);
+      run(std::integral_constant<int, 1>{});
     } else if (a.beta == 2.0) {
-      launch_mode<scalar_t, 2, FORWARD>(a, n, stream);
+      run(std::integral_constant<int, 2>{});
     } else {
-      launch_mode<scalar_t, 0, FORWARD>(a, n, stream);
+      run(std::integral_constant<int, 0>{});
     }
   });
 }
