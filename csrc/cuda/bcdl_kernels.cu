@@ -1,4 +1,4 @@
-// BCDL on CUDA (SPEC 1), per location i over its C classes k:
+// BCDL on CUDA (docs/method.md section 1), per location i over its C classes k:
 //   forward:  loss_i = w_i Σ_k |d|^β BCE(zs, q),  max_abs_diff_i = max_k |d|
 //   backward: ∂/∂zs_ik = g_i w_i (|d|^β d + ∂|d|^β/∂d · p(1−p) · BCE)
 // with p = σ(zs), q = σ(zt), d = p − q; the per-element maths is

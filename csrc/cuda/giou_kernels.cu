@@ -1,4 +1,4 @@
-// Paired-box GIoU and fused DFL-decode + GIoU on CUDA (SPEC 2).
+// Paired-box GIoU and fused DFL-decode + GIoU on CUDA (docs/method.md section 2).
 //
 // Paired GIoU: one thread per box pair, loss = 1 − GIoU and its gradient
 // from bckd_math.h. When each box's 4 coordinates are contiguous and aligned
