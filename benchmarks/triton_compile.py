@@ -156,12 +156,14 @@ def compile_one(job):
     tuner = getattr(_ops(), name)
     config = tuner.configs[config_index]
     ce = dict(constexprs, **config.kwargs)
-    row = dict(kernel=name, dtype=dtype, arch=arch, config=dict(config.kwargs, num_warps=config.num_warps),
+    row = dict(kernel=name, dtype=dtype, arch=arch, config=dict(config.kwargs, num_warps=config.num_warps, maxnreg=config.maxnreg),
                constexprs=constexprs, error=None, regs=None, stack=None, spill_stores=None, ttgir=None)
     start = time.perf_counter()
     try:
         src = ASTSource(tuner.fn, signature(tuner.fn, dtype, ce), ce)
         options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+        if config.maxnreg is not None:
+            options["maxnreg"] = config.maxnreg
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
         row["regs"], row["stack"], row["spill_stores"] = resource_usage(compiled.asm["cubin"])
         row["ttgir"] = compiled.asm["ttgir"]

