@@ -129,3 +129,31 @@ def test_float16_boxes_whose_areas_overflow_float16():
 def test_functional_api_refuses_what_would_broadcast(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("backend", ["compiled", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_giou_of_zero_area_and_inverted_boxes_in_low_precision(backend, dtype):
+    """Zero-area and inverted boxes, where the union and enclosure sit at their eps
+    clamps: loss and gradients against the float64 reference of the same
+    (rounded) inputs."""
+    g = torch.Generator().manual_seed(5)
+    p = torch.rand(256, 4, generator=g, dtype=torch.float64) * 8
+    t = torch.rand(256, 4, generator=g, dtype=torch.float64) * 8
+    p[::4, 2] = p[::4, 0]  # zero width
+    t[1::4, 3] = t[1::4, 1]  # zero height
+    p[2::4] = p[2::4].flip(1)  # inverted
+    t[3::4] = p[3::4]  # identical pairs
+    p, t = p.to(dtype).to(DEVICE), t.to(dtype).to(DEVICE)
+    gout = torch.randn(256, generator=g, dtype=torch.float64).to(DEVICE)
+
+    def run(fn, a, b):
+        a, b = a.detach().requires_grad_(), b.detach().requires_grad_()
+        loss = fn(a, b)
+        return (loss, *torch.autograd.grad(loss, (a, b), gout.to(loss.dtype)))
+
+    out = run(lambda a, b: GIOU[backend](a, b, 1e-6), p, t)
+    ref = run(reference.paired_giou, p.double(), t.double())
+    lowp = run(lambda a, b: reference.paired_giou(a, b, upcast=False), p, t)
+    for name, a, r, lp in zip(("loss", "grad_pred", "grad_target"), out, ref, lowp):
+        assert_matches(a, r, lp, dtype, name)
