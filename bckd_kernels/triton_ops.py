@@ -73,12 +73,35 @@ def _log1p_unit(e):
 
 
 @triton.jit
-def _bcdl_pieces(zs, zt):
-    """d = σ(zs) − σ(zt), p(1 − p) and BCE(zs, σ(zt))."""
+def _one_minus_exp_neg_small(a):
+    """1 − e^(−a) for 0 ≤ a < 0.35: its Taylor series to a⁸."""
+    r = 1.0 - a * (1.0 / 8.0)
+    r = 1.0 - a * (1.0 / 7.0) * r
+    r = 1.0 - a * (1.0 / 6.0) * r
+    r = 1.0 - a * (1.0 / 5.0) * r
+    r = 1.0 - a * (1.0 / 4.0) * r
+    r = 1.0 - a * (1.0 / 3.0) * r
+    r = 1.0 - a * (1.0 / 2.0) * r
+    return a * r
+
+
+@triton.jit
+def _bcdl_pieces(zs, zt, MODE: tl.constexpr):
+    """d = σ(zs) − σ(zt), p(1 − p) and BCE(zs, σ(zt)). For a general β (MODE 0)
+    d is computed without cancelling when zs ≈ zt: d = p(1−q)(1 − e^(−δ)) for
+    δ = zs − zt ≥ 0 and −q(1−p)(1 − e^δ) otherwise (docs/method.md section 1)."""
     p, es, rs = _sigmoid(zs)
     q, et, rt = _sigmoid(zt)
     softplus = tl.maximum(zs, 0.0) + _log1p_unit(es)
-    return p - q, es * rs * rs, softplus - q * zs
+    d = p - q
+    if MODE == 0:
+        delta = zs - zt
+        a = tl.abs(delta)
+        one_minus_p = tl.where(zs >= 0, es * rs, rs)
+        one_minus_q = tl.where(zt >= 0, et * rt, rt)
+        scale = tl.where(delta >= 0, p * one_minus_q, -q * one_minus_p)
+        d = tl.where(a < 0.35, scale * _one_minus_exp_neg_small(a), d)
+    return d, es * rs * rs, softplus - q * zs
 
 
 @triton.jit
@@ -196,7 +219,7 @@ def _bcdl_fwd_kernel(zs_ptr, zt_ptr, w_ptr, loss_ptr, mad_ptr, n_loc, C, H, W,
         m = lmask[:, None] & (k < C)[None, :]
         zs = tl.load(zs_ptr + s_off[:, None] + k[None, :] * s_sc, mask=m, other=0.0).to(tl.float32)
         zt = tl.load(zt_ptr + t_off[:, None] + k[None, :] * t_sc, mask=m, other=0.0).to(tl.float32)
-        d, pp, bce = _bcdl_pieces(zs, zt)
+        d, pp, bce = _bcdl_pieces(zs, zt, MODE)
         mod, dmod = _modulator(d, beta, MODE)
         acc += tl.sum(tl.where(m, mod * bce, 0.0), axis=1)
         mx = _max(mx, tl.reduce(tl.where(m, tl.abs(d), 0.0), 1, _max_nan))
@@ -221,7 +244,7 @@ def _bcdl_bwd_kernel(zs_ptr, zt_ptr, coef_ptr, g_ptr, n_loc, C, H, W,
         m = lmask[:, None] & (k < C)[None, :]
         zs = tl.load(zs_ptr + s_off[:, None] + k[None, :] * s_sc, mask=m, other=0.0).to(tl.float32)
         zt = tl.load(zt_ptr + t_off[:, None] + k[None, :] * t_sc, mask=m, other=0.0).to(tl.float32)
-        d, pp, bce = _bcdl_pieces(zs, zt)
+        d, pp, bce = _bcdl_pieces(zs, zt, MODE)
         mod, dmod = _modulator(d, beta, MODE)
         grad = (mod * d + dmod * pp * bce) * coef[:, None]
         tl.store(g_ptr + g_off[:, None] + k[None, :] * g_sc, grad.to(g_ptr.dtype.element_ty), mask=m)

@@ -74,6 +74,7 @@ inline Vectorized<float> fast_log1p_unit(const Vectorized<float>& ev) {
 template <typename acc_t>
 struct VecMath {
   using T = Vectorized<acc_t>;
+  using Scalar = acc_t;
   using Mask = Vectorized<acc_t>;
   static T exp(const T& x) { return x.exp(); }
   static T log1p(const T& x) { return x.log1p(); }
