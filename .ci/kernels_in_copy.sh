@@ -20,7 +20,7 @@ import torch
 
 import bckd_kernels
 
-assert bckd_kernels.HAS_COMPILED, f"the kernels built here did not load: {bckd_kernels._ops.LOAD_ERROR}"
+assert bckd_kernels.HAS_EXTENSION, f"the kernels built here did not load: {bckd_kernels._ops.LOAD_ERROR}"
 assert os.path.dirname(bckd_kernels.__file__) == os.path.abspath("bckd_kernels"), bckd_kernels.__file__
 cuda = torch._C._dispatch_has_kernel_for_dispatch_key("bckd::bin_cls_distill", "CUDA")
 print(f"built: torch {torch.__version__}, CUDA kernels {'built' if cuda else 'not built'}")

@@ -56,7 +56,7 @@ import bckd_kernels
 from bckd_kernels import reference
 
 assert bckd_kernels.__file__.startswith(sys.prefix), f"imported {bckd_kernels.__file__}, not the wheel's"
-assert bckd_kernels.HAS_COMPILED, f"the compiled kernels did not load: {bckd_kernels._ops.LOAD_ERROR}"
+assert bckd_kernels.HAS_EXTENSION, f"the bckd extension did not load: {bckd_kernels._ops.LOAD_ERROR}"
 cuda = torch._C._dispatch_has_kernel_for_dispatch_key("bckd::bin_cls_distill", "CUDA")
 assert cuda or os.environ["BCKD_CUDA"] != "1", "built with BCKD_CUDA=1 but the wheel has no CUDA kernels"
 
@@ -71,7 +71,7 @@ s, t = randn(6, 5, grad=True), randn(6, 5)
 rs, rt = randn(6, 4 * 17, grad=True), randn(6, 4 * 17)
 pred = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 4.0]], dtype=torch.float64, requires_grad=True)
 target = torch.tensor([[1.0, 1.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]], dtype=torch.float64)
-cases = {  # name: (the compiled op, its reference, the input that gets a gradient)
+cases = {  # name: (the extension op, its reference, the input that gets a gradient)
     "bin_cls_distill": (
         lambda: torch.ops.bckd.bin_cls_distill(s, t, None, 1.0)[0],
         lambda: reference.bin_cls_distill(s, t, None, 1.0)[0],

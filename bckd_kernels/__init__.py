@@ -3,26 +3,26 @@
 Operators (C++ CPU and CUDA kernels, see csrc/):
     torch.ops.bckd.bin_cls_distill, torch.ops.bckd.paired_giou,
     torch.ops.bckd.dfl_giou_distill
-Functional losses: bin_cls_distill, giou_loss, loc_distill, bckd_loss.
-Modules: BinaryClsDistillLoss, GIoULoss, LocDistillLoss.
+Functional losses: bcdl_loss, giou_loss, ildl_loss, bckd_loss.
+Modules: BCDLLoss, GIoULoss, ILDLLoss.
 References: bckd_kernels.reference.
 """
 
 from . import _ops, reference
-from ._ops import HAS_COMPILED
-from .functional import bckd_loss, bin_cls_distill, giou_loss, loc_distill, reduce_loss
-from .modules import BinaryClsDistillLoss, GIoULoss, LocDistillLoss
+from ._ops import HAS_EXTENSION
+from .functional import bckd_loss, bcdl_loss, giou_loss, ildl_loss, reduce_loss
+from .modules import BCDLLoss, GIoULoss, ILDLLoss
 
 __all__ = [
-    "HAS_COMPILED",
+    "HAS_EXTENSION",
     "reference",
-    "bin_cls_distill",
+    "bcdl_loss",
     "giou_loss",
-    "loc_distill",
+    "ildl_loss",
     "bckd_loss",
     "reduce_loss",
-    "BinaryClsDistillLoss",
+    "BCDLLoss",
     "GIoULoss",
-    "LocDistillLoss",
+    "ILDLLoss",
 ]
 __version__ = "0.1.0"

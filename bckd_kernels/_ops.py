@@ -1,7 +1,7 @@
-"""Loads the compiled operators and registers their fake kernels and autograd.
+"""Loads the extension's operators (the C++ and CUDA kernels) and registers their fake kernels and autograd.
 
 The schemas and the CPU/CUDA kernels come from ``bckd_kernels._C``
-(csrc/). If it cannot be loaded, ``HAS_COMPILED`` is False, a warning says
+(csrc/). If it cannot be loaded, ``HAS_EXTENSION`` is False, a warning says
 why (once), and the functional API falls back to the pure-PyTorch reference.
 """
 
@@ -11,18 +11,18 @@ import torch
 
 from . import _contract
 
-HAS_COMPILED = False
+HAS_EXTENSION = False
 LOAD_ERROR = None
 
 try:
     from . import _C  # noqa: F401  (loading it registers torch.ops.bckd.*)
 
-    HAS_COMPILED = True
+    HAS_EXTENSION = True
 except (ImportError, OSError) as exc:
     LOAD_ERROR = exc
     warnings.warn(
-        f"bckd_kernels: the compiled kernels could not be loaded ({exc}); using the pure-PyTorch "
-        "reference instead. Build them with `pip install -e . --no-build-isolation`.",
+        f"bckd_kernels: the bckd extension could not be loaded ({exc}); using the pure-PyTorch "
+        "reference instead. Build it with `pip install -e . --no-build-isolation`.",
         RuntimeWarning,
         stacklevel=2,
     )
@@ -164,5 +164,5 @@ def dfl_autograd(backward_op):
     return backward, setup
 
 
-if HAS_COMPILED:
+if HAS_EXTENSION:
     _register()

@@ -2,9 +2,9 @@
 
 Every function takes ``backend``:
 
-- ``"auto"``: the compiled op for the inputs' device (C++ on CPU, CUDA on
-  GPU), or the reference when the compiled library is missing;
-- ``"cpu"`` / ``"cuda"``: the compiled op, whose inputs must be on that device;
+- ``"auto"``: the extension's op for the inputs' device (C++ on CPU, CUDA on
+  GPU), or the reference when the extension is missing;
+- ``"cpu"`` / ``"cuda"``: the extension's op, whose inputs must be on that device;
 - ``"triton"``: the Triton ops of :mod:`bckd_kernels.triton_ops` (CUDA tensors,
   or CPU tensors under ``TRITON_INTERPRET=1``);
 - ``"reference"``: :mod:`bckd_kernels.reference` (pure PyTorch autograd).
@@ -19,7 +19,7 @@ import torch
 
 from . import _contract, _ops, reference
 
-__all__ = ["bin_cls_distill", "giou_loss", "loc_distill", "bckd_loss", "BACKENDS"]
+__all__ = ["bcdl_loss", "giou_loss", "ildl_loss", "bckd_loss", "BACKENDS"]
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 _EPS = torch.finfo(torch.float32).eps
@@ -34,12 +34,12 @@ def _resolve(backend, x):
         _load_triton()
         return "triton"
     if backend == "auto":
-        return "compiled" if _ops.HAS_COMPILED else "reference"
-    if not _ops.HAS_COMPILED:
-        raise RuntimeError(f"backend={backend!r} needs the compiled kernels, which failed to load: {_ops.LOAD_ERROR}")
+        return "extension" if _ops.HAS_EXTENSION else "reference"
+    if not _ops.HAS_EXTENSION:
+        raise RuntimeError(f"backend={backend!r} needs the bckd extension, which failed to load: {_ops.LOAD_ERROR}")
     if x.device.type != backend:
         raise ValueError(f"backend={backend!r} but the inputs are on {x.device}")
-    return "compiled"
+    return "extension"
 
 
 def _load_triton():
@@ -67,7 +67,7 @@ def reduce_loss(loss, avg_factor=None, reduction="mean"):
     return loss.sum() / (avg_factor + _EPS)
 
 
-def bin_cls_distill(
+def bcdl_loss(
     student,
     teacher,
     weight=None,
@@ -134,7 +134,7 @@ def giou_loss(
     return loss_weight * reduce_loss(_weighted("giou_loss", loss, weight), avg_factor, reduction)
 
 
-def loc_distill(
+def ildl_loss(
     student_reg,
     teacher_reg,
     weight=None,
@@ -153,9 +153,9 @@ def loc_distill(
             ``[B, 4·(reg_max+1), H, W]``, decoded in the kernel.
         teacher_reg: the teacher's, same shape; no gradient.
         weight: per-location ω, ``[N]`` / ``[B, H, W]``: the ``max_abs_diff``
-            of :func:`bin_cls_distill` times the valid mask.
+            of :func:`bcdl_loss` times the valid mask.
     """
-    _contract.check_reg_max("loc_distill", reg_max)
+    _contract.check_reg_max("ildl_loss", reg_max)
     kind = _resolve(backend, student_reg)
     if kind == "reference":
         loss = reference.dfl_giou_distill(student_reg, teacher_reg, reg_max, eps)
@@ -163,7 +163,7 @@ def loc_distill(
         loss = torch.ops.bckd.dfl_giou_distill_triton(student_reg, teacher_reg, reg_max, float(eps))
     else:
         loss = torch.ops.bckd.dfl_giou_distill(student_reg, teacher_reg, reg_max, float(eps))
-    return loss_weight * reduce_loss(_weighted("loc_distill", loss, weight), avg_factor, reduction)
+    return loss_weight * reduce_loss(_weighted("ildl_loss", loss, weight), avg_factor, reduction)
 
 
 def bckd_loss(
@@ -194,7 +194,7 @@ def bckd_loss(
         if _contract.location_shape(x) != _contract.location_shape(student_cls):
             raise ValueError(f"bckd_loss: {name} has locations {_contract.location_shape(x)} but student_cls has "
                              f"{_contract.location_shape(student_cls)}: both maps must come from the same level")
-    loss_bcdl, mad = bin_cls_distill(
+    loss_bcdl, mad = bcdl_loss(
         student_cls,
         teacher_cls,
         valid,
@@ -205,7 +205,7 @@ def bckd_loss(
         backend=backend,
     )
     omega = mad if valid is None else mad * valid
-    loss_ildl = loc_distill(
+    loss_ildl = ildl_loss(
         student_reg, teacher_reg, omega, reg_max=reg_max, avg_factor=avg_factor, loss_weight=loc_weight, backend=backend
     )
     return {"loss_bcdl": loss_bcdl, "loss_ildl": loss_ildl}

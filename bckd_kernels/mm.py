@@ -3,7 +3,7 @@
 An mmdet 3.x or mmrazor 1.x config loads it and names the losses by scope::
 
     custom_imports = dict(imports=["bckd_kernels.mm"], allow_failed_imports=False)
-    loss_bcdl = dict(type="bckd.BinaryClsDistillLoss", loss_weight=1.0)
+    loss_bcdl = dict(type="bckd.BCDLLoss", loss_weight=1.0)
 
 The registry is a child of MMEngine's root ``MODELS``, like mmdet's and
 mmrazor's own, so every OpenMMLab registry finds the modules by their scoped
@@ -18,11 +18,11 @@ try:
 except ImportError as exc:
     raise ImportError(f'bckd_kernels.mm needs mmengine ({exc}): pip install "bckd[mm]"') from exc
 
-from .modules import BinaryClsDistillLoss, GIoULoss, LocDistillLoss
+from .modules import BCDLLoss, GIoULoss, ILDLLoss
 
 __all__ = ["MODELS"]
 
 MODELS = Registry("model", parent=MMENGINE_MODELS, scope="bckd")
-MODELS.register_module(module=BinaryClsDistillLoss)
+MODELS.register_module(module=BCDLLoss)
 MODELS.register_module(module=GIoULoss)
-MODELS.register_module(module=LocDistillLoss)
+MODELS.register_module(module=ILDLLoss)

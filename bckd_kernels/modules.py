@@ -6,7 +6,7 @@ from torch import nn
 
 from . import functional as F
 
-__all__ = ["BinaryClsDistillLoss", "GIoULoss", "LocDistillLoss"]
+__all__ = ["BCDLLoss", "GIoULoss", "ILDLLoss"]
 
 
 class _Loss(nn.Module):
@@ -25,7 +25,7 @@ class _Loss(nn.Module):
         return f"reduction={self.reduction!r}, loss_weight={self.loss_weight}, backend={self.backend!r}"
 
 
-class BinaryClsDistillLoss(_Loss):
+class BCDLLoss(_Loss):
     """BCDL, ``|σ(zs) − σ(zt)|^β · BCE(zs, σ(zt))`` summed over classes.
 
     ``student`` / ``teacher``: ``[N, C]`` or ``[B, C, H, W]`` logits;
@@ -37,7 +37,7 @@ class BinaryClsDistillLoss(_Loss):
         self.beta = beta
 
     def forward(self, student, teacher, weight=None, avg_factor=None, reduction_override=None):
-        return F.bin_cls_distill(
+        return F.bcdl_loss(
             student,
             teacher,
             weight,
@@ -69,7 +69,7 @@ class GIoULoss(_Loss):
         )
 
 
-class LocDistillLoss(_Loss):
+class ILDLLoss(_Loss):
     """ILDL: ``1 − GIoU`` of the boxes decoded from GFocal regression logits.
 
     ``student_reg`` / ``teacher_reg``: ``[N, 4·(reg_max+1)]`` or
@@ -104,7 +104,7 @@ class LocDistillLoss(_Loss):
             raise ValueError("student_cls and teacher_cls must be given together")
         if student_cls is not None:
             # ω carries no gradient: detached inputs keep autograd from recording the BCDL pass.
-            _, mad = F.bin_cls_distill(
+            _, mad = F.bcdl_loss(
                 student_cls.detach(),
                 teacher_cls.detach(),
                 reduction="none",
@@ -112,7 +112,7 @@ class LocDistillLoss(_Loss):
                 backend=self.backend,
             )
             weight = mad if weight is None else mad * weight
-        return F.loc_distill(
+        return F.ildl_loss(
             student_reg,
             teacher_reg,
             weight,

@@ -1,6 +1,6 @@
 """Readable pure-PyTorch references of every bckd op, written from docs/method.md.
 
-Tests, benchmarks and the fallback (when the compiled library is missing) all
+Tests, benchmarks and the fallback (when the extension is missing) all
 use these functions; nothing re-implements them elsewhere. Autograd through
 them gives the gradients the fused kernels must match.
 

@@ -144,11 +144,11 @@ class Distiller:
         for l in range(len(cls)):
             student = cls[l] if use_cls else cls[l].detach()
             # the ops want the student's dtype: a float32 memo meets bf16 maps under autocast
-            loss, mad = bckd_kernels.bin_cls_distill(student, t_cls[l].to(student.dtype), valid[l], avg_factor=avg,
+            loss, mad = bckd_kernels.bcdl_loss(student, t_cls[l].to(student.dtype), valid[l], avg_factor=avg,
                                                      return_max_abs_diff=True, backend=self.backend)
             loss_cls = loss_cls + gate[l] * loss
             if use_loc:
-                loss = bckd_kernels.loc_distill(reg[l], t_reg[l].to(reg[l].dtype), mad * valid[l], reg_max=reg_max,
+                loss = bckd_kernels.ildl_loss(reg[l], t_reg[l].to(reg[l].dtype), mad * valid[l], reg_max=reg_max,
                                                 avg_factor=avg, backend=self.backend)
                 loss_loc = loss_loc + gate[l] * loss
         if use_cls:

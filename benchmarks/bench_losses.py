@@ -11,10 +11,10 @@ takes [N, 4] boxes. Dtypes (--dtype): float32 and bfloat16 on a GPU, float32
 on the CPU by default.
 
 Providers, side by side in one run:
-    reference  bckd_kernels.reference, eager PyTorch autograd
-    compiled   the same reference under torch.compile (inductor)
-    cpu / cuda the fused C++ / CUDA ops (torch.ops.bckd.*)
-    triton     the fused Triton ops (on a GPU)
+    reference      bckd_kernels.reference, eager PyTorch autograd
+    torch_compile  the same reference under torch.compile (inductor)
+    extension      the fused C++ (CPU) or CUDA ops of the extension (torch.ops.bckd.*)
+    triton         the fused Triton ops (on a GPU)
 
 Every loss is called as the training loop calls it: head maps [B, C, H, W]
 read in place, a valid mask, a tensor avg_factor. Modes: forward (with
@@ -26,8 +26,8 @@ of calls after 25 ms of warm-up, the median. CPU times: perf_counter, median.
 Bytes are those the loss must move (e = bytes per input element, L = locations):
     bcdl   fwd 2·L·C·e + 3·L·4        bwd 3·L·C·e + 2·L·4
     giou   fwd 8·L·e + L·4            bwd 12·L·e + L·4    (pred gets a gradient, target not)
-    dfl    fwd 2·L·68·e + 2·L·4       bwd 3·L·68·e + 2·L·4
-    bckd   bcdl + dfl
+    ildl   fwd 2·L·68·e + 2·L·4       bwd 3·L·68·e + 2·L·4
+    bckd   bcdl + ildl
 (the 4-byte terms: per-location loss, mask / ω and upstream gradient). The
 bandwidth floor is a plain tensor copy moving the same number of bytes,
 timed in the same run; pct_bw = 100 · floor / time. On a GPU the run ends
@@ -101,7 +101,7 @@ def make_inputs(loss, n, device, dtype, layout="nchw", seed=0):
     if loss in ("bcdl", "bckd"):
         x["cls_s"] = in_layout(rand(b, NUM_CLASSES, h, w), layout)
         x["cls_t"] = in_layout(rand(b, NUM_CLASSES, h, w), layout)
-    if loss in ("dfl", "bckd"):
+    if loss in ("ildl", "bckd"):
         x["reg_s"] = in_layout(rand(b, REG_CHANNELS, h, w), layout)
         x["reg_t"] = in_layout(rand(b, REG_CHANNELS, h, w), layout)
         x["omega"] = per_location(torch.rand(b, h, w, generator=g).to(device))
@@ -115,19 +115,19 @@ def make_inputs(loss, n, device, dtype, layout="nchw", seed=0):
 
 
 def grad_leaves(loss):
-    return {"bcdl": ["cls_s"], "giou": ["pred"], "dfl": ["reg_s"], "bckd": ["cls_s", "reg_s"]}[loss]
+    return {"bcdl": ["cls_s"], "giou": ["pred"], "ildl": ["reg_s"], "bckd": ["cls_s", "reg_s"]}[loss]
 
 
 def loss_fn(loss, backend):
     """The scalar loss as the training loop computes it, on one backend."""
     if loss == "bcdl":
-        return lambda x: F.bin_cls_distill(
+        return lambda x: F.bcdl_loss(
             x["cls_s"], x["cls_t"], x["valid"], avg_factor=x["avg_factor"], backend=backend
         )
     if loss == "giou":
         return lambda x: F.giou_loss(x["pred"], x["target"], x["valid"], avg_factor=x["avg_factor"], backend=backend)
-    if loss == "dfl":
-        return lambda x: F.loc_distill(x["reg_s"], x["reg_t"], x["omega"], avg_factor=x["avg_factor"], backend=backend)
+    if loss == "ildl":
+        return lambda x: F.ildl_loss(x["reg_s"], x["reg_t"], x["omega"], avg_factor=x["avg_factor"], backend=backend)
     if loss == "bckd":
 
         def both(x):
@@ -143,10 +143,10 @@ def loss_fn(loss, backend):
 def bytes_moved(loss, mode, n, elem):
     """Bytes the loss must move (see the module docstring)."""
     fwd = {"bcdl": 2 * n * NUM_CLASSES * elem + 3 * n * 4, "giou": 8 * n * elem + n * 4,
-           "dfl": 2 * n * REG_CHANNELS * elem + 2 * n * 4}
+           "ildl": 2 * n * REG_CHANNELS * elem + 2 * n * 4}
     bwd = {"bcdl": 3 * n * NUM_CLASSES * elem + 2 * n * 4, "giou": 12 * n * elem + n * 4,
-           "dfl": 3 * n * REG_CHANNELS * elem + 2 * n * 4}
-    fwd["bckd"], bwd["bckd"] = fwd["bcdl"] + fwd["dfl"], bwd["bcdl"] + bwd["dfl"]
+           "ildl": 3 * n * REG_CHANNELS * elem + 2 * n * 4}
+    fwd["bckd"], bwd["bckd"] = fwd["bcdl"] + fwd["ildl"], bwd["bcdl"] + bwd["ildl"]
     return {"forward": fwd[loss], "backward": bwd[loss], "forward+backward": fwd[loss] + bwd[loss]}[mode]
 
 
@@ -324,18 +324,18 @@ def _cpu_name():
 
 
 def providers_for(device):
-    names = ["reference", "compiled", device.type]
+    names = ["reference", "torch_compile", "extension"]
     if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
         names.append("triton")
     return names
 
 
-def make_fn(loss, provider):
+def make_fn(loss, provider, device):
     if provider == "reference":
         return loss_fn(loss, "reference")
-    if provider == "compiled":
+    if provider == "torch_compile":
         return torch.compile(loss_fn(loss, "reference"), dynamic=False)
-    return loss_fn(loss, provider)
+    return loss_fn(loss, device.type if provider == "extension" else provider)
 
 
 def main(argv=None):
@@ -347,7 +347,7 @@ def main(argv=None):
     parser.add_argument("--layout", default=None,
                         help=f"comma-separated head-map layouts from {LAYOUTS} (default: nchw,nhwc; nchw with --quick)")
     parser.add_argument("--quick", action="store_true", help="one COCO-like batch (4 images) and a short sweep")
-    parser.add_argument("--losses", default="bcdl,giou,dfl,bckd")
+    parser.add_argument("--losses", default="bcdl,giou,ildl,bckd")
     parser.add_argument("--csv", default=None, help="append the rows to this CSV")
     parser.add_argument("--plot", default=None, help="draw time vs N (log-log) from the CSV into this PNG")
     args = parser.parse_args(argv)
@@ -384,7 +384,7 @@ def main(argv=None):
             # Paired GIoU has one layout, [N, 4] boxes.
             for layout in ["boxes"] if loss == "giou" else layouts:
                 x = make_inputs(loss, n, device, dtype, "nchw" if loss == "giou" else layout)
-                fns = {provider: make_fn(loss, provider) for provider in providers}
+                fns = {provider: make_fn(loss, provider, device) for provider in providers}
                 for mode in modes:
                     nbytes = bytes_moved(loss, mode, n, elem)
                     floor = copy_floor_ms(timer, nbytes, device)
@@ -396,7 +396,7 @@ def main(argv=None):
                                  bytes=nbytes, gbps=nbytes / med / 1e6, floor_ms=floor, x_floor=med / floor,
                                  pct_bw=100 * floor / med, peak_extra_bytes=peak)
                         )
-                        print(f"  {loss:5s} {dtype_name:8s} {layout:5s} N={n:7d} {mode:16s} {provider:9s} "
+                        print(f"  {loss:5s} {dtype_name:8s} {layout:5s} N={n:7d} {mode:16s} {provider:13s} "
                               f"{med:9.3f} ms", flush=True)
     print()
     print(format_table(rows))
@@ -434,7 +434,7 @@ def format_table(rows):
 
 # The issue's GPU targets, forward+backward: (loss, minimum speed-up over
 # torch.compile(reference), minimum % of copy bandwidth or None).
-TARGETS = {"bcdl": (1.5, 70.0), "dfl": (1.5, None), "giou": (1.5, None), "bckd": (1.5, None)}
+TARGETS = {"bcdl": (1.5, 70.0), "ildl": (1.5, None), "giou": (1.5, None), "bckd": (1.5, None)}
 
 
 def targets(rows):
@@ -446,11 +446,11 @@ def targets(rows):
     lines = ["targets (forward+backward, ratios measured in this run):"]
     for (loss, dtype, layout, n), case in by_case.items():
         speedup, bw = TARGETS[loss]
-        for p in ("cuda", "triton"):
-            if p not in case or "compiled" not in case:
+        for p in ("extension", "triton"):
+            if p not in case or "torch_compile" not in case:
                 continue
-            ratio = case["compiled"]["median_ms"] / case[p]["median_ms"]
-            text = f"  {loss:5s} {dtype:8s} {layout:5s} N={n:7d} {p:6s} {ratio:5.2f}x compile " \
+            ratio = case["torch_compile"]["median_ms"] / case[p]["median_ms"]
+            text = f"  {loss:5s} {dtype:8s} {layout:5s} N={n:7d} {p:9s} {ratio:5.2f}x torch.compile " \
                    f"({'met' if ratio >= speedup else 'MISSED'}, >= {speedup}x)"
             if bw is not None:
                 pct = case[p]["pct_bw"]

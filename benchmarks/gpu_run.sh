@@ -24,7 +24,7 @@ PY
 start=$SECONDS
 BCKD_CUDA=1 "$PY" setup.py build_ext --inplace >"$DIR/build.log" 2>&1
 build=$?
-if [ $build -ne 0 ] || ! "$PY" -c "import bckd_kernels, sys; sys.exit(0 if bckd_kernels.HAS_COMPILED else 1)"; then
+if [ $build -ne 0 ] || ! "$PY" -c "import bckd_kernels, sys; sys.exit(0 if bckd_kernels.HAS_EXTENSION else 1)"; then
     echo "BUILD FAILED (exit $build): the C++/CUDA ops are missing; running the Triton tests only. Last lines of build.log:" | tee -a "$SUMMARY"
     grep -E "error|Error" "$DIR/build.log" | head -20 | tee -a "$SUMMARY"
     TESTS="tests/test_triton.py"

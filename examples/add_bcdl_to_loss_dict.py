@@ -3,7 +3,7 @@
     python examples/add_bcdl_to_loss_dict.py
 
 A head's loss() already returns {"loss_cls": ..., "loss_bbox": ..., ...} and already
-computes avg_factor for its classification loss. BinaryClsDistillLoss takes the
+computes avg_factor for its classification loss. BCDLLoss takes the
 mmdetection call signature (pred, target, weight, avg_factor); the teacher's logits
 are the target, the valid mask the weight.
 """
@@ -12,7 +12,7 @@ import torch
 
 import bckd_kernels as bk
 
-bcdl = bk.BinaryClsDistillLoss(beta=1.0, loss_weight=1.0)
+bcdl = bk.BCDLLoss(beta=1.0, loss_weight=1.0)
 
 
 def loss_with_distillation(losses, cls_scores, teacher_cls_scores, valid_masks, avg_factor):

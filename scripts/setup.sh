@@ -51,7 +51,7 @@ import torch
 
 import bckd_kernels
 
-assert bckd_kernels.HAS_COMPILED, "the compiled kernels did not load"
+assert bckd_kernels.HAS_EXTENSION, "the bckd extension did not load"
 cuda = torch._C._dispatch_has_kernel_for_dispatch_key("bckd::bin_cls_distill", "CUDA")
 print(f"bckd ready: torch {torch.__version__}, CUDA kernels {'built' if cuda else 'not built'}")
 if os.environ.get("BCKD_CUDA") == "1" and not cuda:

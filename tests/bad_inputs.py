@@ -149,7 +149,7 @@ def _grad_for(args):
 def run(backend):
     if backend == "triton":
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    import bckd_kernels  # noqa: F401  (loads the compiled operators)
+    import bckd_kernels  # noqa: F401  (loads the extension's operators)
 
     for case, arg, call in calls(backend):
         print(json.dumps({"case": case, "arg": arg, "started": True}), flush=True)

@@ -18,14 +18,14 @@ import bckd_kernels
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-needs_compiled = pytest.mark.skipif(not bckd_kernels.HAS_COMPILED, reason="the compiled kernels did not load")
+needs_extension = pytest.mark.skipif(not bckd_kernels.HAS_EXTENSION, reason="the bckd extension did not load")
 
 BACKENDS = [
-    pytest.param("cpu", marks=needs_compiled),
-    pytest.param("meta", marks=needs_compiled),
+    pytest.param("cpu", marks=needs_extension),
+    pytest.param("meta", marks=needs_extension),
     "reference",
     pytest.param("triton", marks=pytest.mark.skipif(HAS_CUDA, reason="the Triton interpreter runs without a GPU")),
-    pytest.param("cuda", marks=[needs_compiled, needs_cuda]),
+    pytest.param("cuda", marks=[needs_extension, needs_cuda]),
     pytest.param("triton-cuda", marks=needs_cuda),
 ]
 

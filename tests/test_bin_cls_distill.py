@@ -138,7 +138,7 @@ def test_compile_fullgraph(device):
     s, t, w, _ = make((2, 11, 5, 7), "nchw", torch.float32, device)
 
     def f(s, t, w):
-        loss, mad = bckd_kernels.bin_cls_distill(s, t, w, avg_factor=torch.tensor(3.0), return_max_abs_diff=True)
+        loss, mad = bckd_kernels.bcdl_loss(s, t, w, avg_factor=torch.tensor(3.0), return_max_abs_diff=True)
         return loss, mad
 
     compiled = torch.compile(f, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")

@@ -28,30 +28,30 @@ def test_reductions(device):
     s, t, *_ = maps(device)
     per_loc, _ = torch.ops.bckd.bin_cls_distill(s, t, None, 1.0)
     af = torch.tensor(3.0, device=device)
-    torch.testing.assert_close(bckd_kernels.bin_cls_distill(s, t, reduction="none"), per_loc)
-    torch.testing.assert_close(bckd_kernels.bin_cls_distill(s, t, reduction="sum"), per_loc.sum())
-    torch.testing.assert_close(bckd_kernels.bin_cls_distill(s, t), per_loc.mean())
+    torch.testing.assert_close(bckd_kernels.bcdl_loss(s, t, reduction="none"), per_loc)
+    torch.testing.assert_close(bckd_kernels.bcdl_loss(s, t, reduction="sum"), per_loc.sum())
+    torch.testing.assert_close(bckd_kernels.bcdl_loss(s, t), per_loc.mean())
     torch.testing.assert_close(
-        bckd_kernels.bin_cls_distill(s, t, avg_factor=af, loss_weight=2.0),
+        bckd_kernels.bcdl_loss(s, t, avg_factor=af, loss_weight=2.0),
         2.0 * per_loc.sum() / (3.0 + torch.finfo(torch.float32).eps),
     )
     with pytest.raises(ValueError, match="avg_factor can not be used"):
-        bckd_kernels.bin_cls_distill(s, t, reduction="sum", avg_factor=af)
+        bckd_kernels.bcdl_loss(s, t, reduction="sum", avg_factor=af)
     with pytest.raises(ValueError, match="reduction must be"):
-        bckd_kernels.bin_cls_distill(s, t, reduction="avg")
+        bckd_kernels.bcdl_loss(s, t, reduction="avg")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_empty_mean_is_zero(device):
     s = torch.zeros(0, 80, device=device, requires_grad=True)
-    loss = bckd_kernels.bin_cls_distill(s, torch.zeros(0, 80, device=device))
+    loss = bckd_kernels.bcdl_loss(s, torch.zeros(0, 80, device=device))
     assert loss.item() == 0.0
     loss.backward()
     assert s.grad is not None and s.grad.shape == s.shape
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_compiled_equals_reference_backend(device):
+def test_extension_equals_reference_backend(device):
     s, t, rs, rt, valid = maps(device)
     out = {}
     for backend in ("auto", "reference"):
@@ -77,11 +77,11 @@ def test_bckd_loss_is_both_losses():
 
 def test_modules():
     s, t, rs, rt, valid = maps("cpu", seed=2)
-    cls = bckd_kernels.BinaryClsDistillLoss(beta=2.0, loss_weight=0.5)
-    torch.testing.assert_close(cls(s, t, valid), bckd_kernels.bin_cls_distill(s, t, valid, beta=2.0, loss_weight=0.5))
+    cls = bckd_kernels.BCDLLoss(beta=2.0, loss_weight=0.5)
+    torch.testing.assert_close(cls(s, t, valid), bckd_kernels.bcdl_loss(s, t, valid, beta=2.0, loss_weight=0.5))
     assert cls(s, t, reduction_override="none").shape == (2, 6, 5)
-    loc = bckd_kernels.LocDistillLoss()
-    torch.testing.assert_close(loc(rs, rt, valid, avg_factor=3.0), F.loc_distill(rs, rt, valid, avg_factor=3.0))
+    loc = bckd_kernels.ILDLLoss()
+    torch.testing.assert_close(loc(rs, rt, valid, avg_factor=3.0), F.ildl_loss(rs, rt, valid, avg_factor=3.0))
     boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]])
     target = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0]])
     giou = bckd_kernels.GIoULoss(reduction="sum", loss_weight=2.0)
@@ -97,14 +97,14 @@ def test_loc_module_weights_from_cls_maps():
     s.requires_grad_()
     rs.requires_grad_()
     af = torch.tensor(6.0)
-    loc = bckd_kernels.LocDistillLoss(loss_weight=2.0)
+    loc = bckd_kernels.ILDLLoss(loss_weight=2.0)
     got = loc(rs, rt, valid, avg_factor=af, student_cls=s, teacher_cls=t)
     want = bckd_kernels.bckd_loss(s, t, rs, rt, valid, avg_factor=af, loc_weight=2.0)["loss_ildl"]
     torch.testing.assert_close(got, want)
     got.backward()
     assert s.grad is None and rs.grad is not None
     unmasked = loc(rs, rt, student_cls=s, teacher_cls=t, reduction_override="none")
-    _, mad = bckd_kernels.bin_cls_distill(s, t, return_max_abs_diff=True)
+    _, mad = bckd_kernels.bcdl_loss(s, t, return_max_abs_diff=True)
     torch.testing.assert_close(unmasked, 2.0 * mad * reference.dfl_giou_distill(rs, rt), rtol=2e-5, atol=1e-6)
     with pytest.raises(ValueError, match="given together"):
         loc(rs, rt, student_cls=s)
@@ -113,25 +113,25 @@ def test_loc_module_weights_from_cls_maps():
 def test_backend_argument():
     s, t, *_ = maps("cpu")
     with pytest.raises(ValueError, match="backend must be one of"):
-        bckd_kernels.bin_cls_distill(s, t, backend="tpu")
+        bckd_kernels.bcdl_loss(s, t, backend="tpu")
     with pytest.raises(ValueError, match="inputs are on cpu"):
-        bckd_kernels.bin_cls_distill(s, t, backend="cuda")
+        bckd_kernels.bcdl_loss(s, t, backend="cuda")
     torch.testing.assert_close(
-        bckd_kernels.bin_cls_distill(s, t, backend="cpu"), bckd_kernels.bin_cls_distill(s, t, backend="reference")
+        bckd_kernels.bcdl_loss(s, t, backend="cpu"), bckd_kernels.bcdl_loss(s, t, backend="reference")
     )
 
 
-def test_falls_back_without_compiled_library():
+def test_falls_back_without_the_extension():
     code = (
         "import sys, warnings, torch\n"
         "sys.modules['bckd_kernels._C'] = None\n"
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
         "    import bckd_kernels\n"
-        "assert not bckd_kernels.HAS_COMPILED\n"
-        "assert any('compiled kernels could not be loaded' in str(x.message) for x in w), w\n"
+        "assert not bckd_kernels.HAS_EXTENSION\n"
+        "assert any('bckd extension could not be loaded' in str(x.message) for x in w), w\n"
         "s = torch.randn(4, 5, requires_grad=True)\n"
-        "bckd_kernels.bin_cls_distill(s, torch.randn(4, 5)).backward()\n"
+        "bckd_kernels.bcdl_loss(s, torch.randn(4, 5)).backward()\n"
         "assert s.grad is not None\n"
         "print('fallback ok')\n"
     )

@@ -22,7 +22,7 @@ import bckd_kernels.mm  # noqa: E402  (registers the "bckd" scope)
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT_DIR, "docs", "openmmlab", "bckd_gfl_r101_gfl_r50_1x_coco.py")
-MODULES = (bckd_kernels.BinaryClsDistillLoss, bckd_kernels.GIoULoss, bckd_kernels.LocDistillLoss)
+MODULES = (bckd_kernels.BCDLLoss, bckd_kernels.GIoULoss, bckd_kernels.ILDLLoss)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,8 @@ def test_unscoped_names_stay_downstream(sibling):
 def test_built_module_computes_the_loss(sibling):
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(2, 5, 4, 3, generator=g), torch.randn(2, 5, 4, 3, generator=g)
-    loss = sibling.build(dict(type="bckd.BinaryClsDistillLoss", beta=2.0, loss_weight=0.5))
-    torch.testing.assert_close(loss(s, t, avg_factor=3.0), bckd_kernels.bin_cls_distill(s, t, beta=2.0, avg_factor=3.0, loss_weight=0.5))
+    loss = sibling.build(dict(type="bckd.BCDLLoss", beta=2.0, loss_weight=0.5))
+    torch.testing.assert_close(loss(s, t, avg_factor=3.0), bckd_kernels.bcdl_loss(s, t, beta=2.0, avg_factor=3.0, loss_weight=0.5))
 
 
 def load_docs_config(tmp_path):

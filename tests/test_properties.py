@@ -19,7 +19,7 @@ from bckd_kernels import triton_ops  # noqa: E402,F401
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not bckd_kernels.HAS_COMPILED, reason="the compiled kernels did not load")
+pytestmark = pytest.mark.skipif(not bckd_kernels.HAS_EXTENSION, reason="the bckd extension did not load")
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 EXTREMES = [math.nan, math.inf, -math.inf, 0.0, 40.0, -40.0]
@@ -72,7 +72,7 @@ def check(op, ref_fn, s, t, *args):
     assert_matches(g, rg, lg, dtype, "gradient")
 
 
-@pytest.mark.parametrize("backend", [0, 1], ids=["compiled", "triton"])
+@pytest.mark.parametrize("backend", [0, 1], ids=["extension", "triton"])
 @SETTINGS
 @given(data=st.data())
 def test_bin_cls_distill_matches_reference(backend, data):
@@ -81,7 +81,7 @@ def test_bin_cls_distill_matches_reference(backend, data):
     check(BACKENDS["bcdl"][backend], reference.bin_cls_distill, s, t, None, beta)
 
 
-@pytest.mark.parametrize("backend", [0, 1], ids=["compiled", "triton"])
+@pytest.mark.parametrize("backend", [0, 1], ids=["extension", "triton"])
 @SETTINGS
 @given(data=st.data())
 def test_dfl_giou_distill_matches_reference(backend, data):

@@ -14,13 +14,13 @@ from bckd_kernels import triton_ops  # noqa: E402,F401
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 ops = torch.ops.bckd
-BCDL = {"compiled": ops.bin_cls_distill, "triton": ops.bin_cls_distill_triton}
-GIOU = {"compiled": ops.paired_giou, "triton": ops.paired_giou_triton}
-DFL = {"compiled": ops.dfl_giou_distill, "triton": ops.dfl_giou_distill_triton}
-pytestmark = pytest.mark.skipif(not bckd_kernels.HAS_COMPILED, reason="the compiled kernels did not load")
+BCDL = {"extension": ops.bin_cls_distill, "triton": ops.bin_cls_distill_triton}
+GIOU = {"extension": ops.paired_giou, "triton": ops.paired_giou_triton}
+DFL = {"extension": ops.dfl_giou_distill, "triton": ops.dfl_giou_distill_triton}
+pytestmark = pytest.mark.skipif(not bckd_kernels.HAS_EXTENSION, reason="the compiled kernels did not load")
 
 
-@pytest.mark.parametrize("backend", ["compiled", "triton"])
+@pytest.mark.parametrize("backend", ["extension", "triton"])
 @pytest.mark.parametrize("shape", [(7, 13), (2, 5, 3, 4)])
 def test_weight_that_requires_grad_gets_its_gradient(backend, shape):
     g = torch.Generator().manual_seed(0)
@@ -37,7 +37,7 @@ def test_weight_that_requires_grad_gets_its_gradient(backend, shape):
     torch.testing.assert_close(gw, rw, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["compiled", "triton"])
+@pytest.mark.parametrize("backend", ["extension", "triton"])
 @pytest.mark.parametrize("loss", ["bcdl", "giou", "dfl"])
 def test_double_backward_is_refused(backend, loss):
     if loss == "bcdl":
@@ -54,7 +54,7 @@ def test_double_backward_is_refused(backend, loss):
         g.sum().backward()
 
 
-@pytest.mark.parametrize("backend", ["compiled", "triton"])
+@pytest.mark.parametrize("backend", ["extension", "triton"])
 def test_max_abs_diff_keeps_nan(backend):
     """max_abs_diff is ILDL's weight: a NaN logit must not vanish from it."""
     s = torch.randn(3, 40, device=DEVICE)
@@ -66,7 +66,7 @@ def test_max_abs_diff_keeps_nan(backend):
     assert torch.isfinite(loss[0]) and loss[1].isnan() and loss[2].isnan()
 
 
-@pytest.mark.parametrize("backend", ["compiled", "triton"])
+@pytest.mark.parametrize("backend", ["extension", "triton"])
 @pytest.mark.parametrize("coord", [5e9, 1e12, 1e18])
 def test_giou_gradient_of_huge_boxes(backend, coord):
     """Areas near float32's largest value: (I/U)/U, never I/U²."""
@@ -82,7 +82,7 @@ def test_giou_gradient_of_huge_boxes(backend, coord):
         torch.testing.assert_close((a.double() * coord).cpu(), (r * coord).cpu(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["compiled", "triton"])
+@pytest.mark.parametrize("backend", ["extension", "triton"])
 @pytest.mark.parametrize("eps", [1e-23, 1e-30, 1e-38])
 def test_zero_area_pair_with_tiny_eps_has_finite_gradient(backend, eps):
     p = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 5.0], [0.0, 0.0, 2.0, 2.0]], device=DEVICE,
@@ -117,9 +117,9 @@ def test_float16_boxes_whose_areas_overflow_float16():
     "call, match",
     [
         (lambda: bckd_kernels.giou_loss(torch.rand(4, 4), torch.rand(4, 4), torch.ones(4, 1)), "weight must have shape"),
-        (lambda: bckd_kernels.loc_distill(torch.rand(4, 68), torch.rand(4, 68), torch.ones(4, 1)),
+        (lambda: bckd_kernels.ildl_loss(torch.rand(4, 68), torch.rand(4, 68), torch.ones(4, 1)),
          "weight must have shape"),
-        (lambda: bckd_kernels.loc_distill(torch.rand(4, 68), torch.rand(4, 68), reg_max=16.9), "reg_max must be an int"),
+        (lambda: bckd_kernels.ildl_loss(torch.rand(4, 68), torch.rand(4, 68), reg_max=16.9), "reg_max must be an int"),
         (lambda: bckd_kernels.bckd_loss(torch.rand(2, 8, 1, 30), torch.rand(2, 8, 1, 30), torch.rand(2, 68, 30, 30),
                                         torch.rand(2, 68, 30, 30)), "student_reg has locations"),
         (lambda: bckd_kernels.bckd_loss(torch.rand(2, 8, 29, 30), torch.rand(2, 8, 29, 30), torch.rand(2, 68, 30, 30),
@@ -131,7 +131,7 @@ def test_functional_api_refuses_what_would_broadcast(call, match):
         call()
 
 
-@pytest.mark.parametrize("backend", ["compiled", "triton"])
+@pytest.mark.parametrize("backend", ["extension", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_giou_of_zero_area_and_inverted_boxes_in_low_precision(backend, dtype):
     """Zero-area and inverted boxes, where the union and enclosure sit at their eps

@@ -476,7 +476,7 @@ def test_bf16_autocast_steps(method, monkeypatch):
     student = GFL(cfg.model).train()
     distiller = distill.Distiller(GFL(cfg.model), method) if method != "none" else None
     seen = {"fused": set(), "gt": set()}
-    for name in ("bin_cls_distill", "loc_distill"):
+    for name in ("bcdl_loss", "ildl_loss"):
         real = getattr(bckd_kernels, name)
         monkeypatch.setattr(bckd_kernels, name, lambda s, t, *a, real=real, **k: seen["fused"].add((s.dtype, t.dtype))
                             or real(s, t, *a, **k))

@@ -100,8 +100,8 @@ def test_paired_giou(device, dtype, layout):
 @pytest.mark.parametrize("device", DEVICES)
 def test_functional_backend_and_empty(device):
     s, t, w, _ = make((2, 11, 5, 7), torch.float32, device, "nchw")
-    a = bckd_kernels.bin_cls_distill(s, t, w, backend="triton")
-    b = bckd_kernels.bin_cls_distill(s, t, w, backend="reference")
+    a = bckd_kernels.bcdl_loss(s, t, w, backend="triton")
+    b = bckd_kernels.bcdl_loss(s, t, w, backend="reference")
     torch.testing.assert_close(a, b)
     empty = torch.zeros(0, 80, device=device, requires_grad=True)
     loss, mad = torch.ops.bckd.bin_cls_distill_triton(empty, empty.detach(), None, 1.0)
@@ -119,7 +119,7 @@ def test_compile_fullgraph_cuda(loss):
     else:
         shape = (2, 80, 20, 24) if loss == "bcdl" else (2, 68, 20, 24)
         a, b, _, _ = make(shape, torch.float32, "cuda", "nchw")
-        f = bckd_kernels.bin_cls_distill if loss == "bcdl" else bckd_kernels.loc_distill
+        f = bckd_kernels.bcdl_loss if loss == "bcdl" else bckd_kernels.ildl_loss
         fn = lambda x, y: f(x, y, backend="triton")  # noqa: E731
     compiled = torch.compile(fn, fullgraph=True)
     a1, a2 = a.clone().requires_grad_(), a.clone().requires_grad_()

@@ -47,13 +47,13 @@ model = dict(
         distill_losses={
             **{
                 f"loss_bcdl_p{level + 3}": dict(
-                    type="bckd.BinaryClsDistillLoss", reduction="sum", loss_weight=1.0 / positives_per_gpu
+                    type="bckd.BCDLLoss", reduction="sum", loss_weight=1.0 / positives_per_gpu
                 )
                 for level in range(5)
             },
             **{
                 f"loss_ildl_p{level + 3}": dict(
-                    type="bckd.LocDistillLoss", reg_max=16, reduction="sum", loss_weight=4.0 / positives_per_gpu
+                    type="bckd.ILDLLoss", reg_max=16, reduction="sum", loss_weight=4.0 / positives_per_gpu
                 )
                 for level in range(5)
             },
