@@ -5,14 +5,20 @@ They compute what the C++/CUDA operators compute (csrc/bckd_math.h is the
 maths of record, written out again here in Triton): float32 accumulation,
 64-bit offsets, head maps ``[B, C, H, W]`` read in place through their strides,
 deterministic reductions (``tl.sum``/``tl.max`` over a tile, no atomics).
-Inputs are float32, float16 or bfloat16.
+Inputs are float32, float16 or bfloat16. Each call picks the tile's contiguous
+dimension from the strides (locations for NCHW maps, channels for
+channels_last maps and contiguous rows, see "access" below), so that forward
+and backward read and write with coalesced vector accesses in both layouts;
+benchmarks/triton_compile.py checks the compiled code for it.
 
 Operators (autograd registered, gradients to the student / to both boxes):
     torch.ops.bckd.bin_cls_distill_triton(student, teacher, weight, beta)
     torch.ops.bckd.paired_giou_triton(pred, target, eps)
     torch.ops.bckd.dfl_giou_distill_triton(student_reg, teacher_reg, reg_max, eps)
 
-On a GPU, block sizes and warps are autotuned over a few configurations; under
+On a GPU, block sizes and warps are autotuned over a few configurations, keyed
+by the location count's power of two (a new feature-map size reuses its
+bucket's choice instead of timing every configuration again); under
 ``TRITON_INTERPRET=1`` (CPU tensors, the test suite) one large block keeps the
 number of program instances small.
 
@@ -22,7 +28,7 @@ kernels are defined.
 
 import contextlib
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -39,11 +45,44 @@ MAX_REG_MAX = _contract.MAX_REG_MAX
 
 def _configs(blocks, interpret_block, maxnreg=None):
     """Autotune configurations (BLOCK_L, num_warps). maxnreg lifts ptxas's own
-    register target where it chose too few and spilled (the DFL kernels at 8 warps
-    on sm_90: 32 registers and spills without it, 40 and none with it)."""
+    register target where it chose too few and spilled (the DFL kernels on sm_90
+    spill without it)."""
     if INTERPRET:
         return [triton.Config({"BLOCK_L": interpret_block}, num_warps=4)]
     return [triton.Config({"BLOCK_L": b}, num_warps=w, maxnreg=maxnreg) for b, w in blocks]
+
+
+def _vector_fit(lanes):
+    """An early_config_prune keeping the configurations whose tile gives each
+    thread VEC to 2·VEC elements of a load (1 to 4 without vectors): fewer
+    would shorten the vector accesses (the compiler spreads a tile over all
+    threads first), more only adds registers. ``lanes(kwargs)`` is the tile's
+    width beside BLOCK_L."""
+
+    def prune(configs, named_args, **kwargs):
+        vec = kwargs.get("VEC", 1)
+        most = 2 * vec if vec > 1 else 4
+        fit = [c for c in configs if vec <= c.kwargs["BLOCK_L"] * lanes(kwargs) // (32 * c.num_warps) <= most]
+        return fit or configs
+
+    return prune
+
+
+def _autotune(blocks, interpret_block, key, lanes, maxnreg=None):
+    return triton.autotune(configs=_configs(blocks, interpret_block, maxnreg), key=key,
+                           prune_configs_by={"early_config_prune": _vector_fit(lanes)})
+
+
+def _class_lanes(kwargs):
+    return kwargs["BLOCK_C"]
+
+
+def _bin_lanes(kwargs):
+    return kwargs["NB"]
+
+
+def _box_lanes(kwargs):
+    return 4 if kwargs["LAYOUT"] == 2 else 1
 
 
 # ---------------------------------------------------------------- maths ----
@@ -192,33 +231,99 @@ def _giou_grad(px1, py1, px2, py2, tx1, ty1, tx2, ty2, eps, g):
     return gp0, gp1, gp2, gp3, gt0, gt1, gt2, gt3
 
 
+# ----------------------------------------------------------- access ----
+#
+# Each operator picks one of three access patterns per call, from the strides
+# (_plan, the constexpr LAYOUT):
+#   1  locations contiguous (NCHW maps, column-major [N, C]): a tile's
+#      contiguous dimension is the locations; each access reads VEC
+#      neighbouring locations of one channel;
+#   2  channels contiguous (channels_last maps, contiguous [N, C]): a tile's
+#      contiguous dimension is the channels; each access reads VEC channels of
+#      one location;
+#   0  any other strides: the same maths, element by element.
+# The sizes and strides a vector access steps over are passed divided by VEC
+# and multiplied back here (_units), so that the compiler knows they are
+# multiples of VEC: it specialises integer arguments only for 1 and for
+# multiples of 16, which a map of 100 x 167 locations or a row of 68 channels
+# is not. VEC is the widest such multiple up to 16 bytes; with pointers aligned
+# to 16 bytes (Triton checks that itself) loads and stores are then VEC wide.
+# Programs never straddle two images, so that a tile of locations is one run
+# of memory.
+
+
 @triton.jit
-def _locations(BLOCK_L: tl.constexpr, n_loc, H, W):
-    """This program's locations and their (b, h, w), 64-bit."""
-    loc = tl.program_id(0).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
-    w = loc % W
-    row = loc // W
-    return loc, loc < n_loc, row // H, row % H, w
+def _units(x, VEC: tl.constexpr):
+    """x · VEC as int64, for a size or stride passed in units of VEC."""
+    return x * tl.full((), VEC, tl.int64)
+
+
+@triton.jit
+def _program_locations(HW, LAYOUT: tl.constexpr, VEC: tl.constexpr, BLOCK_L: tl.constexpr):
+    """This program's image b, its locations hw within the image, their index in
+    the per-location tensors and their mask (64-bit)."""
+    if LAYOUT == 1:
+        n_hw = _units(HW, VEC)
+    else:
+        n_hw = _units(HW, 1)
+    blocks = tl.cdiv(n_hw, BLOCK_L)
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // blocks
+    hw = (pid - b * blocks) * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
+    return b, hw, b * n_hw + hw, hw < n_hw
+
+
+@triton.jit
+def _row_offsets(b, hw, W, sb, sh, sw, LAYOUT: tl.constexpr, VEC: tl.constexpr):
+    """Offset of each location's channel 0."""
+    if LAYOUT == 1:
+        return b * _units(sb, VEC) + hw
+    elif LAYOUT == 2:
+        return b * _units(sb, VEC) + hw * _units(sw, VEC)
+    else:
+        return b * sb + (hw // W) * sh + (hw % W) * sw
+
+
+@triton.jit
+def _channel_stride(sc, LAYOUT: tl.constexpr, VEC: tl.constexpr):
+    if LAYOUT == 1:
+        return _units(sc, VEC)
+    elif LAYOUT == 2:
+        return 1
+    else:
+        return _units(sc, 1)
+
+
+@triton.jit
+def _channel_count(C, LAYOUT: tl.constexpr, VEC: tl.constexpr):
+    if LAYOUT == 2:
+        return _units(C, VEC)
+    else:
+        return _units(C, 1)
 
 
 # ----------------------------------------------------------------- BCDL ----
 
 
-@triton.autotune(configs=_configs([(32, 4), (64, 4)], 64), key=["n_loc", "C", "MODE"])
+@_autotune([(32, 4), (64, 4), (128, 4)], 64, ["n_bucket", "C", "MODE", "LAYOUT", "VEC"], _class_lanes)
 @triton.jit
-def _bcdl_fwd_kernel(zs_ptr, zt_ptr, w_ptr, loss_ptr, mad_ptr, n_loc, C, H, W,
+def _bcdl_fwd_kernel(zs_ptr, zt_ptr, w_ptr, loss_ptr, mad_ptr, n_bucket, C, HW, W,
                      s_sb, s_sh, s_sw, s_sc, t_sb, t_sh, t_sw, t_sc, beta,
-                     HAS_W: tl.constexpr, MODE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
-    loc, lmask, b, h, w = _locations(BLOCK_L, n_loc, H, W)
-    s_off = b * s_sb + h * s_sh + w * s_sw
-    t_off = b * t_sb + h * t_sh + w * t_sw
+                     HAS_W: tl.constexpr, MODE: tl.constexpr, LAYOUT: tl.constexpr, VEC: tl.constexpr,
+                     BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    b, hw, loc, lmask = _program_locations(HW, LAYOUT, VEC, BLOCK_L)
+    s_row = _row_offsets(b, hw, W, s_sb, s_sh, s_sw, LAYOUT, VEC)
+    t_row = _row_offsets(b, hw, W, t_sb, t_sh, t_sw, LAYOUT, VEC)
+    s_col = _channel_stride(s_sc, LAYOUT, VEC)
+    t_col = _channel_stride(t_sc, LAYOUT, VEC)
+    n_c = _channel_count(C, LAYOUT, VEC)
     acc = tl.zeros([BLOCK_L], dtype=tl.float32)
     mx = tl.zeros([BLOCK_L], dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        k = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        m = lmask[:, None] & (k < C)[None, :]
-        zs = tl.load(zs_ptr + s_off[:, None] + k[None, :] * s_sc, mask=m, other=0.0).to(tl.float32)
-        zt = tl.load(zt_ptr + t_off[:, None] + k[None, :] * t_sc, mask=m, other=0.0).to(tl.float32)
+    for c0 in range(0, n_c, BLOCK_C):
+        k = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+        m = lmask[:, None] & (k < n_c)[None, :]
+        zs = tl.load(zs_ptr + s_row[:, None] + k[None, :] * s_col, mask=m, other=0.0).to(tl.float32)
+        zt = tl.load(zt_ptr + t_row[:, None] + k[None, :] * t_col, mask=m, other=0.0).to(tl.float32)
         d, pp, bce = _bcdl_pieces(zs, zt, MODE)
         mod, dmod = _modulator(d, beta, MODE)
         acc += tl.sum(tl.where(m, mod * bce, 0.0), axis=1)
@@ -229,90 +334,158 @@ def _bcdl_fwd_kernel(zs_ptr, zt_ptr, w_ptr, loss_ptr, mad_ptr, n_loc, C, H, W,
     tl.store(mad_ptr + loc, mx, mask=lmask)
 
 
-@triton.autotune(configs=_configs([(32, 4), (64, 4)], 64), key=["n_loc", "C", "MODE"])
+@_autotune([(32, 4), (64, 4), (128, 4)], 64, ["n_bucket", "C", "MODE", "LAYOUT", "VEC"], _class_lanes)
 @triton.jit
-def _bcdl_bwd_kernel(zs_ptr, zt_ptr, coef_ptr, g_ptr, n_loc, C, H, W,
+def _bcdl_bwd_kernel(zs_ptr, zt_ptr, gl_ptr, w_ptr, g_ptr, n_bucket, C, HW, W,
                      s_sb, s_sh, s_sw, s_sc, t_sb, t_sh, t_sw, t_sc, g_sb, g_sh, g_sw, g_sc, beta,
-                     MODE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
-    loc, lmask, b, h, w = _locations(BLOCK_L, n_loc, H, W)
-    s_off = b * s_sb + h * s_sh + w * s_sw
-    t_off = b * t_sb + h * t_sh + w * t_sw
-    g_off = b * g_sb + h * g_sh + w * g_sw
-    coef = tl.load(coef_ptr + loc, mask=lmask, other=0.0)
-    for c0 in range(0, C, BLOCK_C):
-        k = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        m = lmask[:, None] & (k < C)[None, :]
-        zs = tl.load(zs_ptr + s_off[:, None] + k[None, :] * s_sc, mask=m, other=0.0).to(tl.float32)
-        zt = tl.load(zt_ptr + t_off[:, None] + k[None, :] * t_sc, mask=m, other=0.0).to(tl.float32)
+                     HAS_W: tl.constexpr, MODE: tl.constexpr, LAYOUT: tl.constexpr, VEC: tl.constexpr,
+                     BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    # The forward's reads and tile, plus one per-location scale (upstream
+    # gradient times weight, multiplied here rather than in a pass of its own)
+    # and one store of the gradient in the student's layout.
+    b, hw, loc, lmask = _program_locations(HW, LAYOUT, VEC, BLOCK_L)
+    s_row = _row_offsets(b, hw, W, s_sb, s_sh, s_sw, LAYOUT, VEC)
+    t_row = _row_offsets(b, hw, W, t_sb, t_sh, t_sw, LAYOUT, VEC)
+    g_row = _row_offsets(b, hw, W, g_sb, g_sh, g_sw, LAYOUT, VEC)
+    s_col = _channel_stride(s_sc, LAYOUT, VEC)
+    t_col = _channel_stride(t_sc, LAYOUT, VEC)
+    g_col = _channel_stride(g_sc, LAYOUT, VEC)
+    n_c = _channel_count(C, LAYOUT, VEC)
+    coef = tl.load(gl_ptr + loc, mask=lmask, other=0.0)
+    if HAS_W:
+        coef = coef * tl.load(w_ptr + loc, mask=lmask, other=0.0)
+    for c0 in range(0, n_c, BLOCK_C):
+        k = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+        m = lmask[:, None] & (k < n_c)[None, :]
+        zs = tl.load(zs_ptr + s_row[:, None] + k[None, :] * s_col, mask=m, other=0.0).to(tl.float32)
+        zt = tl.load(zt_ptr + t_row[:, None] + k[None, :] * t_col, mask=m, other=0.0).to(tl.float32)
         d, pp, bce = _bcdl_pieces(zs, zt, MODE)
         mod, dmod = _modulator(d, beta, MODE)
         grad = (mod * d + dmod * pp * bce) * coef[:, None]
-        tl.store(g_ptr + g_off[:, None] + k[None, :] * g_sc, grad.to(g_ptr.dtype.element_ty), mask=m)
+        tl.store(g_ptr + g_row[:, None] + k[None, :] * g_col, grad.to(g_ptr.dtype.element_ty), mask=m)
 
 
 # ----------------------------------------------------------------- GIoU ----
+#
+# Boxes [N, 4]. LAYOUT 2 (rows of 4 packed one after another, the usual case):
+# a program's boxes are one run of 4·BLOCK_L values, read and written as such
+# (16-byte accesses, 2 boxes per access in 16-bit types) and split into
+# coordinates in registers. LAYOUT 1 (column-major boxes): one run of BLOCK_L
+# values per coordinate. n_vec is the length of those runs' range (4·N or N)
+# in units of VEC.
 
 
 @triton.jit
-def _load_box(ptr, n, s0, s1, mask):
-    x1 = tl.load(ptr + n * s0, mask=mask, other=0.0).to(tl.float32)
-    y1 = tl.load(ptr + n * s0 + s1, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(ptr + n * s0 + 2 * s1, mask=mask, other=0.0).to(tl.float32)
-    y2 = tl.load(ptr + n * s0 + 3 * s1, mask=mask, other=0.0).to(tl.float32)
+def _load_boxes(ptr, blk, n, n_vec, s0, s1, LAYOUT: tl.constexpr, VEC: tl.constexpr, BLOCK_L: tl.constexpr):
+    """x1, y1, x2, y2 of boxes n (block blk), float32."""
+    if LAYOUT == 2:
+        f = blk * (4 * BLOCK_L) + tl.arange(0, 4 * BLOCK_L).to(tl.int64)
+        v = tl.load(ptr + f, mask=f < _units(n_vec, VEC), other=0.0).to(tl.float32)
+        x, y = tl.split(tl.reshape(v, [BLOCK_L, 2, 2]))  # [box, i, j] = coordinate 2i + j
+        x1, x2 = tl.split(x)
+        y1, y2 = tl.split(y)
+    else:
+        if LAYOUT == 1:
+            mask = n < _units(n_vec, VEC)
+            first = n
+            step = _units(s1, VEC)
+        else:
+            mask = n < n_vec
+            first = n * s0
+            step = _units(s1, 1)
+        x1 = tl.load(ptr + first, mask=mask, other=0.0).to(tl.float32)
+        y1 = tl.load(ptr + first + step, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(ptr + first + 2 * step, mask=mask, other=0.0).to(tl.float32)
+        y2 = tl.load(ptr + first + 3 * step, mask=mask, other=0.0).to(tl.float32)
     return x1, y1, x2, y2
 
 
 @triton.jit
-def _store_box(ptr, n, s0, s1, mask, x1, y1, x2, y2):
+def _store_boxes(ptr, blk, n, n_vec, s0, s1, x1, y1, x2, y2, LAYOUT: tl.constexpr, VEC: tl.constexpr,
+                 BLOCK_L: tl.constexpr):
     ty = ptr.dtype.element_ty
-    tl.store(ptr + n * s0, x1.to(ty), mask=mask)
-    tl.store(ptr + n * s0 + s1, y1.to(ty), mask=mask)
-    tl.store(ptr + n * s0 + 2 * s1, x2.to(ty), mask=mask)
-    tl.store(ptr + n * s0 + 3 * s1, y2.to(ty), mask=mask)
+    if LAYOUT == 2:
+        f = blk * (4 * BLOCK_L) + tl.arange(0, 4 * BLOCK_L).to(tl.int64)
+        v = tl.reshape(tl.join(tl.join(x1, x2), tl.join(y1, y2)), [4 * BLOCK_L])
+        tl.store(ptr + f, v.to(ty), mask=f < _units(n_vec, VEC))
+    else:
+        if LAYOUT == 1:
+            mask = n < _units(n_vec, VEC)
+            first = n
+            step = _units(s1, VEC)
+        else:
+            mask = n < n_vec
+            first = n * s0
+            step = _units(s1, 1)
+        tl.store(ptr + first, x1.to(ty), mask=mask)
+        tl.store(ptr + first + step, y1.to(ty), mask=mask)
+        tl.store(ptr + first + 2 * step, x2.to(ty), mask=mask)
+        tl.store(ptr + first + 3 * step, y2.to(ty), mask=mask)
 
 
-@triton.autotune(configs=_configs([(128, 4), (256, 4), (512, 8), (1024, 8)], 256), key=["n_loc"])
+@_autotune([(256, 4), (512, 4), (1024, 4), (512, 8)], 256, ["n_bucket", "LAYOUT", "VEC"], _box_lanes)
 @triton.jit
-def _giou_fwd_kernel(p_ptr, t_ptr, loss_ptr, n_loc, p_s0, p_s1, t_s0, t_s1, eps, BLOCK_L: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
-    mask = n < n_loc
-    px1, py1, px2, py2 = _load_box(p_ptr, n, p_s0, p_s1, mask)
-    tx1, ty1, tx2, ty2 = _load_box(t_ptr, n, t_s0, t_s1, mask)
-    tl.store(loss_ptr + n, _giou_loss(px1, py1, px2, py2, tx1, ty1, tx2, ty2, eps), mask=mask)
+def _giou_fwd_kernel(p_ptr, t_ptr, loss_ptr, n_loc, n_bucket, n_vec, p_s0, p_s1, t_s0, t_s1, eps,
+                     LAYOUT: tl.constexpr, VEC: tl.constexpr, BLOCK_L: tl.constexpr):
+    blk = tl.program_id(0).to(tl.int64)
+    n = blk * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
+    px1, py1, px2, py2 = _load_boxes(p_ptr, blk, n, n_vec, p_s0, p_s1, LAYOUT, VEC, BLOCK_L)
+    tx1, ty1, tx2, ty2 = _load_boxes(t_ptr, blk, n, n_vec, t_s0, t_s1, LAYOUT, VEC, BLOCK_L)
+    tl.store(loss_ptr + n, _giou_loss(px1, py1, px2, py2, tx1, ty1, tx2, ty2, eps), mask=n < n_loc)
 
 
-@triton.autotune(configs=_configs([(128, 4), (256, 4), (512, 8), (1024, 8)], 256), key=["n_loc"])
+@_autotune([(256, 4), (512, 4), (1024, 4), (512, 8)], 256, ["n_bucket", "LAYOUT", "VEC"], _box_lanes)
 @triton.jit
-def _giou_bwd_kernel(p_ptr, t_ptr, coef_ptr, gp_ptr, gt_ptr, n_loc, p_s0, p_s1, t_s0, t_s1, gp_s0, gp_s1, gt_s0, gt_s1,
-                     eps, BLOCK_L: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
-    mask = n < n_loc
-    px1, py1, px2, py2 = _load_box(p_ptr, n, p_s0, p_s1, mask)
-    tx1, ty1, tx2, ty2 = _load_box(t_ptr, n, t_s0, t_s1, mask)
-    coef = tl.load(coef_ptr + n, mask=mask, other=0.0)
+def _giou_bwd_kernel(p_ptr, t_ptr, coef_ptr, gp_ptr, gt_ptr, n_loc, n_bucket, n_vec, p_s0, p_s1, t_s0, t_s1,
+                     gp_s0, gp_s1, gt_s0, gt_s1, eps, LAYOUT: tl.constexpr, VEC: tl.constexpr, BLOCK_L: tl.constexpr):
+    blk = tl.program_id(0).to(tl.int64)
+    n = blk * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
+    px1, py1, px2, py2 = _load_boxes(p_ptr, blk, n, n_vec, p_s0, p_s1, LAYOUT, VEC, BLOCK_L)
+    tx1, ty1, tx2, ty2 = _load_boxes(t_ptr, blk, n, n_vec, t_s0, t_s1, LAYOUT, VEC, BLOCK_L)
+    coef = tl.load(coef_ptr + n, mask=n < n_loc, other=0.0)
     gp0, gp1, gp2, gp3, gt0, gt1, gt2, gt3 = _giou_grad(px1, py1, px2, py2, tx1, ty1, tx2, ty2, eps, coef)
-    _store_box(gp_ptr, n, gp_s0, gp_s1, mask, gp0, gp1, gp2, gp3)
-    _store_box(gt_ptr, n, gt_s0, gt_s1, mask, gt0, gt1, gt2, gt3)
+    _store_boxes(gp_ptr, blk, n, n_vec, gp_s0, gp_s1, gp0, gp1, gp2, gp3, LAYOUT, VEC, BLOCK_L)
+    _store_boxes(gt_ptr, blk, n, n_vec, gt_s0, gt_s1, gt0, gt1, gt2, gt3, LAYOUT, VEC, BLOCK_L)
 
 
 # ------------------------------------------------------ DFL decode + GIoU ----
 
 
 @triton.jit
-def _decode_edge(ptr, off, e, nbins, sc, lmask, NB: tl.constexpr):
+def _edge_start(e, nbins, LAYOUT: tl.constexpr, VEC: tl.constexpr):
+    """First channel read for edge e: its first bin's, rounded down to a multiple
+    of VEC where channels are contiguous (edges of 17 bins start at channels
+    0, 17, 34, 51, which a 16-byte access cannot start from)."""
+    if LAYOUT == 2:
+        return (e * nbins) // VEC * VEC
+    else:
+        return e * nbins
+
+
+@triton.jit
+def _decode_edge(ptr, row, col, e, nbins, n_ch, lmask, LAYOUT: tl.constexpr, VEC: tl.constexpr, NB: tl.constexpr):
     """Softmax integral of edge e for a block of locations: (max, sum, dist).
 
-    The bins are read NB at a time with a running max (an online softmax), so
-    that a tile never holds more than NB bins per location whatever reg_max is:
-    wider tiles run out of registers. With nbins ≤ NB it is one plain pass."""
+    The bins are read NB lanes at a time with a running max (an online softmax),
+    so that a tile never holds more than NB lanes per location whatever reg_max
+    is: wider tiles run out of registers. Lanes before the edge's first bin
+    (up to VEC − 1, from _edge_start) and after its last are read where they
+    are in the row and left out of the sums."""
+    start = _edge_start(e, nbins, LAYOUT, VEC)
+    lo = e * nbins - start
     mx = tl.full(lmask.shape, float("-inf"), tl.float32)
     s = tl.zeros(lmask.shape, tl.float32)
     sj = tl.zeros(lmask.shape, tl.float32)
-    for j0 in range(0, nbins, NB):
-        j = j0 + tl.arange(0, NB)
-        jm = j < nbins
-        cols = (e * nbins + j).to(tl.int64)
-        r = tl.load(ptr + off[:, None] + cols[None, :] * sc, mask=lmask[:, None] & jm[None, :], other=0.0)
+    for j0 in range(0, lo + nbins, NB):
+        lane = j0 + tl.arange(0, NB)
+        j = lane - lo
+        jm = (j >= 0) & (j < nbins)
+        ch = (start + lane).to(tl.int64)
+        if LAYOUT == 2:
+            m = lmask[:, None] & (ch < n_ch)[None, :]
+        else:
+            m = lmask[:, None] & jm[None, :]
+        r = tl.load(ptr + row[:, None] + ch[None, :] * col, mask=m, other=0.0)
         r = tl.where(jm[None, :], r.to(tl.float32), float("-inf"))
         new_mx = tl.maximum(mx, tl.max(r, axis=1))
         scale = tl.exp(mx - new_mx)
@@ -323,61 +496,101 @@ def _decode_edge(ptr, off, e, nbins, sc, lmask, NB: tl.constexpr):
     return mx, s, sj / s
 
 
-@triton.autotune(configs=_configs([(16, 8)], 64, maxnreg=128), key=["n_loc", "nbins"])
+@_autotune([(16, 4), (32, 4)], 64, ["n_bucket", "nbins", "LAYOUT", "VEC"], _bin_lanes, maxnreg=160)
 @triton.jit
-def _dfl_fwd_kernel(rs_ptr, rt_ptr, loss_ptr, n_loc, nbins, H, W, s_sb, s_sh, s_sw, s_sc, t_sb, t_sh, t_sw, t_sc,
-                    eps, NB: tl.constexpr, BLOCK_L: tl.constexpr):
-    loc, lmask, b, h, w = _locations(BLOCK_L, n_loc, H, W)
-    s_off = b * s_sb + h * s_sh + w * s_sw
-    t_off = b * t_sb + h * t_sh + w * t_sw
-    _, _, sl = _decode_edge(rs_ptr, s_off, 0, nbins, s_sc, lmask, NB)
-    _, _, st = _decode_edge(rs_ptr, s_off, 1, nbins, s_sc, lmask, NB)
-    _, _, sr = _decode_edge(rs_ptr, s_off, 2, nbins, s_sc, lmask, NB)
-    _, _, sb = _decode_edge(rs_ptr, s_off, 3, nbins, s_sc, lmask, NB)
-    _, _, tl_ = _decode_edge(rt_ptr, t_off, 0, nbins, t_sc, lmask, NB)
-    _, _, tt = _decode_edge(rt_ptr, t_off, 1, nbins, t_sc, lmask, NB)
-    _, _, tr = _decode_edge(rt_ptr, t_off, 2, nbins, t_sc, lmask, NB)
-    _, _, tb = _decode_edge(rt_ptr, t_off, 3, nbins, t_sc, lmask, NB)
+def _dfl_fwd_kernel(rs_ptr, rt_ptr, loss_ptr, n_bucket, nbins, n_ch, HW, W, s_sb, s_sh, s_sw, s_sc,
+                    t_sb, t_sh, t_sw, t_sc, eps, LAYOUT: tl.constexpr, VEC: tl.constexpr, NB: tl.constexpr,
+                    BLOCK_L: tl.constexpr):
+    b, hw, loc, lmask = _program_locations(HW, LAYOUT, VEC, BLOCK_L)
+    s_row = _row_offsets(b, hw, W, s_sb, s_sh, s_sw, LAYOUT, VEC)
+    t_row = _row_offsets(b, hw, W, t_sb, t_sh, t_sw, LAYOUT, VEC)
+    s_col = _channel_stride(s_sc, LAYOUT, VEC)
+    t_col = _channel_stride(t_sc, LAYOUT, VEC)
+    n_c = _channel_count(n_ch, LAYOUT, VEC)
+    _, _, sl = _decode_edge(rs_ptr, s_row, s_col, 0, nbins, n_c, lmask, LAYOUT, VEC, NB)
+    _, _, st = _decode_edge(rs_ptr, s_row, s_col, 1, nbins, n_c, lmask, LAYOUT, VEC, NB)
+    _, _, sr = _decode_edge(rs_ptr, s_row, s_col, 2, nbins, n_c, lmask, LAYOUT, VEC, NB)
+    _, _, sb = _decode_edge(rs_ptr, s_row, s_col, 3, nbins, n_c, lmask, LAYOUT, VEC, NB)
+    _, _, tl_ = _decode_edge(rt_ptr, t_row, t_col, 0, nbins, n_c, lmask, LAYOUT, VEC, NB)
+    _, _, tt = _decode_edge(rt_ptr, t_row, t_col, 1, nbins, n_c, lmask, LAYOUT, VEC, NB)
+    _, _, tr = _decode_edge(rt_ptr, t_row, t_col, 2, nbins, n_c, lmask, LAYOUT, VEC, NB)
+    _, _, tb = _decode_edge(rt_ptr, t_row, t_col, 3, nbins, n_c, lmask, LAYOUT, VEC, NB)
     loss = _giou_loss(-sl, -st, sr, sb, -tl_, -tt, tr, tb, eps)
     tl.store(loss_ptr + loc, loss, mask=lmask)
 
 
 @triton.jit
-def _edge_grad(ptr, g_ptr, off, g_off, e, nbins, sc, g_sc, lmask, mx, s, dist, gd, NB: tl.constexpr):
-    """Writes gd · P_j · (j − dist) for the bins of edge e, NB bins at a time."""
+def _edge_grad(ptr, g_ptr, row, g_row, col, g_col, e, nbins, lmask, mx, s, dist, gd, NB: tl.constexpr):
+    """Writes gd · P_j · (j − dist) for the bins of edge e, NB bins at a time
+    (locations or any strides: the edge's bins are channels e·nbins + j)."""
     for j0 in range(0, nbins, NB):
         j = j0 + tl.arange(0, NB)
         m = lmask[:, None] & (j < nbins)[None, :]
-        cols = (e * nbins + j).to(tl.int64)
-        r = tl.load(ptr + off[:, None] + cols[None, :] * sc, mask=m, other=0.0).to(tl.float32)
+        ch = (e * nbins + j).to(tl.int64)
+        r = tl.load(ptr + row[:, None] + ch[None, :] * col, mask=m, other=0.0).to(tl.float32)
         prob = tl.exp(r - mx[:, None]) / s[:, None]
         grad = gd[:, None] * prob * (j[None, :].to(tl.float32) - dist[:, None])
-        tl.store(g_ptr + g_off[:, None] + cols[None, :] * g_sc, grad.to(g_ptr.dtype.element_ty), mask=m)
+        tl.store(g_ptr + g_row[:, None] + ch[None, :] * g_col, grad.to(g_ptr.dtype.element_ty), mask=m)
 
 
-@triton.autotune(configs=_configs([(16, 8)], 64, maxnreg=128), key=["n_loc", "nbins"])
 @triton.jit
-def _dfl_bwd_kernel(rs_ptr, rt_ptr, coef_ptr, g_ptr, n_loc, nbins, H, W, s_sb, s_sh, s_sw, s_sc,
-                    t_sb, t_sh, t_sw, t_sc, g_sb, g_sh, g_sw, g_sc, eps, NB: tl.constexpr, BLOCK_L: tl.constexpr):
-    loc, lmask, b, h, w = _locations(BLOCK_L, n_loc, H, W)
-    s_off = b * s_sb + h * s_sh + w * s_sw
-    t_off = b * t_sb + h * t_sh + w * t_sw
-    g_off = b * g_sb + h * g_sh + w * g_sw
-    m0, s0, sl = _decode_edge(rs_ptr, s_off, 0, nbins, s_sc, lmask, NB)
-    m1, s1, st = _decode_edge(rs_ptr, s_off, 1, nbins, s_sc, lmask, NB)
-    m2, s2, sr = _decode_edge(rs_ptr, s_off, 2, nbins, s_sc, lmask, NB)
-    m3, s3, sb = _decode_edge(rs_ptr, s_off, 3, nbins, s_sc, lmask, NB)
-    _, _, tl_ = _decode_edge(rt_ptr, t_off, 0, nbins, t_sc, lmask, NB)
-    _, _, tt = _decode_edge(rt_ptr, t_off, 1, nbins, t_sc, lmask, NB)
-    _, _, tr = _decode_edge(rt_ptr, t_off, 2, nbins, t_sc, lmask, NB)
-    _, _, tb = _decode_edge(rt_ptr, t_off, 3, nbins, t_sc, lmask, NB)
+def _pick(e, v0, v1, v2, v3):
+    """Per channel, the value of its edge e (0-3) from four per-location vectors."""
+    return tl.where(e == 0, v0[:, None], tl.where(e == 1, v1[:, None], tl.where(e == 2, v2[:, None], v3[:, None])))
+
+
+@triton.jit
+def _row_grad(ptr, g_ptr, row, g_row, nbins, n_ch, lmask, m0, m1, m2, m3, s0, s1, s2, s3, d0, d1, d2, d3,
+              gd0, gd1, gd2, gd3, NB: tl.constexpr):
+    """Writes gd · P_j · (j − dist) for a location's whole row of 4·nbins
+    contiguous channels, NB at a time, each channel with its own edge's
+    statistics: aligned, vector-wide stores across the edges' boundaries."""
+    for c0 in range(0, n_ch, NB):
+        ch = c0 + tl.arange(0, NB).to(tl.int64)
+        e = (ch >= nbins).to(tl.int32) + (ch >= 2 * nbins).to(tl.int32) + (ch >= 3 * nbins).to(tl.int32)
+        j = (ch - e * nbins).to(tl.float32)
+        e = e[None, :]
+        m = lmask[:, None] & (ch < n_ch)[None, :]
+        r = tl.load(ptr + row[:, None] + ch[None, :], mask=m, other=0.0).to(tl.float32)
+        prob = tl.exp(r - _pick(e, m0, m1, m2, m3)) / _pick(e, s0, s1, s2, s3)
+        grad = _pick(e, gd0, gd1, gd2, gd3) * prob * (j[None, :] - _pick(e, d0, d1, d2, d3))
+        tl.store(g_ptr + g_row[:, None] + ch[None, :], grad.to(g_ptr.dtype.element_ty), mask=m)
+
+
+@_autotune([(16, 4), (32, 4)], 64, ["n_bucket", "nbins", "LAYOUT", "VEC"], _bin_lanes, maxnreg=160)
+@triton.jit
+def _dfl_bwd_kernel(rs_ptr, rt_ptr, coef_ptr, g_ptr, n_bucket, nbins, n_ch, HW, W, s_sb, s_sh, s_sw, s_sc,
+                    t_sb, t_sh, t_sw, t_sc, g_sb, g_sh, g_sw, g_sc, eps, LAYOUT: tl.constexpr, VEC: tl.constexpr,
+                    NB: tl.constexpr, BLOCK_L: tl.constexpr):
+    # The forward's reads, then the student's bins once more (from cache: this
+    # program read them just before) to write their gradient in its layout.
+    b, hw, loc, lmask = _program_locations(HW, LAYOUT, VEC, BLOCK_L)
+    s_row = _row_offsets(b, hw, W, s_sb, s_sh, s_sw, LAYOUT, VEC)
+    t_row = _row_offsets(b, hw, W, t_sb, t_sh, t_sw, LAYOUT, VEC)
+    g_row = _row_offsets(b, hw, W, g_sb, g_sh, g_sw, LAYOUT, VEC)
+    s_col = _channel_stride(s_sc, LAYOUT, VEC)
+    t_col = _channel_stride(t_sc, LAYOUT, VEC)
+    g_col = _channel_stride(g_sc, LAYOUT, VEC)
+    n_c = _channel_count(n_ch, LAYOUT, VEC)
+    m0, s0, sl = _decode_edge(rs_ptr, s_row, s_col, 0, nbins, n_c, lmask, LAYOUT, VEC, NB)
+    m1, s1, st = _decode_edge(rs_ptr, s_row, s_col, 1, nbins, n_c, lmask, LAYOUT, VEC, NB)
+    m2, s2, sr = _decode_edge(rs_ptr, s_row, s_col, 2, nbins, n_c, lmask, LAYOUT, VEC, NB)
+    m3, s3, sb = _decode_edge(rs_ptr, s_row, s_col, 3, nbins, n_c, lmask, LAYOUT, VEC, NB)
+    _, _, tl_ = _decode_edge(rt_ptr, t_row, t_col, 0, nbins, n_c, lmask, LAYOUT, VEC, NB)
+    _, _, tt = _decode_edge(rt_ptr, t_row, t_col, 1, nbins, n_c, lmask, LAYOUT, VEC, NB)
+    _, _, tr = _decode_edge(rt_ptr, t_row, t_col, 2, nbins, n_c, lmask, LAYOUT, VEC, NB)
+    _, _, tb = _decode_edge(rt_ptr, t_row, t_col, 3, nbins, n_c, lmask, LAYOUT, VEC, NB)
     coef = tl.load(coef_ptr + loc, mask=lmask, other=0.0)
     g0, g1, g2, g3, _, _, _, _ = _giou_grad(-sl, -st, sr, sb, -tl_, -tt, tr, tb, eps, coef)
     # box = (−l, −t, r, b)
-    _edge_grad(rs_ptr, g_ptr, s_off, g_off, 0, nbins, s_sc, g_sc, lmask, m0, s0, sl, -g0, NB)
-    _edge_grad(rs_ptr, g_ptr, s_off, g_off, 1, nbins, s_sc, g_sc, lmask, m1, s1, st, -g1, NB)
-    _edge_grad(rs_ptr, g_ptr, s_off, g_off, 2, nbins, s_sc, g_sc, lmask, m2, s2, sr, g2, NB)
-    _edge_grad(rs_ptr, g_ptr, s_off, g_off, 3, nbins, s_sc, g_sc, lmask, m3, s3, sb, g3, NB)
+    if LAYOUT == 2:
+        _row_grad(rs_ptr, g_ptr, s_row, g_row, nbins, n_c, lmask, m0, m1, m2, m3, s0, s1, s2, s3, sl, st, sr, sb,
+                  -g0, -g1, g2, g3, NB)
+    else:
+        _edge_grad(rs_ptr, g_ptr, s_row, g_row, s_col, g_col, 0, nbins, lmask, m0, s0, sl, -g0, NB)
+        _edge_grad(rs_ptr, g_ptr, s_row, g_row, s_col, g_col, 1, nbins, lmask, m1, s1, st, -g1, NB)
+        _edge_grad(rs_ptr, g_ptr, s_row, g_row, s_col, g_col, 2, nbins, lmask, m2, s2, sr, g2, NB)
+        _edge_grad(rs_ptr, g_ptr, s_row, g_row, s_col, g_col, 3, nbins, lmask, m3, s3, sb, g3, NB)
 
 
 # ------------------------------------------------------------ host side ----
@@ -397,18 +610,97 @@ def _device_guard(x):
     return contextlib.nullcontext()
 
 
-def _layouts(*xs):
-    """(B, H, W) and (sb, sh, sw, sc) per tensor, H merged into W when every tensor allows
-    it (the rule of csrc/layout.h)."""
+def _pow2_dividing(values, most):
+    """The largest power of two ≤ most that divides every value (0 included)."""
+    v = most
+    while v > 1 and any(x % v for x in values):
+        v //= 2
+    return v
+
+
+class _Plan(NamedTuple):
+    """How the kernels walk rows ``[N, C]`` or maps ``[B, C, H, W]``: ``images``
+    runs of ``HW`` locations (``H`` rows of ``W``), the access pattern
+    (``layout``: 1 locations contiguous, 2 channels contiguous, 0 other),
+    the vector width ``vec`` in elements, and the kernel arguments, sizes and
+    strides in units of ``vec`` where the pattern steps over them: ``hw``
+    (locations per image), ``W``, ``n_ch`` (the channels a row holds) and
+    ``strides`` (sb, sh, sw, sc) per tensor."""
+
+    images: int
+    HW: int
+    layout: int
+    vec: int
+    hw: int
+    W: int
+    n_ch: int
+    strides: list
+
+
+def _plan(*xs, channels, most_bytes=16):
+    """The access plan for same-shape tensors ``xs`` (inputs and outputs of one
+    launch) whose rows hold ``channels`` values, vectors of at most
+    ``most_bytes``. H is merged into W, and the images into the locations,
+    where every tensor's strides allow it (the rule of csrc/layout.h); the
+    pattern and VEC must suit every tensor."""
     x0 = xs[0]
+    C = x0.shape[1]
     if x0.dim() == 2:
-        return (1, 1, x0.shape[0]), [(0, 0, x.stride(0), x.stride(1)) for x in xs]
-    b, _, h, w = x0.shape
-    merge = all(h == 1 or w == 1 or x.stride(2) == w * x.stride(3) for x in xs)
-    if merge:
-        inner = [x.stride(2) if w == 1 else x.stride(3) for x in xs]
-        return (b, 1, h * w), [(x.stride(0), 0, s, x.stride(1)) for x, s in zip(xs, inner)]
-    return (b, h, w), [(x.stride(0), x.stride(2), x.stride(3), x.stride(1)) for x in xs]
+        B, H, W = 1, 1, x0.shape[0]
+        st = [[0, 0, x.stride(0), x.stride(1)] for x in xs]
+    else:
+        B, _, H, W = x0.shape
+        st = [[x.stride(0), x.stride(2), x.stride(3), x.stride(1)] for x in xs]
+        if all(H == 1 or W == 1 or s[1] == W * s[2] for s in st):
+            for s in st:
+                s[1], s[2] = 0, (s[1] if W == 1 else s[2])
+            H, W = 1, H * W
+    if H == 1 and all(B == 1 or s[0] == W * s[2] for s in st):
+        B, W = 1, B * W
+    for s in st:  # strides of size-1 dimensions are never stepped over
+        s[0] = 0 if B == 1 else s[0]
+        s[2] = 0 if W == 1 else s[2]
+        s[3] = 0 if C == 1 else s[3]
+    most = most_bytes // x0.element_size()
+    if H == 1 and W > 1 and all(s[2] == 1 for s in st):
+        layout = 1
+        vec = _pow2_dividing([W] + [s[0] for s in st] + [s[3] for s in st], most)
+    elif H == 1 and all(s[3] in (0, 1) for s in st):
+        layout = 2
+        vec = _pow2_dividing([channels] + [s[0] for s in st] + [s[2] for s in st], most)
+    else:
+        layout, vec = 0, 1
+    div = [0, 0, 0, 0]
+    if layout == 1:
+        div = [vec, 0, 0, vec]
+    elif layout == 2:
+        div = [vec, 0, vec, 0]
+    strides = [tuple(v // d if d else v for v, d in zip(s, div)) for s in st]
+    return _Plan(B, H * W, layout, vec, H * W // (vec if layout == 1 else 1), W,
+                 channels // (vec if layout == 2 else 1), strides)
+
+
+def _box_plan(*xs):
+    """(layout, vec, n_vec, strides) of same-shape boxes ``[N, 4]``: 2 for rows of
+    4 packed one after another, 1 for column-major boxes, 0 for other strides;
+    n_vec and the column stride in units of vec (see the GIoU kernels)."""
+    n = xs[0].shape[0]
+    st = [(x.stride(0) if n > 1 else 4, x.stride(1)) for x in xs]
+    most = 16 // xs[0].element_size()
+    if all(s == (4, 1) for s in st):
+        vec = _pow2_dividing([4 * n], most)
+        return 2, vec, 4 * n // vec, st
+    if n > 1 and all(s0 == 1 for s0, _ in st):
+        vec = _pow2_dividing([n] + [s1 for _, s1 in st], most)
+        return 1, vec, n // vec, [(1, s1 // vec) for _, s1 in st]
+    return 0, 1, n, st
+
+
+# The DFL kernels hold about 16 float32 values per location between their
+# passes; a thread holding 8 locations (16-byte vectors of a 16-bit type along
+# the locations) runs out of registers and spills, so 16-bit maps are read 4
+# values (8 bytes) at a time.
+_DFL_VECTOR_BYTES = {4: 16, 2: 8}
 
 
 def _block_c(c):
@@ -416,14 +708,22 @@ def _block_c(c):
     return min(triton.next_power_of_2(max(c, 1)), 16)
 
 
-def _bins_block(nbins):
-    """The DFL kernels' tile width over one edge's bins: all of them up to 32,
-    32 at a time beyond."""
-    return min(triton.next_power_of_2(nbins), 32)
+def _bins_block(nbins, layout=0, vec=1):
+    """The DFL kernels' tile width over one edge's lanes: all of them up to 32,
+    32 at a time beyond. With channels contiguous an edge's lanes start up to
+    vec − 1 before its first bin (_edge_start)."""
+    lead = max((e * nbins) % vec for e in range(4)) if layout == 2 else 0
+    return min(triton.next_power_of_2(nbins + lead), 32)
 
 
-def _grid(n):
-    return lambda meta: (triton.cdiv(n, meta["BLOCK_L"]),)
+def _bucket(n):
+    """Autotuning key of a location count: its power of two, so that a new
+    feature-map size reuses the configuration tuned for its bucket."""
+    return triton.next_power_of_2(n)
+
+
+def _grid(images, per_image):
+    return lambda meta: (images * triton.cdiv(per_image, meta["BLOCK_L"]),)
 
 
 @triton_op("bckd::bin_cls_distill_triton", mutates_args=())
@@ -433,13 +733,14 @@ def bin_cls_distill_triton(student: Tensor, teacher: Tensor, weight: Optional[Te
     w = None if weight is None else _per_location(op, weight, "weight", student)
     loss = student.new_empty(_contract.location_shape(student), dtype=torch.float32)
     mad = torch.empty_like(loss)
-    (B, H, W), (ls, lt) = _layouts(student, teacher)
-    n, c = B * H * W, student.shape[1]
-    if n > 0:
+    c = student.shape[1]
+    if loss.numel() > 0:
+        p = _plan(student, teacher, channels=c)
         with _device_guard(student):
-            wrap_triton(_bcdl_fwd_kernel)[_grid(n)](
-                student, teacher, w if w is not None else loss, loss, mad, n, c, H, W, *ls, *lt, float(beta),
-                HAS_W=w is not None, MODE=_contract.beta_mode(beta), BLOCK_C=_block_c(c),
+            wrap_triton(_bcdl_fwd_kernel)[_grid(p.images, p.HW)](
+                student, teacher, w if w is not None else loss, loss, mad, _bucket(loss.numel()), p.n_ch, p.hw, p.W,
+                *p.strides[0], *p.strides[1], float(beta),
+                HAS_W=w is not None, MODE=_contract.beta_mode(beta), LAYOUT=p.layout, VEC=p.vec, BLOCK_C=_block_c(c),
             )
     return loss, mad
 
@@ -450,17 +751,17 @@ def _bin_cls_distill_backward_triton(
 ) -> Tensor:
     op = "_bin_cls_distill_backward_triton"
     _contract.check_bcdl(op, student, teacher, weight, beta, _contract.TRITON_DTYPES)
-    coef = _per_location(op, grad_loss, "grad_loss", student)
-    if weight is not None:
-        coef = coef * weight.to(torch.float32)
+    gl = _per_location(op, grad_loss, "grad_loss", student)
+    w = None if weight is None else _per_location(op, weight, "weight", student)
     grad = torch.empty_like(student)
-    (B, H, W), (ls, lt, lg) = _layouts(student, teacher, grad)
-    n, c = B * H * W, student.shape[1]
+    c = student.shape[1]
     if grad.numel() > 0:
+        p = _plan(student, teacher, grad, channels=c)
         with _device_guard(student):
-            wrap_triton(_bcdl_bwd_kernel)[_grid(n)](
-                student, teacher, coef, grad, n, c, H, W, *ls, *lt, *lg, float(beta),
-                MODE=_contract.beta_mode(beta), BLOCK_C=_block_c(c),
+            wrap_triton(_bcdl_bwd_kernel)[_grid(p.images, p.HW)](
+                student, teacher, gl, w if w is not None else gl, grad, _bucket(gl.numel()), p.n_ch, p.hw, p.W,
+                *p.strides[0], *p.strides[1], *p.strides[2], float(beta),
+                HAS_W=w is not None, MODE=_contract.beta_mode(beta), LAYOUT=p.layout, VEC=p.vec, BLOCK_C=_block_c(c),
             )
     return grad
 
@@ -471,8 +772,11 @@ def paired_giou_triton(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tenso
     n = pred.shape[0]
     loss = pred.new_empty((n,), dtype=torch.float32)
     if n > 0:
+        layout, vec, n_vec, (ps, ts) = _box_plan(pred, target)
         with _device_guard(pred):
-            wrap_triton(_giou_fwd_kernel)[_grid(n)](pred, target, loss, n, *pred.stride(), *target.stride(), float(eps))
+            wrap_triton(_giou_fwd_kernel)[_grid(1, n)](
+                pred, target, loss, n, _bucket(n), n_vec, *ps, *ts, float(eps), LAYOUT=layout, VEC=vec,
+            )
     return loss
 
 
@@ -484,10 +788,11 @@ def _paired_giou_backward_triton(grad: Tensor, pred: Tensor, target: Tensor, eps
     grad_pred, grad_target = torch.empty_like(pred), torch.empty_like(target)
     n = pred.shape[0]
     if n > 0:
+        layout, vec, n_vec, strides = _box_plan(pred, target, grad_pred, grad_target)
         with _device_guard(pred):
-            wrap_triton(_giou_bwd_kernel)[_grid(n)](
-                pred, target, coef, grad_pred, grad_target, n, *pred.stride(), *target.stride(),
-                *grad_pred.stride(), *grad_target.stride(), float(eps),
+            wrap_triton(_giou_bwd_kernel)[_grid(1, n)](
+                pred, target, coef, grad_pred, grad_target, n, _bucket(n), n_vec, *strides[0], *strides[1],
+                *strides[2], *strides[3], float(eps), LAYOUT=layout, VEC=vec,
             )
     return grad_pred, grad_target
 
@@ -496,13 +801,14 @@ def _paired_giou_backward_triton(grad: Tensor, pred: Tensor, target: Tensor, eps
 def dfl_giou_distill_triton(student_reg: Tensor, teacher_reg: Tensor, reg_max: int = 16, eps: float = 1e-6) -> Tensor:
     _contract.check_dfl("dfl_giou_distill_triton", student_reg, teacher_reg, reg_max, eps, _contract.TRITON_DTYPES)
     loss = student_reg.new_empty(_contract.location_shape(student_reg), dtype=torch.float32)
-    (B, H, W), (ls, lt) = _layouts(student_reg, teacher_reg)
-    n = B * H * W
-    if n > 0:
+    nbins = reg_max + 1
+    if loss.numel() > 0:
+        p = _plan(student_reg, teacher_reg, channels=4 * nbins, most_bytes=_DFL_VECTOR_BYTES[student_reg.element_size()])
         with _device_guard(student_reg):
-            wrap_triton(_dfl_fwd_kernel)[_grid(n)](
-                student_reg, teacher_reg, loss, n, reg_max + 1, H, W, *ls, *lt, float(eps),
-                NB=_bins_block(reg_max + 1),
+            wrap_triton(_dfl_fwd_kernel)[_grid(p.images, p.HW)](
+                student_reg, teacher_reg, loss, _bucket(loss.numel()), nbins, p.n_ch, p.hw, p.W,
+                *p.strides[0], *p.strides[1], float(eps),
+                LAYOUT=p.layout, VEC=p.vec, NB=_bins_block(nbins, p.layout, p.vec),
             )
     return loss
 
@@ -515,13 +821,15 @@ def _dfl_giou_distill_backward_triton(
     _contract.check_dfl(op, student_reg, teacher_reg, reg_max, eps, _contract.TRITON_DTYPES)
     coef = _per_location(op, grad, "grad", student_reg)
     grad_student = torch.empty_like(student_reg)
-    (B, H, W), (ls, lt, lg) = _layouts(student_reg, teacher_reg, grad_student)
-    n = B * H * W
+    nbins = reg_max + 1
     if grad_student.numel() > 0:
+        p = _plan(student_reg, teacher_reg, grad_student, channels=4 * nbins,
+                  most_bytes=_DFL_VECTOR_BYTES[student_reg.element_size()])
         with _device_guard(student_reg):
-            wrap_triton(_dfl_bwd_kernel)[_grid(n)](
-                student_reg, teacher_reg, coef, grad_student, n, reg_max + 1, H, W, *ls, *lt, *lg, float(eps),
-                NB=_bins_block(reg_max + 1),
+            wrap_triton(_dfl_bwd_kernel)[_grid(p.images, p.HW)](
+                student_reg, teacher_reg, coef, grad_student, _bucket(coef.numel()), nbins, p.n_ch, p.hw, p.W,
+                *p.strides[0], *p.strides[1], *p.strides[2], float(eps),
+                LAYOUT=p.layout, VEC=p.vec, NB=_bins_block(nbins, p.layout, p.vec),
             )
     return grad_student
 

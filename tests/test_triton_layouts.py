@@ -1,0 +1,189 @@
+"""The Triton kernels' three access patterns (triton_ops._plan): locations
+contiguous (NCHW maps, column-major rows and boxes), channels contiguous
+(channels_last maps, contiguous rows and boxes) and any other strides, each
+with the vector widths its sizes allow, against the float64 reference forward
+and backward. On CPU tensors through the Triton interpreter (conftest), on CUDA
+tensors when a GPU is there."""
+
+import pytest
+import torch
+from conftest import DEVICES, HAS_CUDA, assert_matches
+
+pytest.importorskip("triton")
+
+from bckd_kernels import reference, triton_ops  # noqa: E402
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _values(shape, dtype, device, seed, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype).to(device)
+
+
+def in_layout(x, layout):
+    """x (same values) as: nchw / nc (contiguous), last (channels_last), nc_t
+    (column-major rows), or a view that is none of them: strided (every other
+    location of a wider buffer: no pattern applies), sliced (a channel slice of
+    a wider map: the pattern of its layout, with the wider map's image stride),
+    offset (contiguous from an element that is not 16-byte aligned)."""
+    if layout in ("nchw", "nc"):
+        return x.contiguous()
+    if layout == "last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "nc_t":
+        return x.t().contiguous().t()
+    if layout == "strided":
+        big = torch.zeros((*x.shape[:-1], 2 * x.shape[-1]), dtype=x.dtype, device=x.device)
+        big[..., ::2] = x
+        return big[..., ::2]
+    if layout == "sliced":
+        big = torch.zeros((x.shape[0], x.shape[1] + 3, *x.shape[2:]), dtype=x.dtype, device=x.device)
+        big[:, 1 : 1 + x.shape[1]] = x
+        return big[:, 1 : 1 + x.shape[1]]
+    if layout == "offset":
+        flat = torch.zeros(x.numel() + 1, dtype=x.dtype, device=x.device)
+        view = flat[1:].view(x.shape)
+        view.copy_(x)
+        return view
+    raise ValueError(layout)
+
+
+def _grads(fn, inputs, gout, wrt):
+    inputs = [x.detach().requires_grad_() if i in wrt else x for i, x in enumerate(inputs)]
+    out = fn(*inputs)
+    out = out if isinstance(out, tuple) else (out,)
+    return (*out, *torch.autograd.grad(out[0], [inputs[i] for i in wrt], gout.to(out[0].dtype)))
+
+
+def _check(triton_fn, ref_fn, inputs, gout, dtype, names, wrt=(0,)):
+    out = _grads(triton_fn, inputs, gout, wrt)
+    ref = _grads(ref_fn, [x.double() if x.is_floating_point() else x for x in inputs], gout.double(), wrt)
+    lowp = _grads(lambda *a: ref_fn(*a, upcast=False), [x.to(dtype) if x.is_floating_point() else x for x in inputs],
+                  gout, wrt)
+    for name, a, r, lp in zip(names, out, ref, lowp):
+        assert_matches(a, r, lp, dtype, name)
+    for i, g in zip(wrt, out[len(out) - len(wrt):]):
+        if _dense(inputs[i]):
+            assert g.stride() == inputs[i].stride(), "the gradient is written in the input's layout"
+
+
+def _dense(x):
+    return x.is_contiguous() or (x.dim() == 2 and x.t().is_contiguous()) or (
+        x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _loc_shape(shape):
+    return (shape[0],) if len(shape) == 2 else (shape[0], shape[2], shape[3])
+
+
+MAP_CASES = [
+    # layout, shape, the pattern the plan must pick (for float32 inputs)
+    ("nchw", (2, 80, 4, 8), 1),
+    ("nchw", (2, 11, 5, 7), 1),
+    ("last", (2, 80, 3, 5), 2),
+    ("last", (1, 13, 3, 3), 2),
+    ("nc", (37, 80), 2),
+    ("nc_t", (40, 80), 1),
+    ("nc_t", (37, 13), 1),
+    ("strided", (2, 6, 3, 4), 0),
+    ("sliced", (2, 80, 3, 4), 1),
+    ("offset", (2, 80, 4, 8), 1),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout, shape, pattern", MAP_CASES)
+def test_bin_cls_distill_layouts(device, dtype, layout, shape, pattern):
+    s = in_layout(_values(shape, dtype, device, 0), layout)
+    t = in_layout(_values(shape, dtype, device, 1), layout)
+    assert triton_ops._plan(s, t, channels=shape[1]).layout == pattern
+    w = torch.rand(_loc_shape(shape), generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
+    gout = _values(_loc_shape(shape), torch.float64, device, 3, 1.0)
+    _check(lambda a, b, c: torch.ops.bckd.bin_cls_distill_triton(a, b, c.float(), 1.0),
+           lambda a, b, c, **kw: reference.bin_cls_distill(a, b, c, 1.0, **kw),
+           [s, t, w], gout, dtype, ("loss", "max_abs_diff", "grad"))
+
+
+DFL_CASES = [
+    ("nchw", (2, 68, 4, 8), 16, 1),
+    ("last", (2, 68, 3, 5), 16, 2),
+    ("nc", (37, 68), 16, 2),
+    ("nc", (5, 164), 40, 2),
+    ("nc_t", (40, 68), 16, 1),
+    ("last", (1, 8, 2, 3), 1, 2),
+    ("strided", (2, 68, 2, 3), 16, 0),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout, shape, reg_max, pattern", DFL_CASES)
+def test_dfl_giou_distill_layouts(device, dtype, layout, shape, reg_max, pattern):
+    s = in_layout(_values(shape, dtype, device, 4), layout)
+    t = in_layout(_values(shape, dtype, device, 5), layout)
+    assert triton_ops._plan(s, t, channels=shape[1]).layout == pattern
+    gout = _values(_loc_shape(shape), torch.float64, device, 6, 1.0)
+    _check(lambda a, b: torch.ops.bckd.dfl_giou_distill_triton(a, b, reg_max, 1e-6),
+           lambda a, b, **kw: reference.dfl_giou_distill(a, b, reg_max, 1e-6, **kw),
+           [s, t], gout, dtype, ("loss", "grad"))
+
+
+def _boxes(n, dtype, device):
+    g = torch.Generator().manual_seed(7)
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 10
+    p = torch.cat([xy, xy + torch.rand(n, 2, generator=g, dtype=torch.float64) * 10], 1)
+    t = p + torch.randn(n, 4, generator=g, dtype=torch.float64)
+    t[::7] = p[::7]
+    return p.to(dtype).to(device), t.to(dtype).to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout, n, pattern", [("nc", 300, 2), ("nc", 301, 2), ("nc", 1, 2), ("nc_t", 300, 1),
+                                                ("nc_t", 257, 1), ("strided", 300, 0), ("offset", 300, 2)])
+def test_paired_giou_layouts(device, dtype, layout, n, pattern):
+    p, t = (in_layout(x, layout) for x in _boxes(n, dtype, device))
+    assert triton_ops._box_plan(p, t)[0] == pattern
+    gout = _values((n,), torch.float64, device, 8, 1.0)
+    _check(lambda a, b: torch.ops.bckd.paired_giou_triton(a, b, 1e-6),
+           lambda a, b, **kw: reference.paired_giou(a, b, **kw),
+           [p, t], gout, dtype, ("loss", "grad_pred", "grad_target"), wrt=(0, 1))
+
+
+def test_mixed_layouts_fall_back_to_any_strides():
+    """A channels_last student with an NCHW teacher: no pattern suits both."""
+    s = _values((2, 80, 3, 4), torch.float32, "cpu", 9).contiguous(memory_format=torch.channels_last)
+    t = _values((2, 80, 3, 4), torch.float32, "cpu", 10)
+    assert triton_ops._plan(s, t, channels=80).layout == 0
+    if HAS_CUDA:
+        s, t = s.cuda(), t.cuda()
+    gout = _values((2, 3, 4), torch.float64, s.device, 11, 1.0)
+    _check(lambda a, b: torch.ops.bckd.bin_cls_distill_triton(a, b, None, 1.0),
+           lambda a, b, **kw: reference.bin_cls_distill(a, b, None, 1.0, **kw),
+           [s, t], gout, torch.float32, ("loss", "max_abs_diff", "grad"))
+
+
+@pytest.mark.parametrize("dtype, vec", [(torch.float32, 4), (torch.bfloat16, 8)])
+def test_plan_vector_width(dtype, vec):
+    """Vector widths (in elements) the plan passes for typical head maps: 16
+    bytes, 8 for the DFL maps of 16-bit types (_DFL_VECTOR_BYTES), none where
+    the sizes do not allow it."""
+    nchw = torch.empty(2, 80, 99, 167, dtype=dtype, device="meta")
+    last = nchw.contiguous(memory_format=torch.channels_last)
+    assert triton_ops._plan(last, last, channels=80)[2:4] == (2, vec)
+    assert triton_ops._plan(nchw, nchw, channels=80)[2:4] == (1, 1)  # 99 x 167 locations: odd
+    even = torch.empty(2, 80, 100, 168, dtype=dtype, device="meta")
+    assert triton_ops._plan(even, even, channels=80)[2:4] == (1, vec)
+    dfl = torch.empty(2, 68, 100, 168, dtype=dtype, device="meta").contiguous(memory_format=torch.channels_last)
+    most = triton_ops._DFL_VECTOR_BYTES[dfl.element_size()]
+    assert triton_ops._plan(dfl, dfl, channels=68, most_bytes=most)[2:4] == (2, 4)
+
+
+def test_autotune_key_is_bucketed():
+    """Location counts of one power-of-two bucket share one autotuning key."""
+    assert len({triton_ops._bucket(n) for n in (22400, 25000, 32768)}) == 1
+    for kernel in (triton_ops._bcdl_fwd_kernel, triton_ops._bcdl_bwd_kernel, triton_ops._giou_fwd_kernel,
+                   triton_ops._giou_bwd_kernel, triton_ops._dfl_fwd_kernel, triton_ops._dfl_bwd_kernel):
+        assert "n_bucket" in kernel.keys and "n_loc" not in kernel.keys
