@@ -15,6 +15,7 @@ import torch
 from conftest import HAS_CUDA, needs_cuda, needs_extension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+pytestmark = pytest.mark.kernels
 
 BACKENDS = [
     pytest.param("cpu", marks=needs_extension),

@@ -9,6 +9,8 @@ from conftest import DTYPES, assert_matches, loc_shape, make
 import bckd_kernels
 from bckd_kernels import reference
 
+pytestmark = pytest.mark.kernels
+
 
 def run(fn, s, t, w, beta, gout):
     s = s.detach().requires_grad_()

@@ -5,6 +5,8 @@ from conftest import DTYPES, as_layout, assert_matches, box_pairs, make_reg, nee
 
 from bckd_kernels import reference
 
+pytestmark = pytest.mark.kernels
+
 
 def grads(fn, p, t, gout, **kw):
     p = p.detach().requires_grad_()

@@ -9,6 +9,8 @@ from conftest import assert_matches, loc_shape, needs_extension
 import bckd_kernels
 from bckd_kernels import reference
 
+pytestmark = pytest.mark.kernels
+
 
 @pytest.mark.parametrize("shape", [(7, 13), (2, 5, 3, 4)])
 def test_weight_that_requires_grad_gets_its_gradient(backend, shape):

@@ -13,7 +13,7 @@ triton = pytest.importorskip("triton")
 import bckd_kernels  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
-pytestmark = pytest.mark.triton
+pytestmark = [pytest.mark.kernels, pytest.mark.triton]
 
 
 def test_functional_backend_equals_reference():
