@@ -15,6 +15,9 @@ DIR=${1:-${OUT:-benchmarks/results/gpu}}
 PY=${PYTHON:-python3}
 mkdir -p "$DIR"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+# The kernels are built in place, not installed: benchmarks/*.py, whose own folder is
+# what python puts on sys.path, import them from the repository root.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 SUMMARY="$DIR/summary.txt"
 "$PY" - <<'PY' | tee "$SUMMARY"
 import platform, torch, triton
