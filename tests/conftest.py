@@ -106,6 +106,19 @@ def assert_matches(actual, ref64, ref_lowp, dtype, what=""):
     assert err <= bound, f"{what}: error {err:.3g} > bound {bound:.3g} (torch's own error {base:.3g})"
 
 
+def assert_compiles(fn, a, b):
+    """torch.compile(fn, fullgraph=True) (inductor on a GPU, aot_eager on the CPU)
+    gives the scalar fn(a, b) and its gradient to a as eager fn does."""
+    backend = "inductor" if a.device.type == "cuda" else "aot_eager"
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+    a1, a2 = a.clone().requires_grad_(), a.clone().requires_grad_()
+    fn(a1, b).backward()
+    out = compiled(a2, b)
+    out.backward()
+    torch.testing.assert_close(out, fn(a, b))
+    torch.testing.assert_close(a1.grad, a2.grad)
+
+
 def as_layout(x, layout):
     """Returns x (same values) in the given memory layout.
 
