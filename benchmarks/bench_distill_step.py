@@ -13,25 +13,22 @@ Each is timed with backend="auto" (the fused C++/CUDA ops) and
 backend="reference" (bckd_kernels.reference, eager PyTorch) alternately in one
 run (median of --repeat, after warm-up), with the peak memory allocated above
 the starting point (CUDA allocator on GPU, the profiler's allocation trace on CPU).
-Weights are random (pretrained=False): they do not change the cost.
+Weights are random (pretrained=False): they do not change the cost. It imports
+bckd_train: run it where the package is installed (scripts/setup.sh installs it
+editable) or with the repository root on PYTHONPATH.
 """
 
 import argparse
 import dataclasses
-import os
 import statistics
-import sys
 import time
 
 import torch
+from timing import environment, peak_extra_bytes
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench_losses import environment, peak_extra_bytes  # noqa: E402
-
-from bckd_train import distill, engine, gfl  # noqa: E402
-from bckd_train.config import get_config  # noqa: E402
-from bckd_train.model import GFL  # noqa: E402
+from bckd_train import distill, engine, gfl
+from bckd_train.config import get_config
+from bckd_train.model import GFL
 
 BACKENDS = ("auto", "reference")
 

@@ -1,3 +1,5 @@
+import dataclasses
+import importlib.util
 import os
 
 import pytest
@@ -11,9 +13,72 @@ if not torch.cuda.is_available():
 import bckd_kernels  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+needs_extension = pytest.mark.skipif(not bckd_kernels.HAS_EXTENSION, reason="the bckd extension did not load")
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """One implementation of the operators: the extension's C++ kernels on the CPU or
+    its CUDA kernels, or the Triton kernels (on CUDA tensors with a GPU, through the
+    interpreter on CPU tensors without one)."""
+
+    kind: str  # "extension" or "triton"
+    device: str
+
+    @property
+    def interpreted(self):
+        return self.kind == "triton" and self.device == "cpu"
+
+    @property
+    def functional(self):
+        """The ``backend`` argument of bckd_kernels' functional losses."""
+        return "triton" if self.kind == "triton" else self.device
+
+    def op(self, name):
+        """torch.ops.bckd.<name> (forward or backward op), or its Triton twin <name>_triton."""
+        if self.kind == "extension":
+            return getattr(torch.ops.bckd, name)
+        from bckd_kernels import triton_ops  # noqa: F401  (registers the *_triton ops)
+
+        return getattr(torch.ops.bckd, name + "_triton")
+
+    @property
+    def opcheck_tests(self):
+        """The torch.library.opcheck checks this backend can take: the Triton
+        interpreter cannot run on fake tensors, which the others need."""
+        if self.interpreted:
+            return ("test_schema", "test_autograd_registration")
+        return ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+    def require_compiler(self):
+        """Skips under the Triton interpreter, which torch.compile cannot trace."""
+        if self.interpreted:
+            pytest.skip("torch.compile traces the Triton kernels, not the Triton interpreter")
+
+    def require(self, dtype):
+        """Skips where the backend does not take dtype."""
+        if self.kind == "triton" and dtype == torch.float64:
+            pytest.skip("the Triton kernels take float32, float16 and bfloat16, not float64")
+
+
+BACKENDS = [
+    pytest.param(Backend("extension", "cpu"), id="extension-cpu", marks=needs_extension),
+    pytest.param(Backend("extension", "cuda"), id="extension-cuda", marks=[needs_extension, needs_cuda]),
+    pytest.param(Backend("triton", "cuda" if HAS_CUDA else "cpu"), id="triton",
+                 marks=[pytest.mark.triton, pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")]),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Each test that takes it runs once per backend of the operators."""
+    return request.param
+
 
 # Floor of the error allowed against the float64 reference, relative to the
 # largest reference value; the rest of the budget is twice plain PyTorch's
@@ -41,6 +106,19 @@ def assert_matches(actual, ref64, ref_lowp, dtype, what=""):
     assert err <= bound, f"{what}: error {err:.3g} > bound {bound:.3g} (torch's own error {base:.3g})"
 
 
+def assert_compiles(fn, a, b):
+    """torch.compile(fn, fullgraph=True) (inductor on a GPU, aot_eager on the CPU)
+    gives the scalar fn(a, b) and its gradient to a as eager fn does."""
+    backend = "inductor" if a.device.type == "cuda" else "aot_eager"
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+    a1, a2 = a.clone().requires_grad_(), a.clone().requires_grad_()
+    fn(a1, b).backward()
+    out = compiled(a2, b)
+    out.backward()
+    torch.testing.assert_close(out, fn(a, b))
+    torch.testing.assert_close(a1.grad, a2.grad)
+
+
 def as_layout(x, layout):
     """Returns x (same values) in the given memory layout.
 
@@ -60,3 +138,44 @@ def as_layout(x, layout):
         big[..., 1::2][..., : x.shape[-1]] = x
         return big[..., 1::2][..., : x.shape[-1]]
     raise ValueError(layout)
+
+
+def loc_shape(x):
+    """The per-location shape of a [N, C] or [B, C, H, W] map: [N] or [B, H, W]."""
+    return (x.shape[0],) if x.dim() == 2 else (x.shape[0], x.shape[2], x.shape[3])
+
+
+def make(shape, layout, dtype, device, *, scale=3.0, seed=0, weight=True):
+    """(student, teacher, weight or None, grad_output): random maps of the given shape
+    in the given memory layout, a random per-location weight and a random (non-unit)
+    upstream gradient, drawn in that order from one seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+    t = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+    loc = loc_shape(s)
+    w = torch.rand(loc, generator=g, dtype=torch.float64).to(device) if weight else None
+    gout = torch.randn(loc, generator=g, dtype=torch.float64)
+    return as_layout(s.to(device), layout), as_layout(t.to(device), layout), w, gout.to(device)
+
+
+def make_reg(shape, layout, dtype, device, seed=0):
+    """(student, teacher, grad_output): regression maps of 4 · (reg_max + 1) channels."""
+    s, t, _, gout = make(shape, layout, dtype, device, scale=2.0, seed=seed, weight=False)
+    return s, t, gout
+
+
+def random_boxes(n, generator, scale=10.0):
+    xy = torch.rand(n, 2, generator=generator, dtype=torch.float64) * scale
+    wh = torch.rand(n, 2, generator=generator, dtype=torch.float64) * scale + 0.1
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+def box_pairs(n=97, seed=0):
+    """Float64 (pred, target) boxes [n, 4]: overlapping, disjoint, nested and equal
+    pairs, plus exact ties of coordinates."""
+    g = torch.Generator().manual_seed(seed)
+    p, t = random_boxes(n, g), random_boxes(n, g)
+    t[::7] = p[::7]
+    t[1::5, 0::2] += (p[1::5, 0] - t[1::5, 0]).unsqueeze(1)  # same x1
+    t[2::6, 1::2] += (p[2::6, 3] - t[2::6, 3]).unsqueeze(1)  # same y2
+    return p, t

@@ -12,21 +12,19 @@ import sys
 
 import pytest
 import torch
-from conftest import HAS_CUDA
-
-import bckd_kernels
+from conftest import HAS_CUDA, needs_cuda, needs_extension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-needs_extension = pytest.mark.skipif(not bckd_kernels.HAS_EXTENSION, reason="the bckd extension did not load")
+pytestmark = pytest.mark.kernels
 
 BACKENDS = [
     pytest.param("cpu", marks=needs_extension),
     pytest.param("meta", marks=needs_extension),
     "reference",
-    pytest.param("triton", marks=pytest.mark.skipif(HAS_CUDA, reason="the Triton interpreter runs without a GPU")),
+    pytest.param("triton", marks=[pytest.mark.triton,
+                                  pytest.mark.skipif(HAS_CUDA, reason="the Triton interpreter runs without a GPU")]),
     pytest.param("cuda", marks=[needs_extension, needs_cuda]),
-    pytest.param("triton-cuda", marks=needs_cuda),
+    pytest.param("triton-cuda", marks=[pytest.mark.triton, needs_cuda]),
 ]
 
 

@@ -53,6 +53,7 @@ LOSS_NAMES = {"none": [], "kd": ["loss_kd"], "ld": ["loss_ld"], "bcdl": ["loss_b
               "bckd": ["loss_bcdl", "loss_ildl"]}
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("method", distill.METHODS)
 def test_distill_step_trains_the_student_only(method, teacher_ckpt, tmp_path):
     cfg = dataclasses.replace(get_config("instant"), epochs=1, max_iters=3)
@@ -71,6 +72,7 @@ def test_distill_step_trains_the_student_only(method, teacher_ckpt, tmp_path):
     assert ckpt["method"] == method and not any(k.startswith("teacher") for k in ckpt["model"])
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("method", [m for m in distill.METHODS if m != "none"])
 def test_distillation_loss_falls(method, teacher_ckpt, batch):
     """A few SGD steps on one batch, the distillation loss alone: it falls."""
@@ -98,6 +100,7 @@ def test_distillation_loss_falls(method, teacher_ckpt, batch):
     assert curve[-1] < curve[0], curve
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("method", ["bcdl", "ildl", "bckd"])
 def test_fused_losses_equal_reference_on_head_maps(method, teacher_ckpt, batch):
     cfg = get_config("instant")
@@ -125,6 +128,7 @@ def test_fused_losses_equal_reference_on_head_maps(method, teacher_ckpt, batch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
 
 
+@pytest.mark.data
 def test_level_without_positives_is_gated_off(teacher_ckpt, batch):
     cfg = get_config("instant")
     images, masks, targets = batch
@@ -144,6 +148,7 @@ def test_level_without_positives_is_gated_off(teacher_ckpt, batch):
         assert 0 < first[k].item() < full[k].item()
 
 
+@pytest.mark.data
 def test_memoised_teacher_maps_equal_online(teacher_ckpt, batch):
     images = batch[0]
     _, teacher = engine.load_checkpoint(teacher_ckpt)
@@ -161,6 +166,7 @@ def test_memoised_teacher_maps_equal_online(teacher_ckpt, batch):
     assert len(memo.memo) == 4
 
 
+@pytest.mark.data
 def test_teacher_maps_file_equals_online(teacher_ckpt, tmp_path):
     train, _ = engine.datasets(get_config("instant"))
     train.images = train.images[:5]
@@ -218,6 +224,7 @@ def test_teacher_must_match_the_student():
         distill.Distiller(None, "bckd")
 
 
+@pytest.mark.data
 def test_distill_two_processes_match_one(teacher_ckpt, tmp_path):
     """torchrun with 2 gloo processes against 1 process, BCKD with the same global batch."""
     base = [sys.executable, "-m", "bckd_train", "distill", "--config", "instant", "--teacher", teacher_ckpt,
@@ -236,6 +243,7 @@ def test_distill_two_processes_match_one(teacher_ckpt, tmp_path):
         np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], rtol=1e-4)
 
 
+@pytest.mark.data
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_memo_with_a_gpu_teacher(teacher_ckpt, batch, tmp_path):
     """A GPU teacher's maps kept on the host (by the memo and in a --teacher-maps file)
@@ -261,6 +269,7 @@ def test_memo_with_a_gpu_teacher(teacher_ckpt, batch, tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.data
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_distill_cli_on_cuda_with_bf16(teacher_ckpt, tmp_path):
     base = [sys.executable, "-m", "bckd_train", "distill", "--config", "instant", "--teacher", teacher_ckpt,

@@ -11,6 +11,7 @@ from bckd_kernels import functional as F
 from bckd_kernels import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.kernels
 
 
 def maps(device, seed=0, b=2, h=6, w=5):

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import HAS_CUDA, as_layout, assert_matches
+from conftest import HAS_CUDA, as_layout, assert_matches, loc_shape
 
 import bckd_kernels
 from bckd_kernels import reference
@@ -57,7 +57,7 @@ def _run(fn, s, t, args, gout, **kw):
 
 def check(op, ref_fn, s, t, *args):
     dtype = s.dtype
-    loc = (s.shape[0],) if s.dim() == 2 else (s.shape[0], *s.shape[2:])
+    loc = loc_shape(s)
     gout = torch.linspace(-1, 1, math.prod(loc), dtype=torch.float64, device=s.device).reshape(loc)
     *out, g = _run(op, s, t, args, gout)
     *ref, rg = _run(ref_fn, s.double(), t.double(), args, gout)

@@ -12,9 +12,11 @@ import shlex
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.data
 
 
 def quickstart_commands():

@@ -24,6 +24,7 @@ def folders():
     return data.prepare()
 
 
+@pytest.mark.data
 def test_prepared_sets_load_in_pycocotools(folders):
     from pycocotools.coco import COCO
 
@@ -42,6 +43,7 @@ def test_prepared_sets_load_in_pycocotools(folders):
             assert not train_src & val_src  # no area in both splits
 
 
+@pytest.mark.data
 def test_fashion_scenes_are_deterministic_and_exact():
     items, labels = data.load_fashion("val")
     a = data.make_scene(np.random.default_rng(7), items, labels)
@@ -61,6 +63,7 @@ def test_missing_source_says_how_to_install(tmp_path):
         data.open_wheel(data.DEEPFOREST, str(tmp_path))
 
 
+@pytest.mark.data
 def test_efficientnet_lite2_backbone_loads_strictly():
     from bckd_train.model import GFL, EfficientNetLite2Backbone, ModelConfig
 
@@ -215,6 +218,7 @@ def head_maps():
     return cfg, [c.detach() for c in cls], [r.detach() for r in reg], targets
 
 
+@pytest.mark.data
 def test_box_losses_equal_the_positives_alone(head_maps):
     """The masked dense box losses equal GIoU and DFL gathered over the positives only."""
     cfg, cls, reg, targets = head_maps
@@ -251,6 +255,7 @@ def torchvision_giou(pred, target):
     return torchvision.ops.generalized_box_iou_loss(pred, target, reduction="none")
 
 
+@pytest.mark.data
 def test_loss_path_has_no_data_dependent_ops(head_maps):
     """Ground-truth and BCKD losses, forward and backward, run on the meta device: nothing
     in them reads a tensor's values on the host (no .item(), nonzero or boolean indexing)."""
@@ -272,6 +277,7 @@ def test_loss_path_has_no_data_dependent_ops(head_maps):
     assert all(t.grad.shape == t.shape for t in meta)
 
 
+@pytest.mark.data
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_loss_path_does_not_synchronise_on_cuda(head_maps):
     cfg, cls, reg, targets = head_maps
@@ -287,6 +293,7 @@ def test_loss_path_does_not_synchronise_on_cuda(head_maps):
         torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.data
 def test_ground_truth_as_predictions_scores_ap_one(folders):
     val = data.CocoDetection(folders["fashion"], "val")
     val.images = val.images[:20]
@@ -304,6 +311,7 @@ def losses(out):
         return [json.loads(line)["loss"] for line in f if '"loss"' in line]
 
 
+@pytest.mark.data
 def test_instant_preset_trains_and_loss_falls(tmp_path):
     metrics = engine.train(get_config("instant"), str(tmp_path), progress=False)
     assert set(metrics) == {"AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"}
@@ -328,6 +336,7 @@ def assert_same_weights(a, b):
         assert torch.equal(v, b[k]), k
 
 
+@pytest.mark.data
 def test_resume_matches_uninterrupted(full_run, tmp_path):
     cfg = get_config("instant")
     engine.train(dataclasses.replace(cfg, epochs=1), str(tmp_path / "split"), progress=False)
@@ -358,6 +367,7 @@ engine.train(get_config("instant"), sys.argv[1], progress=False, workers=int(sys
 """
 
 
+@pytest.mark.data
 def test_kill_while_saving_keeps_the_last_checkpoint(full_run, tmp_path):
     """SIGKILL in the middle of writing the epoch-2 checkpoint: the epoch-1 one is
     intact and a resumed run (loading with 2 worker processes) ends bitwise where an
@@ -375,6 +385,7 @@ def test_kill_while_saving_keeps_the_last_checkpoint(full_run, tmp_path):
     assert losses(full_run) == losses(out)
 
 
+@pytest.mark.data
 def test_resume_after_max_iters_continues_the_schedule(full_run, tmp_path):
     """--max-iters stops mid-epoch and says where; --resume goes on from there to the
     end, bitwise as if never stopped; a finished run or contradicting arguments are
@@ -401,6 +412,7 @@ def test_resume_after_max_iters_continues_the_schedule(full_run, tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
 
 
+@pytest.mark.data
 def test_device_plumbing_on_cpu_is_todays_path(tmp_path, monkeypatch):
     """engine.train with device "cpu", "auto" without a GPU and the CLI's --device cpu
     end bitwise where the plain loop does: in-process loading, no autocast, no copies."""
@@ -431,6 +443,7 @@ def test_device_plumbing_on_cpu_is_todays_path(tmp_path, monkeypatch):
     assert losses(tmp_path / "cpu") == losses(tmp_path / "auto") == losses(tmp_path / "cli")
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("jitter", [False, True])
 def test_loader_yields_the_in_process_batches(workers, jitter):
@@ -530,6 +543,7 @@ def test_ddp_on_cuda_uses_nccl_and_the_gpu(tmp_path):
         dist.destroy_process_group()
 
 
+@pytest.mark.data
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("amp", [None, "bf16"])
 def test_instant_trains_on_cuda(amp, tmp_path):
@@ -547,6 +561,7 @@ def test_instant_trains_on_cuda(amp, tmp_path):
 UNREADABLE = {"truncated": None, "empty": b"", "foreign": None, "bytes": b"\x80\x04not a pickle"}
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("kind", UNREADABLE)
 def test_unreadable_checkpoint_is_one_line(kind, full_run, tmp_path, capsys):
     path = tmp_path / "checkpoint.pth"
@@ -564,6 +579,7 @@ def test_unreadable_checkpoint_is_one_line(kind, full_run, tmp_path, capsys):
             engine.train(get_config("instant"), str(tmp_path), resume=True, progress=False)
 
 
+@pytest.mark.data
 def test_user_errors_are_one_line_programming_errors_keep_their_traceback(full_run, tmp_path, capsys, monkeypatch):
     cases = [
         (["train", "--config", "instnat", "--out", str(tmp_path / "x")], "unknown config 'instnat'"),
@@ -584,6 +600,7 @@ def test_user_errors_are_one_line_programming_errors_keep_their_traceback(full_r
         cli.main(["train", "--config", "instant", "--out", str(tmp_path / "x")])
 
 
+@pytest.mark.data
 def test_checkpoint_of_another_preset_is_refused_as_teacher(full_run, tmp_path, capsys):
     assert cli.main(["distill", "--config", "forest_student", "--teacher", str(full_run / "checkpoint.pth"),
                      "--method", "bckd", "--out", str(tmp_path / "x")]) == 2
@@ -593,6 +610,7 @@ def test_checkpoint_of_another_preset_is_refused_as_teacher(full_run, tmp_path, 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.data
 def test_two_processes_match_one(tmp_path):
     """torchrun with 2 gloo processes (4 images each) against 1 process (8 images):
     same global batch, same losses and weights up to float summation order (over
@@ -612,6 +630,7 @@ def test_two_processes_match_one(tmp_path):
     y = torch.cat([b[k].double().flatten() for k in a])
     assert (x - y).norm() <= 1e-5 * x.norm()
 
+@pytest.mark.data
 def test_cli_eval_and_show(tmp_path, folders):
     engine.train(dataclasses.replace(get_config("instant"), epochs=1), str(tmp_path), progress=False)
     ckpt = str(tmp_path / "checkpoint.pth")
@@ -635,6 +654,7 @@ def test_cli_eval_and_show(tmp_path, folders):
     assert out.returncode == 0 and out.stdout.startswith("0 detections above score 1.5"), out.stdout
 
 
+@pytest.mark.data
 def test_eval_prints_from_the_first_process_only(full_run, monkeypatch, capsys):
     monkeypatch.setenv("RANK", "1")
     assert cli.main(["eval", "--ckpt", str(full_run / "checkpoint.pth"), "--device", "cpu"]) == 0
