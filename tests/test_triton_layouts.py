@@ -7,11 +7,13 @@ tensors when a GPU is there."""
 
 import pytest
 import torch
-from conftest import DEVICES, HAS_CUDA, assert_matches
+from conftest import DEVICES, HAS_CUDA, assert_matches, loc_shape
 
 pytest.importorskip("triton")
 
 from bckd_kernels import reference, triton_ops  # noqa: E402
+
+pytestmark = [pytest.mark.kernels, pytest.mark.triton]
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -73,10 +75,6 @@ def _dense(x):
         x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
 
 
-def _loc_shape(shape):
-    return (shape[0],) if len(shape) == 2 else (shape[0], shape[2], shape[3])
-
-
 MAP_CASES = [
     # layout, shape, the pattern the plan must pick (for float32 inputs)
     ("nchw", (2, 80, 4, 8), 1),
@@ -99,8 +97,8 @@ def test_bin_cls_distill_layouts(device, dtype, layout, shape, pattern):
     s = in_layout(_values(shape, dtype, device, 0), layout)
     t = in_layout(_values(shape, dtype, device, 1), layout)
     assert triton_ops._plan(s, t, channels=shape[1]).layout == pattern
-    w = torch.rand(_loc_shape(shape), generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
-    gout = _values(_loc_shape(shape), torch.float64, device, 3, 1.0)
+    w = torch.rand(loc_shape(s), generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
+    gout = _values(loc_shape(s), torch.float64, device, 3, 1.0)
     _check(lambda a, b, c: torch.ops.bckd.bin_cls_distill_triton(a, b, c.float(), 1.0),
            lambda a, b, c, **kw: reference.bin_cls_distill(a, b, c, 1.0, **kw),
            [s, t, w], gout, dtype, ("loss", "max_abs_diff", "grad"))
@@ -124,7 +122,7 @@ def test_dfl_giou_distill_layouts(device, dtype, layout, shape, reg_max, pattern
     s = in_layout(_values(shape, dtype, device, 4), layout)
     t = in_layout(_values(shape, dtype, device, 5), layout)
     assert triton_ops._plan(s, t, channels=shape[1]).layout == pattern
-    gout = _values(_loc_shape(shape), torch.float64, device, 6, 1.0)
+    gout = _values(loc_shape(s), torch.float64, device, 6, 1.0)
     _check(lambda a, b: torch.ops.bckd.dfl_giou_distill_triton(a, b, reg_max, 1e-6),
            lambda a, b, **kw: reference.dfl_giou_distill(a, b, reg_max, 1e-6, **kw),
            [s, t], gout, dtype, ("loss", "grad"))
