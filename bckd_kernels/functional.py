@@ -2,7 +2,8 @@
 
 Every function takes ``backend``:
 
-- ``"auto"``: the extension's op for the inputs' device (C++ on CPU, CUDA on
+- ``"auto"``: the backend of the ``_AUTO`` table below for the inputs' device,
+  layout and dtype (today the extension's op everywhere: C++ on CPU, CUDA on
   GPU), or the reference when the extension is missing;
 - ``"cpu"`` / ``"cuda"``: the extension's op, whose inputs must be on that device;
 - ``"triton"``: the Triton ops of :mod:`bckd_kernels.triton_ops` (CUDA tensors,
@@ -15,6 +16,8 @@ given (``eps = finfo(float32).eps``, so the normaliser is the normaliser A of do
 ``avg_factor`` may be a tensor: nothing here reads it back to the host.
 """
 
+from typing import Callable, NamedTuple
+
 import torch
 
 from . import _contract, _ops, reference
@@ -25,21 +28,82 @@ BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 _EPS = torch.finfo(torch.float32).eps
 
 
+class _Backends(NamedTuple):
+    """What each backend runs for one op."""
+
+    reference: Callable  # bckd_kernels.reference
+    extension: str  # torch.ops.bckd.<name>: the C++ or CUDA kernel, as the tensors' device key picks
+    triton: str  # torch.ops.bckd.<name>, defined by bckd_kernels.triton_ops
+
+
+_OPS = {
+    "bin_cls_distill": _Backends(reference.bin_cls_distill, "bin_cls_distill", "bin_cls_distill_triton"),
+    "paired_giou": _Backends(reference.paired_giou, "paired_giou", "paired_giou_triton"),
+    "dfl_giou_distill": _Backends(reference.dfl_giou_distill, "dfl_giou_distill", "dfl_giou_distill_triton"),
+}
+
+# backend="auto": what runs, per device type and layout of the first input, in columns
+# per dtype. The only GPU timings on record (an H200, 2026-11-26) measured the kernels
+# before the current ones: Triton led on channels-last BCDL maps, the CUDA kernels
+# elsewhere. The choice can depend on all three, hence the table.
+# - cpu: benchmarks/results/bench_cpu.csv (commit cc83574, float32, 22,400 to 358,400
+#   locations): the C++ kernels run 1.3-8x faster than the reference in every row,
+#   2.3-5.6x forward+backward; Triton runs on a CPU only through its interpreter.
+# - cuda: no GPU measurement of the current kernels exists, so every entry is the
+#   extension's CUDA op until benchmarks/bench_losses.py measures them on a GPU.
+# Devices, layouts and dtypes not in the table get the extension's op (on meta tensors,
+# its fake kernel); without the extension, every entry is the reference.
+_AUTO_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_AUTO = {  # (device type, layout): the backend for each of _AUTO_DTYPES, in that order
+    ("cpu", "rows"): ("extension", "extension", "extension", "extension"),
+    ("cpu", "nchw"): ("extension", "extension", "extension", "extension"),
+    ("cpu", "channels_last"): ("extension", "extension", "extension", "extension"),
+    ("cuda", "rows"): ("extension", "extension", "extension", "extension"),
+    ("cuda", "nchw"): ("extension", "extension", "extension", "extension"),
+    ("cuda", "channels_last"): ("extension", "extension", "extension", "extension"),
+}
+
+
+def _layout(x):
+    """The layout of ``x``: "rows" ([N, C] or boxes), "channels_last" or "nchw" (a [B, C, H, W] head map)."""
+    if x.dim() != 4:
+        return "rows"
+    return "channels_last" if x.stride(1) == 1 and x.shape[1] > 1 else "nchw"
+
+
+def _auto(x):
+    if not _ops.HAS_EXTENSION:
+        return "reference"
+    row = _AUTO.get((x.device.type, _layout(x)))
+    if row is None or x.dtype not in _AUTO_DTYPES:
+        return "extension"
+    return row[_AUTO_DTYPES.index(x.dtype)]
+
+
 def _resolve(backend, x):
+    """The backend that runs: "reference", "extension" or "triton"."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "reference":
-        return "reference"
-    if backend == "triton":
-        _load_triton()
-        return "triton"
+    if backend in ("reference", "triton"):
+        return backend
     if backend == "auto":
-        return "extension" if _ops.HAS_EXTENSION else "reference"
+        return _auto(x)
     if not _ops.HAS_EXTENSION:
         raise RuntimeError(f"backend={backend!r} needs the bckd extension, which failed to load: {_ops.LOAD_ERROR}")
     if x.device.type != backend:
         raise ValueError(f"backend={backend!r} but the inputs are on {x.device}")
     return "extension"
+
+
+def _op(name, backend, x):
+    """The function that computes op ``name`` on ``backend`` for inputs like ``x``."""
+    kind = _resolve(backend, x)
+    impl = getattr(_OPS[name], kind)
+    if kind == "reference":
+        return impl
+    if kind == "triton":
+        _load_triton()
+    return getattr(torch.ops.bckd, impl)
 
 
 def _load_triton():
@@ -94,13 +158,7 @@ def bcdl_loss(
         The reduced loss times ``loss_weight``, and the per-location
         ``max_abs_diff`` when asked for.
     """
-    kind = _resolve(backend, student)
-    if kind == "reference":
-        loss, mad = reference.bin_cls_distill(student, teacher, weight, beta)
-    elif kind == "triton":
-        loss, mad = torch.ops.bckd.bin_cls_distill_triton(student, teacher, weight, float(beta))
-    else:
-        loss, mad = torch.ops.bckd.bin_cls_distill(student, teacher, weight, float(beta))
+    loss, mad = _op("bin_cls_distill", backend, student)(student, teacher, weight, float(beta))
     loss = loss_weight * reduce_loss(loss, avg_factor, reduction)
     return (loss, mad) if return_max_abs_diff else loss
 
@@ -124,13 +182,7 @@ def giou_loss(
     Gradients flow to both ``pred`` and ``target`` when they require them.
     ``weight`` is per box, ``[N]``.
     """
-    kind = _resolve(backend, pred)
-    if kind == "reference":
-        loss = reference.paired_giou(pred, target, eps)
-    elif kind == "triton":
-        loss = torch.ops.bckd.paired_giou_triton(pred, target, float(eps))
-    else:
-        loss = torch.ops.bckd.paired_giou(pred, target, float(eps))
+    loss = _op("paired_giou", backend, pred)(pred, target, float(eps))
     return loss_weight * reduce_loss(_weighted("giou_loss", loss, weight), avg_factor, reduction)
 
 
@@ -156,13 +208,7 @@ def ildl_loss(
             of :func:`bcdl_loss` times the valid mask.
     """
     _contract.check_reg_max("ildl_loss", reg_max)
-    kind = _resolve(backend, student_reg)
-    if kind == "reference":
-        loss = reference.dfl_giou_distill(student_reg, teacher_reg, reg_max, eps)
-    elif kind == "triton":
-        loss = torch.ops.bckd.dfl_giou_distill_triton(student_reg, teacher_reg, reg_max, float(eps))
-    else:
-        loss = torch.ops.bckd.dfl_giou_distill(student_reg, teacher_reg, reg_max, float(eps))
+    loss = _op("dfl_giou_distill", backend, student_reg)(student_reg, teacher_reg, reg_max, float(eps))
     return loss_weight * reduce_loss(_weighted("ildl_loss", loss, weight), avg_factor, reduction)
 
 
