@@ -22,7 +22,7 @@ import torch
 
 from . import _contract, _ops, reference
 
-__all__ = ["bcdl_loss", "giou_loss", "ildl_loss", "bckd_loss", "BACKENDS"]
+__all__ = ["bcdl_loss", "giou_loss", "ildl_loss", "bckd_loss", "bckd_loss_levels", "BACKENDS", "LOSSES"]
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 _EPS = torch.finfo(torch.float32).eps
@@ -212,6 +212,32 @@ def ildl_loss(
     return loss_weight * reduce_loss(_weighted("ildl_loss", loss, weight), avg_factor, reduction)
 
 
+LOSSES = ("bcdl", "ildl")
+
+
+def _check_level(op, student_cls, student_reg, teacher_reg):
+    for name, x in (("student_reg", student_reg), ("teacher_reg", teacher_reg)):
+        _contract.check_rows(op, x, name)
+        if _contract.location_shape(x) != _contract.location_shape(student_cls):
+            raise ValueError(f"{op}: {name} has locations {_contract.location_shape(x)} but student_cls has "
+                             f"{_contract.location_shape(student_cls)}: both maps must come from the same level")
+
+
+def _level_losses(student_cls, teacher_cls, student_reg, teacher_reg, valid, losses, *, avg_factor, beta,
+                  cls_weight, loc_weight, reg_max, backend):
+    """The ``losses`` of one level. ILDL's weight ω comes from the BCDL pass, which
+    runs on a detached student when BCDL itself is not asked for."""
+    student = student_cls if "bcdl" in losses else student_cls.detach()
+    loss_bcdl, mad = bcdl_loss(student, teacher_cls, valid, beta=beta, avg_factor=avg_factor, loss_weight=cls_weight,
+                               return_max_abs_diff=True, backend=backend)
+    out = {"loss_bcdl": loss_bcdl} if "bcdl" in losses else {}
+    if "ildl" in losses:
+        omega = mad if valid is None else mad * valid
+        out["loss_ildl"] = ildl_loss(student_reg, teacher_reg, omega, reg_max=reg_max, avg_factor=avg_factor,
+                                     loss_weight=loc_weight, backend=backend)
+    return out
+
+
 def bckd_loss(
     student_cls,
     teacher_cls,
@@ -226,7 +252,7 @@ def bckd_loss(
     reg_max=16,
     backend="auto",
 ):
-    """Both BCKD losses of one FPN level, as the training loop calls them.
+    """Both BCKD losses of one FPN level (:func:`bckd_loss_levels` sums them over levels).
 
     ``valid`` is the per-location mask (1 inside the image, 0 on padding).
     The ILDL weight is ``valid · max_k |σ(zt) − σ(zs)|`` from the BCDL kernel,
@@ -235,23 +261,46 @@ def bckd_loss(
     Returns:
         ``{"loss_bcdl": ..., "loss_ildl": ...}``.
     """
-    for name, x in (("student_reg", student_reg), ("teacher_reg", teacher_reg)):
-        _contract.check_rows("bckd_loss", x, name)
-        if _contract.location_shape(x) != _contract.location_shape(student_cls):
-            raise ValueError(f"bckd_loss: {name} has locations {_contract.location_shape(x)} but student_cls has "
-                             f"{_contract.location_shape(student_cls)}: both maps must come from the same level")
-    loss_bcdl, mad = bcdl_loss(
-        student_cls,
-        teacher_cls,
-        valid,
-        beta=beta,
-        avg_factor=avg_factor,
-        loss_weight=cls_weight,
-        return_max_abs_diff=True,
-        backend=backend,
-    )
-    omega = mad if valid is None else mad * valid
-    loss_ildl = ildl_loss(
-        student_reg, teacher_reg, omega, reg_max=reg_max, avg_factor=avg_factor, loss_weight=loc_weight, backend=backend
-    )
-    return {"loss_bcdl": loss_bcdl, "loss_ildl": loss_ildl}
+    _check_level("bckd_loss", student_cls, student_reg, teacher_reg)
+    return _level_losses(student_cls, teacher_cls, student_reg, teacher_reg, valid, LOSSES, avg_factor=avg_factor,
+                         beta=beta, cls_weight=cls_weight, loc_weight=loc_weight, reg_max=reg_max, backend=backend)
+
+
+def bckd_loss_levels(student_cls, teacher_cls, student_reg, teacher_reg, valid=None, *, avg_factor=None,
+                     pos_per_level=None, losses=LOSSES, beta=1.0, cls_weight=1.0, loc_weight=4.0, reg_max=16,
+                     backend="auto"):
+    """BCDL and/or ILDL summed over FPN levels, as the training loop calls them.
+
+    Args:
+        student_cls, teacher_cls: per-level class logits, lists of ``[B, C, H_l, W_l]``.
+        student_reg, teacher_reg: per-level regression logits, lists of
+            ``[B, 4·(reg_max+1), H_l, W_l]``.
+        valid: per-level masks ``[B, H_l, W_l]`` (1 inside the image, 0 on
+            padding), a list, or None for all valid.
+        avg_factor: the normaliser of every level's losses.
+        pos_per_level: ``[L]`` positives per level; a level without any is
+            multiplied by 0 (on the device: no host synchronisation). None: every
+            level counts.
+        losses: the losses to return, ``"bcdl"`` and/or ``"ildl"``. ILDL alone
+            still runs BCDL's kernel, for ω, on the detached student maps.
+        beta, cls_weight, loc_weight, reg_max, backend: as in :func:`bckd_loss`.
+
+    Returns:
+        ``{"loss_bcdl": ..., "loss_ildl": ...}``, the ones asked for.
+    """
+    levels = len(student_cls)
+    if not losses or any(name not in LOSSES for name in losses):
+        raise ValueError(f"bckd_loss_levels: losses must name some of {LOSSES}, got {losses!r}")
+    valid = [None] * levels if valid is None else valid
+    if not len(teacher_cls) == len(student_reg) == len(teacher_reg) == len(valid) == levels:
+        raise ValueError(f"bckd_loss_levels: {levels} student_cls levels, {len(teacher_cls)} teacher_cls, "
+                         f"{len(student_reg)} student_reg, {len(teacher_reg)} teacher_reg, {len(valid)} valid")
+    gate = None if pos_per_level is None else (pos_per_level > 0).to(student_cls[0].dtype)  # [L]
+    per_level = []
+    for level in range(levels):
+        _check_level("bckd_loss_levels", student_cls[level], student_reg[level], teacher_reg[level])
+        out = _level_losses(student_cls[level], teacher_cls[level], student_reg[level], teacher_reg[level],
+                            valid[level], losses, avg_factor=avg_factor, beta=beta, cls_weight=cls_weight,
+                            loc_weight=loc_weight, reg_max=reg_max, backend=backend)
+        per_level.append(out if gate is None else {k: gate[level] * v for k, v in out.items()})
+    return {f"loss_{name}": sum(out[f"loss_{name}"] for out in per_level) for name in LOSSES if name in losses}
