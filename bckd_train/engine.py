@@ -456,7 +456,7 @@ def step_losses(model, distiller, images, masks, targets, keys, *, cfg, amp=None
                                   num_classes=cfg.model.num_classes, avg_factor_fn=reduce_mean)
     if distiller is not None:
         losses.update(distiller(images, masks, cls, reg, extras, strides=cfg.model.strides,
-                                reg_max=cfg.model.reg_max, keys=keys, teacher=teacher))
+                                reg_max=cfg.model.reg_max, weights=cfg.bckd, keys=keys, teacher=teacher))
     return losses
 
 

@@ -87,7 +87,8 @@ def test_distillation_loss_falls(method, teacher_ckpt, batch):
         cls, reg = student(images)
         _, extras = gfl.gfl_loss(cls, reg, targets, strides=cfg.model.strides, reg_max=cfg.model.reg_max,
                                  num_classes=cfg.model.num_classes)
-        losses = d(images, masks, cls, reg, extras, strides=cfg.model.strides, reg_max=cfg.model.reg_max)
+        losses = d(images, masks, cls, reg, extras, strides=cfg.model.strides, reg_max=cfg.model.reg_max,
+                   weights=cfg.bckd)
         assert set(losses) == set(LOSS_NAMES[method])
         total = sum(losses.values())
         optimizer.zero_grad()
@@ -109,7 +110,8 @@ def test_fused_losses_equal_reference_on_head_maps(method, teacher_ckpt, batch):
     results = {}
     for backend in ("auto", "reference"):
         d = distill.Distiller(teacher, method, backend=backend)
-        losses = d(images, masks, cls, reg, extras, strides=cfg.model.strides, reg_max=cfg.model.reg_max)
+        losses = d(images, masks, cls, reg, extras, strides=cfg.model.strides, reg_max=cfg.model.reg_max,
+                   weights=cfg.bckd)
         total = sum(v * (i + 1.5) for i, v in enumerate(losses.values()))  # non-unit grad_output per loss
         grads = torch.autograd.grad(total, cls + reg, allow_unused=True)
         results[backend] = (losses, grads)
@@ -131,7 +133,7 @@ def test_level_without_positives_is_gated_off(teacher_ckpt, batch):
     _, teacher = engine.load_checkpoint(teacher_ckpt)
     _, cls, reg, extras = head_outputs(cfg, images, targets)
     d = distill.Distiller(teacher, "bckd")
-    kw = dict(strides=cfg.model.strides, reg_max=cfg.model.reg_max)
+    kw = dict(strides=cfg.model.strides, reg_max=cfg.model.reg_max, weights=cfg.bckd)
     full = d(images, masks, cls, reg, dict(extras, pos_per_level=torch.ones_like(extras["pos_per_level"])), **kw)
     none = d(images, masks, cls, reg, dict(extras, pos_per_level=torch.zeros_like(extras["pos_per_level"])), **kw)
     assert all(v.item() == 0 for v in none.values())

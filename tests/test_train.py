@@ -266,7 +266,7 @@ def test_loss_path_has_no_data_dependent_ops(head_maps):
     d.method = "bckd"
     masks = torch.ones(4, 128, 128, device="meta")
     losses.update(d.bckd_losses(masks, cls_m, reg_m, [c.detach() for c in cls_m], [r.detach() for r in reg_m],
-                                extras, **kw))
+                                extras, weights=cfg.bckd, **kw))
     assert set(losses) == {"loss_qfl", "loss_dfl", "loss_giou", "loss_bcdl", "loss_ildl"}
     sum(losses.values()).backward()
     assert all(t.grad.shape == t.shape for t in meta)
@@ -477,8 +477,8 @@ def test_bf16_autocast_steps(method, monkeypatch):
     distiller = distill.Distiller(GFL(cfg.model), method) if method != "none" else None
     seen = {"fused": set(), "gt": set()}
     for name in ("bcdl_loss", "ildl_loss"):
-        real = getattr(bckd_kernels, name)
-        monkeypatch.setattr(bckd_kernels, name, lambda s, t, *a, real=real, **k: seen["fused"].add((s.dtype, t.dtype))
+        real = getattr(bckd_kernels.functional, name)
+        monkeypatch.setattr(bckd_kernels.functional, name, lambda s, t, *a, real=real, **k: seen["fused"].add((s.dtype, t.dtype))
                             or real(s, t, *a, **k))
     real_gfl = gfl.gfl_loss
     monkeypatch.setattr(gfl, "gfl_loss", lambda cls, reg, *a, **k: seen["gt"].update(m.dtype for m in cls + reg)
