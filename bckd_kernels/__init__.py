@@ -6,6 +6,7 @@ Operators (C++ CPU and CUDA kernels, see csrc/):
 Functional losses: bcdl_loss, giou_loss, ildl_loss, bckd_loss (one level), bckd_loss_levels.
 Modules: BCDLLoss, GIoULoss, ILDLLoss.
 References: bckd_kernels.reference.
+Box decoding of GFocal heads: bckd_kernels.decode.
 """
 
 from . import _ops, reference

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchvision
 
 import bckd_kernels
-from bckd_kernels import reference
+from bckd_kernels.decode import dfl_decode, distance_to_box
 
 ANCHOR_SCALE = 8
 EPS = torch.finfo(torch.float32).eps
@@ -168,8 +168,8 @@ def gfl_loss(cls_maps, reg_maps, targets, *, strides, reg_max, num_classes, avg_
     # Box losses over every anchor, weighted by the positives' mask: no indexing by a
     # data-dependent count, so no host synchronisation (negatives weigh exactly 0).
     pos = positive.reshape(-1)
-    dist = reference.dfl_decode(reg, reg_max) * strides_flat[:, None]
-    pred_boxes = reference.distance_to_box(pts, dist)
+    dist = dfl_decode(reg, reg_max) * strides_flat[:, None]
+    pred_boxes = distance_to_box(pts, dist)
     with torch.no_grad():
         scores = paired_iou(pred_boxes, gt_boxes).clamp(min=0) * pos
         weight = logits.detach().sigmoid().max(1).values * pos
@@ -202,8 +202,8 @@ def detect(cls_maps, reg_maps, *, strides, reg_max, score_thr=0.05, nms_iou=0.6,
             best, _ = sc.max(1)
             keep = best.topk(min(pre_nms, best.numel())).indices
             sc = sc[keep]
-            d = reference.dfl_decode(rm[i].flatten(1).t()[keep], reg_max) * s
-            bx = reference.distance_to_box(p[keep], d)
+            d = dfl_decode(rm[i].flatten(1).t()[keep], reg_max) * s
+            bx = distance_to_box(p[keep], d)
             idx, cls = (sc > score_thr).nonzero(as_tuple=True)
             boxes.append(bx[idx])
             scores.append(sc[idx, cls])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bckd_kernels import reference
+from bckd_kernels.decode import dfl_decode, distance_to_box
 from bckd_train import __main__ as cli
 from bckd_train import data, engine, gfl
 from bckd_train.config import get_config
@@ -193,12 +193,12 @@ def test_decode_encode_round_trip():
     points = torch.tensor([[64.0, 64.0], [100.0, 20.0]])
     boxes = torch.tensor([[40.0, 50.0, 90.0, 70.0], [90.0, 5.0, 150.0, 60.0]])
     d = gfl.box_to_distances(points, boxes, 16.0, 16)
-    torch.testing.assert_close(reference.distance_to_box(points, d * 16.0), boxes)
+    torch.testing.assert_close(distance_to_box(points, d * 16.0), boxes)
     # logits concentrated at the target bins decode back to the distance
     logits = torch.full((2, 4, 17), -50.0)
     idx = d.round().long()
     logits.scatter_(2, idx[..., None], 50.0)
-    torch.testing.assert_close(reference.dfl_decode(logits.reshape(2, 68)), idx.float())
+    torch.testing.assert_close(dfl_decode(logits.reshape(2, 68)), idx.float())
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,7 @@ def test_box_losses_equal_the_positives_alone(head_maps):
     strides = torch.cat([torch.full((p.shape[0],), float(s)) for p, s in zip(points, cfg.model.strides)]).repeat(4)
     pts = torch.cat(points).repeat(4, 1)[pos]
     p_reg = gfl.flatten_levels(reg).reshape(-1, 68)[pos]
-    pred = reference.distance_to_box(pts, reference.dfl_decode(p_reg) * strides[pos, None])
+    pred = distance_to_box(pts, dfl_decode(p_reg) * strides[pos, None])
     target = gt.reshape(-1, 4)[pos]
     weight = gfl.flatten_levels(cls).reshape(-1, 10)[pos].detach().sigmoid().max(1).values
     norm = weight.sum().clamp(min=1)
