@@ -19,6 +19,7 @@ import io
 import json
 import os
 import xml.etree.ElementTree as ET
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -237,6 +238,16 @@ class CocoDetection(torch.utils.data.Dataset):
         boxes[:, 2:] += boxes[:, :2]
         labels = torch.tensor([a["category_id"] - 1 for a in anns], dtype=torch.int64)
         return x, {"boxes": boxes, "labels": labels, "image_id": info["id"]}
+
+
+class SampleKey(NamedTuple):
+    """A training input, of which the loaded image and boxes are a function: the
+    dataset index, the flip/rotation of :func:`augment`, and the seed of :func:`jitter`
+    (None: not jittered). A jittered input does not come back in another epoch."""
+
+    index: int
+    transform: int = 0
+    jitter: Optional[int] = None
 
 
 def hflip(image, target):

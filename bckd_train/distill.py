@@ -89,11 +89,14 @@ class Distiller:
 
     @torch.no_grad()
     def teacher_maps(self, images, keys=None):
-        """Teacher's (cls, reg) per level for the batch, on the images' device; keys: one
-        hashable per image. The memo lives on the host: a GPU teacher's maps are copied
+        """Teacher's (cls, reg) per level for the batch, on the images' device; keys: the
+        images' :class:`data.SampleKey` keys (or tuples of their fields), kept in the memo as
+        (index, transform). The memo lives on the host: a GPU teacher's maps are copied
         there once, and a batch's come back through pinned memory without a wait."""
-        if self.memo is None or keys is None or any(isinstance(k, tuple) and len(k) > 2 for k in keys):
-            return self.teacher(images)  # a jittered input (key with a jitter seed) does not come back
+        keys = None if keys is None else [data.SampleKey(*k) for k in keys]
+        if self.memo is None or keys is None or any(k.jitter is not None for k in keys):
+            return self.teacher(images)  # a jittered input does not come back
+        keys = [(k.index, k.transform) for k in keys]
         missing = [i for i, k in enumerate(keys) if k not in self.memo]
         if missing:
             cls, reg = self.teacher(images[missing])

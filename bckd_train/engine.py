@@ -132,9 +132,8 @@ AUGMENTS = ("none", "hflip", "dihedral")
 
 
 def epoch_batches(n, batch_size, epoch, seed, rank, size, augment="hflip", jitter=False):
-    """This process's share of each global batch of one epoch, as (index, transform)
-    pairs (transform: see :func:`data.augment`), or with ``jitter`` (index, transform,
-    jitter seed) triples (see :func:`data.jitter`).
+    """This process's share of each global batch of one epoch, as :class:`data.SampleKey`
+    keys, with a jitter seed when ``jitter``.
 
     Order and transforms depend on (seed, epoch) only: not on the number of
     processes, nor on where an interrupted run resumed.
@@ -148,22 +147,23 @@ def epoch_batches(n, batch_size, epoch, seed, rank, size, augment="hflip", jitte
         transforms += 2 * torch.randint(0, 4, (n,), generator=g)
     elif augment == "none":
         transforms.zero_()
-    keys = [(t,) for t in transforms.tolist()]
-    if jitter:
-        keys = [k + (s,) for k, s in zip(keys, torch.randint(0, 2**31 - 1, (n,), generator=g).tolist())]
+    seeds = torch.randint(0, 2**31 - 1, (n,), generator=g).tolist() if jitter else [None] * n
+    keys = [data.SampleKey(i, t, s) for i, (t, s) in enumerate(zip(transforms.tolist(), seeds))]
     per_rank = batch_size // size
     for start in range(0, n - batch_size + 1, batch_size):
-        batch = [(i, *keys[i]) for i in order[start : start + batch_size]]
+        batch = [keys[i] for i in order[start : start + batch_size]]
         yield batch[rank * per_rank : (rank + 1) * per_rank]
 
 
 def load_batch(dataset, batch, *, scale=(1.0, 1.0), colour=0.0):
-    """Images, masks and targets of (index, transform[, jitter seed]) keys."""
+    """Images, masks and targets of a batch's :class:`data.SampleKey` keys (tuples of
+    their fields will do)."""
     items = []
-    for i, t, *jitter in batch:
-        image, target = data.augment(*dataset[i], t)
-        if jitter:
-            image, target = data.jitter(image, target, jitter[0], scale=scale, colour=colour)
+    for key in batch:
+        key = data.SampleKey(*key)
+        image, target = data.augment(*dataset[key.index], key.transform)
+        if key.jitter is not None:
+            image, target = data.jitter(image, target, key.jitter, scale=scale, colour=colour)
         items.append((image, target))
     return data.collate(items)
 
@@ -441,7 +441,7 @@ def step_losses(model, distiller, images, masks, targets, keys, *, cfg, amp=None
     """One batch's losses: a dict of loss tensors on the model's device.
 
     images [B, 3, H, W], masks [B, H, W] and targets on the device; keys: the
-    batch's (index, transform[, jitter seed]) keys for the teacher's memo. Under
+    batch's :class:`data.SampleKey` keys, for the teacher's memo. Under
     ``amp`` the student's and the teacher's forward passes run in bf16 autocast;
     the ground-truth losses (ATSS, QFL, DFL, GIoU) take the maps upcast to float32,
     the distillation losses the bf16 maps as they come.

@@ -140,14 +140,14 @@ def test_colour_jitter_keeps_range_and_boxes():
 def test_jitter_keys_leave_the_epoch_unchanged():
     plain = [p for batch in engine.epoch_batches(64, 8, 3, 0, 0, 1, "dihedral") for p in batch]
     jittered = [p for batch in engine.epoch_batches(64, 8, 3, 0, 0, 1, "dihedral", jitter=True) for p in batch]
-    assert [p[:2] for p in jittered] == plain and len({p[2] for p in jittered}) == 64
+    assert [p._replace(jitter=None) for p in jittered] == plain and len({p.jitter for p in jittered}) == 64
 
 
 @pytest.mark.parametrize("augment,values", [("none", {0}), ("hflip", {0, 1}), ("dihedral", set(range(8)))])
 def test_epoch_transforms(augment, values):
     pairs = [p for batch in engine.epoch_batches(64, 8, 3, 0, 0, 1, augment) for p in batch]
-    assert sorted(i for i, _ in pairs) == list(range(64))
-    assert {t for _, t in pairs} == values
+    assert sorted(p.index for p in pairs) == list(range(64))
+    assert {p.transform for p in pairs} == values
 
 
 def test_atss_hand_made():
