@@ -271,6 +271,10 @@ def transpose(image, target):
     return image.transpose(-1, -2), dict(target, boxes=target["boxes"][:, [1, 0, 3, 2]])
 
 
+# TrainConfig.augment -> the transforms of :func:`augment` its epochs draw (engine.epoch_batches)
+AUGMENTS = {"none": (0,), "hflip": (0, 1), "dihedral": tuple(range(8))}
+
+
 def augment(image, target, t):
     """One of the 8 flips/rotations by 90° (the dihedral group): bit 2 transposes,
     then bit 0 mirrors left-right, bit 1 top-bottom; t = 0 is the identity."""

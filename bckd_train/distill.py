@@ -28,7 +28,6 @@ from .errors import UserError
 
 METHODS = ("none", "kd", "ld", "bcdl", "ildl", "bckd")
 BCKD_LOSSES = {"bcdl": ("bcdl",), "ildl": ("ildl",), "bckd": ("bcdl", "ildl")}  # losses of bckd_loss_levels
-TRANSFORMS = {"none": (0,), "hflip": (0, 1), "dihedral": tuple(range(8))}  # what each TrainConfig.augment draws
 
 
 def level_masks(masks, shapes, strides):
@@ -174,7 +173,7 @@ def teacher_memo(teacher, dataset, augment, *, path=None, batch_size=16):
                             "be computed again") from exc
     teacher.eval()
     device = next(teacher.parameters()).device
-    keys = [(i, t) for i in range(len(dataset)) for t in TRANSFORMS[augment]]
+    keys = [(i, t) for i in range(len(dataset)) for t in data.AUGMENTS[augment]]
     memo = {}
     for start in range(0, len(keys), batch_size):
         chunk = keys[start : start + batch_size]

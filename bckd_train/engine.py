@@ -128,9 +128,6 @@ def datasets(cfg: TrainConfig, cache=None):
     return train, val
 
 
-AUGMENTS = ("none", "hflip", "dihedral")
-
-
 def epoch_batches(n, batch_size, epoch, seed, rank, size, augment="hflip", jitter=False):
     """This process's share of each global batch of one epoch, as :class:`data.SampleKey`
     keys, with a jitter seed when ``jitter``.
@@ -138,10 +135,11 @@ def epoch_batches(n, batch_size, epoch, seed, rank, size, augment="hflip", jitte
     Order and transforms depend on (seed, epoch) only: not on the number of
     processes, nor on where an interrupted run resumed.
     """
-    if augment not in AUGMENTS:
-        raise ValueError(f"unknown augment {augment!r}; one of {', '.join(AUGMENTS)}")
+    if augment not in data.AUGMENTS:
+        raise ValueError(f"unknown augment {augment!r}; one of {', '.join(data.AUGMENTS)}")
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
     order = torch.randperm(n, generator=g).tolist()
+    # each input draws uniformly from data.AUGMENTS[augment]: bit 0 (hflip), then bits 1-2 (dihedral)
     transforms = (torch.rand(n, generator=g) < 0.5).long()
     if augment == "dihedral":
         transforms += 2 * torch.randint(0, 4, (n,), generator=g)
