@@ -111,7 +111,7 @@ class Distiller:
         """Distillation losses for the student's per-level maps ``cls``/``reg``.
 
         images [B, 3, H, W], masks [B, H, W] (1 on image pixels); extras: the
-        second result of :func:`gfl.gfl_loss`; weights: BCDL's and ILDL's
+        :class:`gfl.GFLExtras` of :func:`gfl.gfl_loss`; weights: BCDL's and ILDL's
         (:class:`bckd_train.config.BCKDWeights`); teacher: the teacher's (cls, reg)
         when already computed (under the caller's autocast), else computed here.
         Returns a dict of loss tensors (empty for "none"). The maps may be bf16:
@@ -126,14 +126,14 @@ class Distiller:
             c = cls[0].shape[1]
             s_logits = gfl.flatten_levels(cls).reshape(-1, c).float()
             t_logits = gfl.flatten_levels(t_cls).reshape(-1, c).float()
-            return {"loss_kd": kd_loss(s_logits, t_logits, extras["positive"].reshape(-1), extras["avg_factor"])}
+            return {"loss_kd": kd_loss(s_logits, t_logits, extras.positive.reshape(-1), extras.avg_factor)}
         if self.method == "ld":
             c = cls[0].shape[1]
             s_reg = gfl.flatten_levels(reg).reshape(-1, 4 * (reg_max + 1)).float()
             t_reg_flat = gfl.flatten_levels(t_reg).reshape(-1, 4 * (reg_max + 1)).float()
             score = gfl.flatten_levels(cls).detach().reshape(-1, c).float().sigmoid().max(1).values
-            weight = score * extras["positive"].reshape(-1)
-            return {"loss_ld": ld_loss(s_reg, t_reg_flat, weight, extras["weight_avg"], reg_max=reg_max)}
+            weight = score * extras.positive.reshape(-1)
+            return {"loss_ld": ld_loss(s_reg, t_reg_flat, weight, extras.weight_avg, reg_max=reg_max)}
         return self.bckd_losses(masks, cls, reg, t_cls, t_reg, extras, strides=strides, reg_max=reg_max,
                                 weights=weights)
 
@@ -143,8 +143,8 @@ class Distiller:
         # the ops want the student's dtype: a float32 memo meets bf16 maps under autocast
         t_cls = [t.to(s.dtype) for t, s in zip(t_cls, cls)]
         t_reg = [t.to(s.dtype) for t, s in zip(t_reg, reg)]
-        return bckd_kernels.bckd_loss_levels(cls, t_cls, reg, t_reg, valid, avg_factor=extras["avg_factor"],
-                                             pos_per_level=extras["pos_per_level"], losses=BCKD_LOSSES[self.method],
+        return bckd_kernels.bckd_loss_levels(cls, t_cls, reg, t_reg, valid, avg_factor=extras.avg_factor,
+                                             pos_per_level=extras.pos_per_level, losses=BCKD_LOSSES[self.method],
                                              beta=weights.beta, cls_weight=weights.cls_weight,
                                              loc_weight=weights.loc_weight, reg_max=reg_max, backend=self.backend)
 

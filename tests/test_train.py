@@ -227,7 +227,7 @@ def test_box_losses_equal_the_positives_alone(head_maps):
     points = gfl.level_points([c.shape[-2:] for c in cls], cfg.model.strides, "cpu")
     labels, gt = gfl.gfl_targets(points, cfg.model.strides, [p.shape[0] for p in points], targets, 10)
     pos = (labels.reshape(-1) < 10).nonzero()[:, 0]
-    assert 0 < pos.numel() and extras["num_pos"] == pos.numel()
+    assert 0 < pos.numel() and extras.num_pos == pos.numel()
     strides = torch.cat([torch.full((p.shape[0],), float(s)) for p, s in zip(points, cfg.model.strides)]).repeat(4)
     pts = torch.cat(points).repeat(4, 1)[pos]
     p_reg = gfl.flatten_levels(reg).reshape(-1, 68)[pos]
