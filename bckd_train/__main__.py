@@ -97,10 +97,10 @@ def main(argv=None):
 
 
 def run(args):
-    from . import engine
+    from . import engine, runtime
     from .config import get_config
 
-    device = engine.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     amp = None if args.amp == "none" else args.amp
     if args.command in ("train", "distill"):
         overrides = {k: v for k, v in (("max_iters", args.max_iters), ("seed", args.seed),
@@ -122,7 +122,7 @@ def run(args):
             distiller = Distiller(teacher, args.method, backend=args.backend, memo=memo)
         metrics = engine.train(cfg, args.out, resume=args.resume, cache=args.cache, device=device, amp=amp,
                                workers=args.workers, distiller=distiller)
-        if engine.world()[0] == 0:
+        if runtime.world()[0] == 0:
             _, val = engine.datasets(cfg, args.cache)
             print(engine.metrics_table(metrics, title=f"{cfg.name}: {cfg.dataset} val, {len(val.images)} images, "
                                                       f"{args.out}/metrics.json"))

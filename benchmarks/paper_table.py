@@ -136,13 +136,13 @@ def prepare_teacher(args, dataset, py):
 def train_all(args):
     import torch
 
-    from bckd_train import distill, engine
+    from bckd_train import distill, engine, runtime
     from bckd_train.config import get_config
 
     py = [sys.executable, "-m", "bckd_train"]
     threads = max(1, args.threads // args.jobs)
     torch.set_num_threads(threads)
-    device = engine.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     jobs, teachers = [], {}
     for dataset in args.datasets:
         todo = [(m, s) for s in args.seeds for m in args.methods

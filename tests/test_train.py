@@ -13,7 +13,7 @@ import torch
 
 from bckd_kernels.decode import dfl_decode, distance_to_box
 from bckd_train import __main__ as cli
-from bckd_train import data, engine, gfl, sources
+from bckd_train import data, engine, gfl, runtime, sources
 from bckd_train.config import get_config
 from bckd_train.errors import UserError
 from bckd_train.model import GFL
@@ -405,7 +405,7 @@ def test_device_plumbing_on_cpu_is_todays_path(tmp_path, monkeypatch):
     """engine.train with device "cpu", "auto" without a GPU and the CLI's --device cpu
     end bitwise where the plain loop does: in-process loading, no autocast, no copies."""
     cfg = dataclasses.replace(get_config("instant"), epochs=1, max_iters=3)
-    engine.seed_everything(cfg.seed)
+    runtime.seed_everything(cfg.seed)
     train_set, _ = engine.datasets(cfg)
     model = GFL(cfg.model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -503,13 +503,13 @@ def test_process_group_follows_the_device(tmp_path):
     """gloo and no device_ids for a CPU model, NCCL for a GPU one."""
     import torch.distributed as dist
 
-    assert engine.process_group_backend(torch.device("cpu")) == "gloo"
-    assert engine.process_group_backend(torch.device("cuda", 1)) == "nccl"
+    assert runtime.process_group_backend(torch.device("cpu")) == "gloo"
+    assert runtime.process_group_backend(torch.device("cuda", 1)) == "nccl"
     model = torch.nn.Linear(2, 2)
-    assert engine.wrap_ddp(model, torch.device("cpu")) is model  # no process group: the model itself
+    assert runtime.wrap_ddp(model, torch.device("cpu")) is model  # no process group: the model itself
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
-        ddp = engine.wrap_ddp(model, torch.device("cpu"))
+        ddp = runtime.wrap_ddp(model, torch.device("cpu"))
         assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel) and ddp.device_ids is None
     finally:
         dist.destroy_process_group()
@@ -519,12 +519,12 @@ def test_process_group_follows_the_device(tmp_path):
 def test_ddp_on_cuda_uses_nccl_and_the_gpu(tmp_path):
     import torch.distributed as dist
 
-    device = engine.resolve_device("cuda")
+    device = runtime.resolve_device("cuda")
     assert device == torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(engine.process_group_backend(device), store=dist.FileStore(str(tmp_path / "store"), 1),
+    dist.init_process_group(runtime.process_group_backend(device), store=dist.FileStore(str(tmp_path / "store"), 1),
                             rank=0, world_size=1, device_id=device)
     try:
-        ddp = engine.wrap_ddp(torch.nn.Linear(2, 2).to(device), device)
+        ddp = runtime.wrap_ddp(torch.nn.Linear(2, 2).to(device), device)
         assert dist.get_backend() == "nccl" and ddp.device_ids == [device.index]
     finally:
         dist.destroy_process_group()
