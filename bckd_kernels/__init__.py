@@ -3,14 +3,15 @@
 Operators (C++ CPU and CUDA kernels, see csrc/):
     torch.ops.bckd.bin_cls_distill, torch.ops.bckd.paired_giou,
     torch.ops.bckd.dfl_giou_distill
-Functional losses: bcdl_loss, giou_loss, ildl_loss, bckd_loss.
+Functional losses: bcdl_loss, giou_loss, ildl_loss, bckd_loss (one level), bckd_loss_levels.
 Modules: BCDLLoss, GIoULoss, ILDLLoss.
 References: bckd_kernels.reference.
+Box decoding of GFocal heads: bckd_kernels.decode.
 """
 
 from . import _ops, reference
 from ._ops import HAS_EXTENSION
-from .functional import bckd_loss, bcdl_loss, giou_loss, ildl_loss, reduce_loss
+from .functional import bckd_loss, bckd_loss_levels, bcdl_loss, giou_loss, ildl_loss, reduce_loss
 from .modules import BCDLLoss, GIoULoss, ILDLLoss
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "giou_loss",
     "ildl_loss",
     "bckd_loss",
+    "bckd_loss_levels",
     "reduce_loss",
     "BCDLLoss",
     "GIoULoss",

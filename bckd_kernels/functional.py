@@ -2,7 +2,8 @@
 
 Every function takes ``backend``:
 
-- ``"auto"``: the extension's op for the inputs' device (C++ on CPU, CUDA on
+- ``"auto"``: the backend of the ``_AUTO`` table below for the inputs' device,
+  layout and dtype (today the extension's op everywhere: C++ on CPU, CUDA on
   GPU), or the reference when the extension is missing;
 - ``"cpu"`` / ``"cuda"``: the extension's op, whose inputs must be on that device;
 - ``"triton"``: the Triton ops of :mod:`bckd_kernels.triton_ops` (CUDA tensors,
@@ -15,31 +16,94 @@ given (``eps = finfo(float32).eps``, so the normaliser is the normaliser A of do
 ``avg_factor`` may be a tensor: nothing here reads it back to the host.
 """
 
+from typing import Callable, NamedTuple
+
 import torch
 
 from . import _contract, _ops, reference
 
-__all__ = ["bcdl_loss", "giou_loss", "ildl_loss", "bckd_loss", "BACKENDS"]
+__all__ = ["bcdl_loss", "giou_loss", "ildl_loss", "bckd_loss", "bckd_loss_levels", "BACKENDS", "LOSSES"]
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 _EPS = torch.finfo(torch.float32).eps
 
 
+class _Backends(NamedTuple):
+    """What each backend runs for one op."""
+
+    reference: Callable  # bckd_kernels.reference
+    extension: str  # torch.ops.bckd.<name>: the C++ or CUDA kernel, as the tensors' device key picks
+    triton: str  # torch.ops.bckd.<name>, defined by bckd_kernels.triton_ops
+
+
+_OPS = {
+    "bin_cls_distill": _Backends(reference.bin_cls_distill, "bin_cls_distill", "bin_cls_distill_triton"),
+    "paired_giou": _Backends(reference.paired_giou, "paired_giou", "paired_giou_triton"),
+    "dfl_giou_distill": _Backends(reference.dfl_giou_distill, "dfl_giou_distill", "dfl_giou_distill_triton"),
+}
+
+# backend="auto": what runs, per device type and layout of the first input, in columns
+# per dtype. The only GPU timings on record (an H200, 2026-11-26) measured the kernels
+# before the current ones: Triton led on channels-last BCDL maps, the CUDA kernels
+# elsewhere. The choice can depend on all three, hence the table.
+# - cpu: benchmarks/results/bench_cpu.csv (commit cc83574, float32, 22,400 to 358,400
+#   locations): the C++ kernels run 1.3-8x faster than the reference in every row,
+#   2.3-5.6x forward+backward; Triton runs on a CPU only through its interpreter.
+# - cuda: no GPU measurement of the current kernels exists, so every entry is the
+#   extension's CUDA op until benchmarks/bench_losses.py measures them on a GPU.
+# Devices, layouts and dtypes not in the table get the extension's op (on meta tensors,
+# its fake kernel); without the extension, every entry is the reference.
+_AUTO_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_AUTO = {  # (device type, layout): the backend for each of _AUTO_DTYPES, in that order
+    ("cpu", "rows"): ("extension", "extension", "extension", "extension"),
+    ("cpu", "nchw"): ("extension", "extension", "extension", "extension"),
+    ("cpu", "channels_last"): ("extension", "extension", "extension", "extension"),
+    ("cuda", "rows"): ("extension", "extension", "extension", "extension"),
+    ("cuda", "nchw"): ("extension", "extension", "extension", "extension"),
+    ("cuda", "channels_last"): ("extension", "extension", "extension", "extension"),
+}
+
+
+def _layout(x):
+    """The layout of ``x``: "rows" ([N, C] or boxes), "channels_last" or "nchw" (a [B, C, H, W] head map)."""
+    if x.dim() != 4:
+        return "rows"
+    return "channels_last" if x.stride(1) == 1 and x.shape[1] > 1 else "nchw"
+
+
+def _auto(x):
+    if not _ops.HAS_EXTENSION:
+        return "reference"
+    row = _AUTO.get((x.device.type, _layout(x)))
+    if row is None or x.dtype not in _AUTO_DTYPES:
+        return "extension"
+    return row[_AUTO_DTYPES.index(x.dtype)]
+
+
 def _resolve(backend, x):
+    """The backend that runs: "reference", "extension" or "triton"."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "reference":
-        return "reference"
-    if backend == "triton":
-        _load_triton()
-        return "triton"
+    if backend in ("reference", "triton"):
+        return backend
     if backend == "auto":
-        return "extension" if _ops.HAS_EXTENSION else "reference"
+        return _auto(x)
     if not _ops.HAS_EXTENSION:
         raise RuntimeError(f"backend={backend!r} needs the bckd extension, which failed to load: {_ops.LOAD_ERROR}")
     if x.device.type != backend:
         raise ValueError(f"backend={backend!r} but the inputs are on {x.device}")
     return "extension"
+
+
+def _op(name, backend, x):
+    """The function that computes op ``name`` on ``backend`` for inputs like ``x``."""
+    kind = _resolve(backend, x)
+    impl = getattr(_OPS[name], kind)
+    if kind == "reference":
+        return impl
+    if kind == "triton":
+        _load_triton()
+    return getattr(torch.ops.bckd, impl)
 
 
 def _load_triton():
@@ -94,13 +158,7 @@ def bcdl_loss(
         The reduced loss times ``loss_weight``, and the per-location
         ``max_abs_diff`` when asked for.
     """
-    kind = _resolve(backend, student)
-    if kind == "reference":
-        loss, mad = reference.bin_cls_distill(student, teacher, weight, beta)
-    elif kind == "triton":
-        loss, mad = torch.ops.bckd.bin_cls_distill_triton(student, teacher, weight, float(beta))
-    else:
-        loss, mad = torch.ops.bckd.bin_cls_distill(student, teacher, weight, float(beta))
+    loss, mad = _op("bin_cls_distill", backend, student)(student, teacher, weight, float(beta))
     loss = loss_weight * reduce_loss(loss, avg_factor, reduction)
     return (loss, mad) if return_max_abs_diff else loss
 
@@ -124,13 +182,7 @@ def giou_loss(
     Gradients flow to both ``pred`` and ``target`` when they require them.
     ``weight`` is per box, ``[N]``.
     """
-    kind = _resolve(backend, pred)
-    if kind == "reference":
-        loss = reference.paired_giou(pred, target, eps)
-    elif kind == "triton":
-        loss = torch.ops.bckd.paired_giou_triton(pred, target, float(eps))
-    else:
-        loss = torch.ops.bckd.paired_giou(pred, target, float(eps))
+    loss = _op("paired_giou", backend, pred)(pred, target, float(eps))
     return loss_weight * reduce_loss(_weighted("giou_loss", loss, weight), avg_factor, reduction)
 
 
@@ -156,14 +208,34 @@ def ildl_loss(
             of :func:`bcdl_loss` times the valid mask.
     """
     _contract.check_reg_max("ildl_loss", reg_max)
-    kind = _resolve(backend, student_reg)
-    if kind == "reference":
-        loss = reference.dfl_giou_distill(student_reg, teacher_reg, reg_max, eps)
-    elif kind == "triton":
-        loss = torch.ops.bckd.dfl_giou_distill_triton(student_reg, teacher_reg, reg_max, float(eps))
-    else:
-        loss = torch.ops.bckd.dfl_giou_distill(student_reg, teacher_reg, reg_max, float(eps))
+    loss = _op("dfl_giou_distill", backend, student_reg)(student_reg, teacher_reg, reg_max, float(eps))
     return loss_weight * reduce_loss(_weighted("ildl_loss", loss, weight), avg_factor, reduction)
+
+
+LOSSES = ("bcdl", "ildl")
+
+
+def _check_level(op, student_cls, student_reg, teacher_reg):
+    for name, x in (("student_reg", student_reg), ("teacher_reg", teacher_reg)):
+        _contract.check_rows(op, x, name)
+        if _contract.location_shape(x) != _contract.location_shape(student_cls):
+            raise ValueError(f"{op}: {name} has locations {_contract.location_shape(x)} but student_cls has "
+                             f"{_contract.location_shape(student_cls)}: both maps must come from the same level")
+
+
+def _level_losses(student_cls, teacher_cls, student_reg, teacher_reg, valid, losses, *, avg_factor, beta,
+                  cls_weight, loc_weight, reg_max, backend):
+    """The ``losses`` of one level. ILDL's weight ω comes from the BCDL pass, which
+    runs on a detached student when BCDL itself is not asked for."""
+    student = student_cls if "bcdl" in losses else student_cls.detach()
+    loss_bcdl, mad = bcdl_loss(student, teacher_cls, valid, beta=beta, avg_factor=avg_factor, loss_weight=cls_weight,
+                               return_max_abs_diff=True, backend=backend)
+    out = {"loss_bcdl": loss_bcdl} if "bcdl" in losses else {}
+    if "ildl" in losses:
+        omega = mad if valid is None else mad * valid
+        out["loss_ildl"] = ildl_loss(student_reg, teacher_reg, omega, reg_max=reg_max, avg_factor=avg_factor,
+                                     loss_weight=loc_weight, backend=backend)
+    return out
 
 
 def bckd_loss(
@@ -180,7 +252,7 @@ def bckd_loss(
     reg_max=16,
     backend="auto",
 ):
-    """Both BCKD losses of one FPN level, as the training loop calls them.
+    """Both BCKD losses of one FPN level (:func:`bckd_loss_levels` sums them over levels).
 
     ``valid`` is the per-location mask (1 inside the image, 0 on padding).
     The ILDL weight is ``valid · max_k |σ(zt) − σ(zs)|`` from the BCDL kernel,
@@ -189,23 +261,46 @@ def bckd_loss(
     Returns:
         ``{"loss_bcdl": ..., "loss_ildl": ...}``.
     """
-    for name, x in (("student_reg", student_reg), ("teacher_reg", teacher_reg)):
-        _contract.check_rows("bckd_loss", x, name)
-        if _contract.location_shape(x) != _contract.location_shape(student_cls):
-            raise ValueError(f"bckd_loss: {name} has locations {_contract.location_shape(x)} but student_cls has "
-                             f"{_contract.location_shape(student_cls)}: both maps must come from the same level")
-    loss_bcdl, mad = bcdl_loss(
-        student_cls,
-        teacher_cls,
-        valid,
-        beta=beta,
-        avg_factor=avg_factor,
-        loss_weight=cls_weight,
-        return_max_abs_diff=True,
-        backend=backend,
-    )
-    omega = mad if valid is None else mad * valid
-    loss_ildl = ildl_loss(
-        student_reg, teacher_reg, omega, reg_max=reg_max, avg_factor=avg_factor, loss_weight=loc_weight, backend=backend
-    )
-    return {"loss_bcdl": loss_bcdl, "loss_ildl": loss_ildl}
+    _check_level("bckd_loss", student_cls, student_reg, teacher_reg)
+    return _level_losses(student_cls, teacher_cls, student_reg, teacher_reg, valid, LOSSES, avg_factor=avg_factor,
+                         beta=beta, cls_weight=cls_weight, loc_weight=loc_weight, reg_max=reg_max, backend=backend)
+
+
+def bckd_loss_levels(student_cls, teacher_cls, student_reg, teacher_reg, valid=None, *, avg_factor=None,
+                     pos_per_level=None, losses=LOSSES, beta=1.0, cls_weight=1.0, loc_weight=4.0, reg_max=16,
+                     backend="auto"):
+    """BCDL and/or ILDL summed over FPN levels, as the training loop calls them.
+
+    Args:
+        student_cls, teacher_cls: per-level class logits, lists of ``[B, C, H_l, W_l]``.
+        student_reg, teacher_reg: per-level regression logits, lists of
+            ``[B, 4·(reg_max+1), H_l, W_l]``.
+        valid: per-level masks ``[B, H_l, W_l]`` (1 inside the image, 0 on
+            padding), a list, or None for all valid.
+        avg_factor: the normaliser of every level's losses.
+        pos_per_level: ``[L]`` positives per level; a level without any is
+            multiplied by 0 (on the device: no host synchronisation). None: every
+            level counts.
+        losses: the losses to return, ``"bcdl"`` and/or ``"ildl"``. ILDL alone
+            still runs BCDL's kernel, for ω, on the detached student maps.
+        beta, cls_weight, loc_weight, reg_max, backend: as in :func:`bckd_loss`.
+
+    Returns:
+        ``{"loss_bcdl": ..., "loss_ildl": ...}``, the ones asked for.
+    """
+    levels = len(student_cls)
+    if not losses or any(name not in LOSSES for name in losses):
+        raise ValueError(f"bckd_loss_levels: losses must name some of {LOSSES}, got {losses!r}")
+    valid = [None] * levels if valid is None else valid
+    if not len(teacher_cls) == len(student_reg) == len(teacher_reg) == len(valid) == levels:
+        raise ValueError(f"bckd_loss_levels: {levels} student_cls levels, {len(teacher_cls)} teacher_cls, "
+                         f"{len(student_reg)} student_reg, {len(teacher_reg)} teacher_reg, {len(valid)} valid")
+    gate = None if pos_per_level is None else (pos_per_level > 0).to(student_cls[0].dtype)  # [L]
+    per_level = []
+    for level in range(levels):
+        _check_level("bckd_loss_levels", student_cls[level], student_reg[level], teacher_reg[level])
+        out = _level_losses(student_cls[level], teacher_cls[level], student_reg[level], teacher_reg[level],
+                            valid[level], losses, avg_factor=avg_factor, beta=beta, cls_weight=cls_weight,
+                            loc_weight=loc_weight, reg_max=reg_max, backend=backend)
+        per_level.append(out if gate is None else {k: gate[level] * v for k, v in out.items()})
+    return {f"loss_{name}": sum(out[f"loss_{name}"] for out in per_level) for name in LOSSES if name in losses}

@@ -8,6 +8,9 @@ Layouts: per-location rows are either ``[N, C]`` or a head map
 ``[B, C, H, W]`` (channel dimension 1); per-location results are ``[N]`` or
 ``[B, H, W]``.
 
+Box decoding (``dfl_decode``, ``distance_to_box``) is :mod:`bckd_kernels.decode`'s,
+re-exported here for the tests that decode boxes beside the references.
+
 ``upcast=True`` (default) computes in float32 at least, as the kernels do
 (float64 inputs stay float64); ``upcast=False`` computes in the input dtype,
 which measures what plain PyTorch loses at low precision.
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _contract
+from .decode import dfl_decode, distance_to_box
 
 __all__ = ["bin_cls_distill", "paired_giou", "dfl_decode", "dfl_giou_distill", "distance_to_box"]
 
@@ -97,22 +101,6 @@ def paired_giou(pred, target, eps=1e-6, *, upcast=True):
     enclose = _clamp_min(ew * eh, eps)
     loss = 1 - inter / union + (enclose - union) / enclose
     return loss.to(_out_dtype(pred))
-
-
-def dfl_decode(reg, reg_max=16):
-    """Softmax integral of GFocal regression logits.
-
-    ``[..., 4 * (reg_max + 1)]`` (edges left, top, right, bottom, each
-    ``reg_max + 1`` contiguous bins) -> distances ``[..., 4]`` in bins.
-    """
-    prob = reg.unflatten(-1, (4, reg_max + 1)).softmax(-1)
-    bins = torch.arange(reg_max + 1, dtype=reg.dtype, device=reg.device)
-    return (prob * bins).sum(-1)
-
-
-def distance_to_box(points, dist):
-    """Anchor points ``[N, 2]`` and distances ``[N, 4]`` (l, t, r, b) -> xyxy ``[N, 4]``."""
-    return torch.cat([points - dist[:, :2], points + dist[:, 2:]], dim=-1)
 
 
 def dfl_giou_distill(student_reg, teacher_reg, reg_max=16, eps=1e-6, *, upcast=True):

@@ -34,7 +34,7 @@ assigner too and is not applied: every valid anchor counts.
 
 import torch
 
-from .functional import bckd_loss
+from .functional import bckd_loss_levels
 
 __all__ = ["head_maps", "teacher_soft_count", "yolo_bckd_loss"]
 
@@ -146,20 +146,16 @@ def yolo_bckd_loss(
         )
     if avg_factor is None:
         avg_factor = teacher_soft_count(teacher, valid)
-    total = {}
-    for (cls_s, reg_s), (cls_t, reg_t), v in zip(student, teacher, _level_valid(valid, student)):
-        losses = bckd_loss(
-            cls_s,
-            cls_t,
-            reg_s,
-            reg_t,
-            v,
-            avg_factor=avg_factor,
-            beta=beta,
-            cls_weight=cls_weight,
-            loc_weight=loc_weight,
-            reg_max=bins - 1,
-            backend=backend,
-        )
-        total = {k: total.get(k, 0.0) + x for k, x in losses.items()}
-    return total
+    return bckd_loss_levels(
+        [cls for cls, _ in student],
+        [cls for cls, _ in teacher],
+        [reg for _, reg in student],
+        [reg for _, reg in teacher],
+        _level_valid(valid, student),
+        avg_factor=avg_factor,
+        beta=beta,
+        cls_weight=cls_weight,
+        loc_weight=loc_weight,
+        reg_max=bins - 1,
+        backend=backend,
+    )

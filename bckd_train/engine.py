@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import os
-import random
 import time
 
 import numpy as np
@@ -14,105 +13,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from . import data, gfl
+from . import data, gfl, runtime
 from .config import TrainConfig
 from .errors import UserError
 from .model import GFL
-
-# ------------------------------------------------------------ processes ----
-
-
-def world():
-    """(rank, world size): (0, 1) without torchrun."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def resolve_device(device="auto"):
-    """The torch.device to run on: "auto" (CUDA when available, else the CPU), "cpu",
-    "cuda" (under torchrun, this process's LOCAL_RANK GPU) or "cuda:N"."""
-    name = str(device)
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if not name.startswith("cuda"):
-        raise UserError(f"--device {device!r}: one of auto, cpu, cuda")
-    if not torch.cuda.is_available():
-        raise UserError(f"--device {device}: PyTorch sees no CUDA GPU here (torch.cuda.is_available() is False); "
-                        "use --device cpu")
-    out = torch.device(name)
-    if out.index is None:
-        out = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if out.index >= torch.cuda.device_count():
-        raise UserError(f"--device {device}: GPU {out.index} asked for, {torch.cuda.device_count()} visible "
-                        "(one process per GPU under torchrun)")
-    return out
-
-
-def process_group_backend(device):
-    """NCCL for GPUs, gloo for the CPU: what can all-reduce tensors on that device."""
-    return "nccl" if torch.device(device).type == "cuda" else "gloo"
-
-
-def init_distributed(device):
-    """Joins the torchrun process group (when launched by torchrun with several
-    processes), with the backend that can all-reduce on ``device``."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        device = torch.device(device)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(process_group_backend(device))
-
-
-def wrap_ddp(model, device):
-    """The model under DistributedDataParallel when a process group is up (its GPU as
-    device_ids on CUDA, none on the CPU), else the model itself."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return model
-    device = torch.device(device)
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def reduce_mean(t):
-    """Mean over processes of a tensor (stays a tensor: no host synchronisation)."""
-    rank, size = world()
-    if size == 1:
-        return t
-    t = t.clone()
-    dist.all_reduce(t)
-    return t / size
-
-
-AMP = {None: None, "none": None, "bf16": torch.bfloat16}
-
-
-def autocast(device, amp):
-    """torch.autocast to ``amp`` ("bf16") on the device's type, or a context that does
-    nothing (amp None or "none"): the float32 path runs exactly as without it."""
-    if amp not in AMP:
-        raise UserError(f"--amp {amp!r}: one of none, bf16")
-    if AMP[amp] is None:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=AMP[amp])
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state():
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
 
 # ----------------------------------------------------------------- data ----
 
@@ -128,42 +32,40 @@ def datasets(cfg: TrainConfig, cache=None):
     return train, val
 
 
-AUGMENTS = ("none", "hflip", "dihedral")
-
-
 def epoch_batches(n, batch_size, epoch, seed, rank, size, augment="hflip", jitter=False):
-    """This process's share of each global batch of one epoch, as (index, transform)
-    pairs (transform: see :func:`data.augment`), or with ``jitter`` (index, transform,
-    jitter seed) triples (see :func:`data.jitter`).
+    """This process's share of each global batch of one epoch, as :class:`data.SampleKey`
+    keys, with a jitter seed when ``jitter``.
 
     Order and transforms depend on (seed, epoch) only: not on the number of
     processes, nor on where an interrupted run resumed.
     """
-    if augment not in AUGMENTS:
-        raise ValueError(f"unknown augment {augment!r}; one of {', '.join(AUGMENTS)}")
+    if augment not in data.AUGMENTS:
+        raise ValueError(f"unknown augment {augment!r}; one of {', '.join(data.AUGMENTS)}")
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
     order = torch.randperm(n, generator=g).tolist()
+    # each input draws uniformly from data.AUGMENTS[augment]: bit 0 (hflip), then bits 1-2 (dihedral)
     transforms = (torch.rand(n, generator=g) < 0.5).long()
     if augment == "dihedral":
         transforms += 2 * torch.randint(0, 4, (n,), generator=g)
     elif augment == "none":
         transforms.zero_()
-    keys = [(t,) for t in transforms.tolist()]
-    if jitter:
-        keys = [k + (s,) for k, s in zip(keys, torch.randint(0, 2**31 - 1, (n,), generator=g).tolist())]
+    seeds = torch.randint(0, 2**31 - 1, (n,), generator=g).tolist() if jitter else [None] * n
+    keys = [data.SampleKey(i, t, s) for i, (t, s) in enumerate(zip(transforms.tolist(), seeds))]
     per_rank = batch_size // size
     for start in range(0, n - batch_size + 1, batch_size):
-        batch = [(i, *keys[i]) for i in order[start : start + batch_size]]
+        batch = [keys[i] for i in order[start : start + batch_size]]
         yield batch[rank * per_rank : (rank + 1) * per_rank]
 
 
 def load_batch(dataset, batch, *, scale=(1.0, 1.0), colour=0.0):
-    """Images, masks and targets of (index, transform[, jitter seed]) keys."""
+    """Images, masks and targets of a batch's :class:`data.SampleKey` keys (tuples of
+    their fields will do)."""
     items = []
-    for i, t, *jitter in batch:
-        image, target = data.augment(*dataset[i], t)
-        if jitter:
-            image, target = data.jitter(image, target, jitter[0], scale=scale, colour=colour)
+    for key in batch:
+        key = data.SampleKey(*key)
+        image, target = data.augment(*dataset[key.index], key.transform)
+        if key.jitter is not None:
+            image, target = data.jitter(image, target, key.jitter, scale=scale, colour=colour)
         items.append((image, target))
     return data.collate(items)
 
@@ -229,7 +131,7 @@ def evaluate(model, dataset, *, batch_size=8, device="cpu", amp=None):
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         images, _, targets = data.collate(items)
-        with autocast(device, amp):
+        with runtime.autocast(device, amp):
             cls, reg = model(images.to(device))
         cls, reg = [c.float() for c in cls], [r.float() for r in reg]
         dets = gfl.detect(cls, reg, strides=model.cfg.strides, reg_max=model.cfg.reg_max)
@@ -380,7 +282,7 @@ def show(model, cfg, image_path, out_path, *, score=0.3, cache=None, amp=None):
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
     images, _, _ = data.collate([(x, None)])
     device = next(model.parameters()).device
-    with autocast(device, amp):
+    with runtime.autocast(device, amp):
         cls, reg = model(images.to(device))
     cls, reg = [c.float() for c in cls], [r.float() for r in reg]
     det = gfl.detect(cls, reg, strides=cfg.model.strides, reg_max=cfg.model.reg_max)[0]
@@ -441,22 +343,22 @@ def step_losses(model, distiller, images, masks, targets, keys, *, cfg, amp=None
     """One batch's losses: a dict of loss tensors on the model's device.
 
     images [B, 3, H, W], masks [B, H, W] and targets on the device; keys: the
-    batch's (index, transform[, jitter seed]) keys for the teacher's memo. Under
+    batch's :class:`data.SampleKey` keys, for the teacher's memo. Under
     ``amp`` the student's and the teacher's forward passes run in bf16 autocast;
     the ground-truth losses (ATSS, QFL, DFL, GIoU) take the maps upcast to float32,
     the distillation losses the bf16 maps as they come.
     """
     teacher = None
-    with autocast(images.device, amp):
+    with runtime.autocast(images.device, amp):
         cls, reg = model(images)
         if distiller is not None and distiller.method != "none":
             teacher = distiller.teacher_maps(images, keys)
     losses, extras = gfl.gfl_loss([c.float() for c in cls], [r.float() for r in reg], targets,
                                   strides=cfg.model.strides, reg_max=cfg.model.reg_max,
-                                  num_classes=cfg.model.num_classes, avg_factor_fn=reduce_mean)
+                                  num_classes=cfg.model.num_classes, avg_factor_fn=runtime.reduce_mean)
     if distiller is not None:
         losses.update(distiller(images, masks, cls, reg, extras, strides=cfg.model.strides,
-                                reg_max=cfg.model.reg_max, keys=keys, teacher=teacher))
+                                reg_max=cfg.model.reg_max, weights=cfg.bckd, keys=keys, teacher=teacher))
     return losses
 
 
@@ -487,129 +389,235 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", amp=
     :class:`bckd_train.distill.Distiller`, its losses join the ground-truth ones
     (the teacher is not among the optimised parameters).
     """
-    device = resolve_device(device)
-    autocast(device, amp)  # checks amp before any work
-    init_distributed(device)
-    rank, size = world()
+    run = start_run(cfg, out, cache=cache, device=device, amp=amp, workers=workers, progress=progress,
+                    distiller=distiller)
+    ckpt = checkpoint_to_resume(run) if resume else None
+    if ckpt is not None and ckpt["epoch"] >= cfg.epochs:
+        # killed after its last checkpoint: only the end's files are missing
+        if run.rank == 0:
+            write_end(run.files, ckpt["metrics"])
+        return ckpt["metrics"]
+    position = restore(run, ckpt)
+    start_epoch = position.epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        position.epoch = epoch
+        run_epoch(run, position, first=position.step if epoch == start_epoch else 0)
+        end_of_epoch(run, position)
+        if stopped(cfg, position):
+            break
+    if run.rank == 0:
+        write_end(run.files, position.metrics)
+    return position.metrics
+
+
+class RunFiles:
+    """What a training run writes into its folder."""
+
+    def __init__(self, out):
+        self.out = out
+        self.checkpoint = os.path.join(out, "checkpoint.pth")
+        self.log = os.path.join(out, "log.jsonl")
+        self.metrics = os.path.join(out, "metrics.json")
+        self.curves = os.path.join(out, "curves.png")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What stays fixed through a run of :func:`train`."""
+
+    cfg: TrainConfig
+    files: RunFiles
+    model: GFL
+    ddp: torch.nn.Module  # the model under DistributedDataParallel, or the model itself
+    params: list
+    optimizer: torch.optim.Optimizer
+    distiller: object  # a bckd_train.distill.Distiller, or None
+    method: str  # the distiller's, "none" without one
+    teacher_sha256: object  # the teacher's weights_sha256, None without one
+    train_set: data.CocoDetection
+    val_set: data.CocoDetection
+    device: torch.device
+    amp: object  # None or "bf16"
+    rank: int
+    size: int
+    workers: int
+    progress: bool
+
+
+@dataclasses.dataclass
+class Position:
+    """Where a run is: the epoch under way, the batches of it done, iterations in all,
+    the last evaluation's metrics, and the epoch's batches in all (once it started)."""
+
+    epoch: int = 0
+    step: int = 0
+    iteration: int = 0
+    metrics: dict = dataclasses.field(default_factory=dict)
+    batches: int = 0
+
+
+def start_run(cfg, out, *, cache, device, amp, workers, progress, distiller):
+    """Checks the arguments, joins the process group, seeds, and builds what a run of
+    :func:`train` keeps fixed: the data, the detector (under DDP when a process group is
+    up) and its optimiser."""
+    device = runtime.resolve_device(device)
+    runtime.autocast(device, amp)  # checks amp before any work
+    runtime.init_distributed(device)
+    rank, size = runtime.world()
     if cfg.batch_size % size:
         raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {size} processes")
     if cfg.max_iters is not None and cfg.max_iters < 1:
         raise UserError(f"--max-iters {cfg.max_iters}: must be at least 1")
-    workers = default_workers(device) if workers is None else workers
     os.makedirs(out, exist_ok=True)
-    seed_everything(cfg.seed)
+    runtime.seed_everything(cfg.seed)
     train_set, val_set = datasets(cfg, cache)
     model = GFL(cfg.model, cache=cache).to_device(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    ddp = wrap_ddp(model, device)
-    ckpt_path = os.path.join(out, "checkpoint.pth")
-    log_path = os.path.join(out, "log.jsonl")
-    metrics_path = os.path.join(out, "metrics.json")
+    ddp = runtime.wrap_ddp(model, device)
     method = distiller.method if distiller is not None else "none"
-    teacher_sha = weights_sha256(distiller.teacher.state_dict()) if method != "none" else None
-    start_epoch, start_step, it = 0, 0, 0
-    metrics = {}
-    if resume and os.path.exists(ckpt_path):
-        ckpt = read_checkpoint(ckpt_path)
-        check_resume(ckpt, ckpt_path, cfg, method=method, teacher_sha256=teacher_sha)
-        start_epoch, start_step, it = ckpt["epoch"], ckpt.get("step", 0), ckpt["iteration"]
-        metrics = ckpt.get("metrics", {})
-        if start_epoch >= cfg.epochs:
-            if metrics and not os.path.exists(metrics_path):
-                # killed after its last checkpoint: only the end's files are missing
-                if rank == 0:
-                    save_json(metrics, metrics_path)
-                    plot_curves(log_path, os.path.join(out, "curves.png"))
-                return metrics
-            raise UserError(f"--resume: {ckpt_path} has finished its schedule (epoch {start_epoch} of {cfg.epochs}, "
-                            f"iteration {it}); nothing to continue. Use another --out, or leave out --resume to "
-                            "train anew")
-        if cfg.max_iters is not None and it >= cfg.max_iters:
-            raise UserError(f"--resume: {ckpt_path} is at iteration {it} already, --max-iters {cfg.max_iters}; "
-                            "raise --max-iters or leave it out to finish the schedule")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
-        if rank == 0 and os.path.exists(log_path):
-            # a killed run may have logged iterations past its last checkpoint
-            with open(log_path) as f:
-                kept = [line for line in f if json.loads(line)["iteration"] <= it]
-            with open(log_path, "w") as f:
-                f.writelines(kept)
-    elif rank == 0 and os.path.exists(log_path):
-        os.remove(log_path)
-    if rank == 0:
+    return Run(cfg=cfg, files=RunFiles(out), model=model, ddp=ddp, params=params, optimizer=optimizer,
+               distiller=distiller, method=method,
+               teacher_sha256=weights_sha256(distiller.teacher.state_dict()) if method != "none" else None,
+               train_set=train_set, val_set=val_set, device=device, amp=amp, rank=rank, size=size,
+               workers=default_workers(device) if workers is None else workers, progress=progress)
+
+
+def stopped(cfg, position):
+    return cfg.max_iters is not None and position.iteration >= cfg.max_iters
+
+
+def checkpoint_to_resume(run):
+    """The checkpoint a resumed run continues from (None: the folder has none), after
+    refusing one that contradicts the arguments or has nothing left to train. A finished
+    one comes back only when the end's files are missing."""
+    cfg, path = run.cfg, run.files.checkpoint
+    if not os.path.exists(path):
+        return None
+    ckpt = read_checkpoint(path)
+    check_resume(ckpt, path, cfg, method=run.method, teacher_sha256=run.teacher_sha256)
+    ckpt.setdefault("metrics", {})
+    epoch, it = ckpt["epoch"], ckpt["iteration"]
+    if epoch >= cfg.epochs:
+        if ckpt["metrics"] and not os.path.exists(run.files.metrics):
+            return ckpt
+        raise UserError(f"--resume: {path} has finished its schedule (epoch {epoch} of {cfg.epochs}, "
+                        f"iteration {it}); nothing to continue. Use another --out, or leave out --resume to "
+                        "train anew")
+    if cfg.max_iters is not None and it >= cfg.max_iters:
+        raise UserError(f"--resume: {path} is at iteration {it} already, --max-iters {cfg.max_iters}; "
+                        "raise --max-iters or leave it out to finish the schedule")
+    return ckpt
+
+
+def restore(run, ckpt):
+    """The model, optimiser and RNG states of ``ckpt`` (None: a fresh run) and its
+    position; the log keeps what came before that position."""
+    log = run.files.log
+    if run.rank == 0:
         # a process killed while saving leaves its temporary file (the checkpoint itself is whole)
-        for name in os.listdir(out):
+        for name in os.listdir(run.files.out):
             if name.startswith("checkpoint.pth.") and name.endswith(".tmp"):
-                os.remove(os.path.join(out, name))
+                os.remove(os.path.join(run.files.out, name))
+    if ckpt is None:
+        if run.rank == 0 and os.path.exists(log):
+            os.remove(log)
+        return Position()
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    runtime.set_rng_state(ckpt["rng"])
+    if run.rank == 0 and os.path.exists(log):
+        # a killed run may have logged iterations past its last checkpoint
+        with open(log) as f:
+            kept = [line for line in f if json.loads(line)["iteration"] <= ckpt["iteration"]]
+        with open(log, "w") as f:
+            f.writelines(kept)
+    return Position(ckpt["epoch"], ckpt.get("step", 0), ckpt["iteration"], ckpt["metrics"])
 
-    def stopped():
-        return cfg.max_iters is not None and it >= cfg.max_iters
 
+def run_epoch(run, position, *, first):
+    """Trains epoch ``position.epoch`` from its batch ``first`` until its end or the
+    stop, advancing ``position``; logs each iteration and, on the first process, prints
+    the epoch's speed."""
+    cfg, epoch = run.cfg, position.epoch
+    run.ddp.train()
     jitter = cfg.scale_jitter != (1.0, 1.0) or cfg.colour_jitter > 0
-    for epoch in range(start_epoch, cfg.epochs):
-        ddp.train()
-        batches = list(epoch_batches(len(train_set), cfg.batch_size, epoch, cfg.seed, rank, size, cfg.augment,
-                                     jitter=jitter))
-        first = start_step if epoch == start_epoch else 0
-        loader = batch_loader(train_set, batches[first:], scale=cfg.scale_jitter, colour=cfg.colour_jitter,
-                              workers=workers, pin_memory=device.type == "cuda")
-        bar = tqdm(loader, total=len(batches), initial=first, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress or rank != 0, dynamic_ncols=True)
-        log = LossLog(log_path if rank == 0 else None, bar)
-        step = first
-        t_epoch = time.perf_counter()
-        for batch, (images, masks, targets) in zip(batches[first:], bar):
-            lr = learning_rate(cfg, it, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            t0 = time.perf_counter()
-            images, masks, targets = to_device(images, masks, targets, device)
-            losses = step_losses(ddp, distiller, images, masks, targets, list(batch), cfg=cfg, amp=amp)
-            total = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            it += 1
-            step += 1
-            # Logged values are the global batch's: the mean over processes, one all-reduce.
-            values = reduce_mean(torch.stack([v.detach().float() for v in losses.values()] + [total.detach().float()]))
-            log.push(list(losses), values, dict(iteration=it, epoch=epoch, lr=lr, time=time.perf_counter() - t0))
-            if stopped():
-                break
-        log.flush()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t_epoch
-        if progress and rank == 0 and step > first:
-            print(f"{cfg.name} epoch {epoch + 1}: {step - first} iterations in {seconds:.1f} s, "
-                  f"{(step - first) / seconds:.2f} it/s", flush=True)
-        done = step == len(batches)
-        if rank == 0 and ((done and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)
-                          or (done and epoch + 1 == cfg.epochs) or stopped()):
-            metrics = evaluate(model, val_set, device=device, amp=amp)
-            at = epoch + 1 if done else round(epoch + step / len(batches), 3)
-            with open(log_path, "a") as f:
-                f.write(json.dumps({"epoch": at, "iteration": it, **metrics}) + "\n")
-            if progress:
-                print(f"{cfg.name} epoch {at}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-        if rank == 0:
-            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "epoch": epoch + 1 if done else epoch, "step": 0 if done else step, "iteration": it,
-                             "rng": rng_state(), "config": cfg.name, "seed": cfg.seed, "method": method,
-                             "teacher_sha256": teacher_sha, "amp": amp, "metrics": metrics}, ckpt_path)
-        if size > 1:
-            dist.barrier()
-        if stopped():
+    batches = list(epoch_batches(len(run.train_set), cfg.batch_size, epoch, cfg.seed, run.rank, run.size,
+                                 cfg.augment, jitter=jitter))
+    loader = batch_loader(run.train_set, batches[first:], scale=cfg.scale_jitter, colour=cfg.colour_jitter,
+                          workers=run.workers, pin_memory=run.device.type == "cuda")
+    bar = tqdm(loader, total=len(batches), initial=first, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}",
+               disable=not run.progress or run.rank != 0, dynamic_ncols=True)
+    log = LossLog(run.files.log if run.rank == 0 else None, bar)
+    position.step = first
+    position.batches = len(batches)
+    t_epoch = time.perf_counter()
+    for batch, (images, masks, targets) in zip(batches[first:], bar):
+        lr = learning_rate(cfg, position.iteration, epoch)
+        t0 = time.perf_counter()
+        losses, total = train_step(run, batch, images, masks, targets, lr=lr)
+        position.iteration += 1
+        position.step += 1
+        # Logged values are the global batch's: the mean over processes, one all-reduce.
+        values = runtime.reduce_mean(torch.stack([v.detach().float() for v in losses.values()]
+                                                 + [total.detach().float()]))
+        log.push(list(losses), values, dict(iteration=position.iteration, epoch=epoch, lr=lr,
+                                            time=time.perf_counter() - t0))
+        if stopped(cfg, position):
             break
-    if rank == 0:
-        save_json(metrics, metrics_path)
-        plot_curves(log_path, os.path.join(out, "curves.png"))
-    return metrics
+    log.flush()
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    seconds = time.perf_counter() - t_epoch
+    iterations = position.step - first
+    if run.progress and run.rank == 0 and iterations:
+        print(f"{cfg.name} epoch {epoch + 1}: {iterations} iterations in {seconds:.1f} s, "
+              f"{iterations / seconds:.2f} it/s", flush=True)
+
+
+def train_step(run, batch, images, masks, targets, *, lr):
+    """One SGD step at learning rate ``lr`` on a batch given by its keys and loaded
+    tensors; returns the losses and their total."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    images, masks, targets = to_device(images, masks, targets, run.device)
+    losses = step_losses(run.ddp, run.distiller, images, masks, targets, list(batch), cfg=run.cfg, amp=run.amp)
+    total = sum(losses.values())
+    run.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if run.cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(run.params, run.cfg.grad_clip)
+    run.optimizer.step()
+    return losses, total
+
+
+def end_of_epoch(run, position):
+    """After an epoch (or the stop inside one): the evaluation when due and the
+    checkpoint, by the first process, then every process waits for it."""
+    cfg, epoch = run.cfg, position.epoch
+    done = position.step == position.batches
+    if run.rank == 0 and ((done and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)
+                          or (done and epoch + 1 == cfg.epochs) or stopped(cfg, position)):
+        position.metrics = evaluate(run.model, run.val_set, device=run.device, amp=run.amp)
+        at = epoch + 1 if done else round(epoch + position.step / position.batches, 3)
+        with open(run.files.log, "a") as f:
+            f.write(json.dumps({"epoch": at, "iteration": position.iteration, **position.metrics}) + "\n")
+        if run.progress:
+            print(f"{cfg.name} epoch {at}: " + ", ".join(f"{k} {v:.3f}" for k, v in position.metrics.items()))
+    if run.rank == 0:
+        save_checkpoint({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                         "epoch": epoch + 1 if done else epoch, "step": 0 if done else position.step,
+                         "iteration": position.iteration, "rng": runtime.rng_state(), "config": cfg.name,
+                         "seed": cfg.seed, "method": run.method, "teacher_sha256": run.teacher_sha256,
+                         "amp": run.amp, "metrics": position.metrics}, run.files.checkpoint)
+    if run.size > 1:
+        dist.barrier()
+
+
+def write_end(files, metrics):
+    """The end of a run: metrics.json and curves.png."""
+    save_json(metrics, files.metrics)
+    plot_curves(files.log, files.curves)
 
 
 def plot_curves(log_path, png_path):

@@ -5,12 +5,14 @@ point (x·stride, y·stride). Boxes are decoded from the regression
 distributions with the softmax integral (distances in units of the stride).
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 import torchvision
 
 import bckd_kernels
-from bckd_kernels import reference
+from bckd_kernels.decode import dfl_decode, distance_to_box
 
 ANCHOR_SCALE = 8
 EPS = torch.finfo(torch.float32).eps
@@ -134,16 +136,20 @@ def gfl_targets(points, strides, num_per_level, targets, num_classes):
     return torch.stack(labels), torch.stack(boxes)
 
 
-def gfl_loss(cls_maps, reg_maps, targets, *, strides, reg_max, num_classes, avg_factor_fn=None):
-    """Ground-truth GFL losses: {"loss_qfl", "loss_dfl", "loss_giou"}, weights 1.0, 0.25, 2.0.
+@dataclass(frozen=True)
+class GFLExtras:
+    """What the distillation losses take from the ground-truth losses: tensors on the device."""
 
-    Also returns, for the distillation losses, a dict of tensors: the normaliser
-    A of docs/method.md section 4 ("avg_factor", averaged across processes by
-    avg_factor_fn when given), "positive" [B, A] (ATSS positives, levels
-    concatenated), "pos_per_level" [L] (this process's positives per level),
-    "num_pos" and "weight_avg" (the DFL/GIoU normaliser: the positives' summed
-    student scores, averaged across processes).
-    """
+    avg_factor: torch.Tensor  # A of docs/method.md section 4, averaged across processes by avg_factor_fn
+    positive: torch.Tensor  # [B, A] ATSS positives, levels concatenated
+    pos_per_level: torch.Tensor  # [L] this process's positives per level
+    num_pos: torch.Tensor  # this process's positives
+    weight_avg: torch.Tensor  # the DFL/GIoU normaliser: the positives' summed student scores, averaged
+
+
+def gfl_loss(cls_maps, reg_maps, targets, *, strides, reg_max, num_classes, avg_factor_fn=None):
+    """Ground-truth GFL losses: {"loss_qfl", "loss_dfl", "loss_giou"}, weights 1.0, 0.25, 2.0,
+    and the :class:`GFLExtras` the distillation losses need."""
     device = cls_maps[0].device
     shapes = [m.shape[-2:] for m in cls_maps]
     points = level_points(shapes, strides, device)
@@ -168,8 +174,8 @@ def gfl_loss(cls_maps, reg_maps, targets, *, strides, reg_max, num_classes, avg_
     # Box losses over every anchor, weighted by the positives' mask: no indexing by a
     # data-dependent count, so no host synchronisation (negatives weigh exactly 0).
     pos = positive.reshape(-1)
-    dist = reference.dfl_decode(reg, reg_max) * strides_flat[:, None]
-    pred_boxes = reference.distance_to_box(pts, dist)
+    dist = dfl_decode(reg, reg_max) * strides_flat[:, None]
+    pred_boxes = distance_to_box(pts, dist)
     with torch.no_grad():
         scores = paired_iou(pred_boxes, gt_boxes).clamp(min=0) * pos
         weight = logits.detach().sigmoid().max(1).values * pos
@@ -185,8 +191,8 @@ def gfl_loss(cls_maps, reg_maps, targets, *, strides, reg_max, num_classes, avg_
         "loss_qfl": loss_qfl,
         "loss_dfl": 0.25 * loss_dfl / weight_avg,
         "loss_giou": 2.0 * loss_giou / weight_avg,
-    }, {"avg_factor": avg + EPS, "num_pos": n_pos, "positive": positive, "pos_per_level": pos_per_level,
-        "weight_avg": weight_avg}
+    }, GFLExtras(avg_factor=avg + EPS, positive=positive, pos_per_level=pos_per_level, num_pos=n_pos,
+                 weight_avg=weight_avg)
 
 
 @torch.no_grad()
@@ -202,8 +208,8 @@ def detect(cls_maps, reg_maps, *, strides, reg_max, score_thr=0.05, nms_iou=0.6,
             best, _ = sc.max(1)
             keep = best.topk(min(pre_nms, best.numel())).indices
             sc = sc[keep]
-            d = reference.dfl_decode(rm[i].flatten(1).t()[keep], reg_max) * s
-            bx = reference.distance_to_box(p[keep], d)
+            d = dfl_decode(rm[i].flatten(1).t()[keep], reg_max) * s
+            bx = distance_to_box(p[keep], d)
             idx, cls = (sc > score_thr).nonzero(as_tuple=True)
             boxes.append(bx[idx])
             scores.append(sc[idx, cls])

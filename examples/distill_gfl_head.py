@@ -1,4 +1,4 @@
-"""Distil a GFL-style detector head with bckd_loss: one padded batch, two FPN levels.
+"""Distil a GFL-style detector head with bckd_loss_levels: one padded batch, two FPN levels.
 
     python examples/distill_gfl_head.py
 
@@ -29,16 +29,13 @@ def distill_losses(student, teacher, pixel_mask, num_pos, strides, backend="auto
     avg_factor = num_pos.sum(1).clamp(min=1).sum().float()  # Σ_images max(n_pos, 1), a tensor
     # Under DistributedDataParallel: all_reduce(avg_factor) and divide by the world size here.
     avg_factor = avg_factor.clamp(min=1)
-    losses = {"loss_bcdl": 0.0, "loss_ildl": 0.0}
-    for level, s in enumerate(strides):
-        cls_s, reg_s, cls_t, reg_t = student[0][level], student[1][level], teacher[0][level], teacher[1][level]
+    valid = []
+    for cls_s, s in zip(student[0], strides):
         h, w = cls_s.shape[-2:]
-        valid = pixel_mask[:, ::s, ::s][:, :h, :w].to(cls_s.dtype)  # location (x, y) sits on pixel (x·s, y·s)
-        gate = (num_pos[:, level].sum() > 0).to(cls_s.dtype)  # a level without positives adds nothing
-        out = bk.bckd_loss(cls_s, cls_t, reg_s, reg_t, valid, avg_factor=avg_factor, backend=backend)
-        for name, value in out.items():
-            losses[name] = losses[name] + gate * value
-    return losses
+        valid.append(pixel_mask[:, ::s, ::s][:, :h, :w].to(cls_s.dtype))  # location (x, y) sits on pixel (x·s, y·s)
+    return bk.bckd_loss_levels(student[0], teacher[0], student[1], teacher[1], valid, avg_factor=avg_factor,
+                               pos_per_level=num_pos.sum(0),  # a level without positives adds nothing
+                               backend=backend)
 
 
 class TinyGFL(nn.Module):

@@ -89,7 +89,8 @@ def test_distillation_loss_falls(method, teacher_ckpt, batch):
         cls, reg = student(images)
         _, extras = gfl.gfl_loss(cls, reg, targets, strides=cfg.model.strides, reg_max=cfg.model.reg_max,
                                  num_classes=cfg.model.num_classes)
-        losses = d(images, masks, cls, reg, extras, strides=cfg.model.strides, reg_max=cfg.model.reg_max)
+        losses = d(images, masks, cls, reg, extras, strides=cfg.model.strides, reg_max=cfg.model.reg_max,
+                   weights=cfg.bckd)
         assert set(losses) == set(LOSS_NAMES[method])
         total = sum(losses.values())
         optimizer.zero_grad()
@@ -112,7 +113,8 @@ def test_fused_losses_equal_reference_on_head_maps(method, teacher_ckpt, batch):
     results = {}
     for backend in ("auto", "reference"):
         d = distill.Distiller(teacher, method, backend=backend)
-        losses = d(images, masks, cls, reg, extras, strides=cfg.model.strides, reg_max=cfg.model.reg_max)
+        losses = d(images, masks, cls, reg, extras, strides=cfg.model.strides, reg_max=cfg.model.reg_max,
+                   weights=cfg.bckd)
         total = sum(v * (i + 1.5) for i, v in enumerate(losses.values()))  # non-unit grad_output per loss
         grads = torch.autograd.grad(total, cls + reg, allow_unused=True)
         results[backend] = (losses, grads)
@@ -135,14 +137,15 @@ def test_level_without_positives_is_gated_off(teacher_ckpt, batch):
     _, teacher = engine.load_checkpoint(teacher_ckpt)
     _, cls, reg, extras = head_outputs(cfg, images, targets)
     d = distill.Distiller(teacher, "bckd")
-    kw = dict(strides=cfg.model.strides, reg_max=cfg.model.reg_max)
-    full = d(images, masks, cls, reg, dict(extras, pos_per_level=torch.ones_like(extras["pos_per_level"])), **kw)
-    none = d(images, masks, cls, reg, dict(extras, pos_per_level=torch.zeros_like(extras["pos_per_level"])), **kw)
+    kw = dict(strides=cfg.model.strides, reg_max=cfg.model.reg_max, weights=cfg.bckd)
+    ones, zeros = torch.ones_like(extras.pos_per_level), torch.zeros_like(extras.pos_per_level)
+    full = d(images, masks, cls, reg, dataclasses.replace(extras, pos_per_level=ones), **kw)
+    none = d(images, masks, cls, reg, dataclasses.replace(extras, pos_per_level=zeros), **kw)
     assert all(v.item() == 0 for v in none.values())
-    gate = torch.zeros_like(extras["pos_per_level"])
+    gate = torch.zeros_like(extras.pos_per_level)
     gate[0] = 1
-    first = d(images, masks, cls, reg, dict(extras, pos_per_level=gate), **kw)
-    only = d(images, masks, cls[:1], reg[:1], dict(extras, pos_per_level=gate[:1]), **kw)
+    first = d(images, masks, cls, reg, dataclasses.replace(extras, pos_per_level=gate), **kw)
+    only = d(images, masks, cls[:1], reg[:1], dataclasses.replace(extras, pos_per_level=gate[:1]), **kw)
     for k in full:
         torch.testing.assert_close(first[k], only[k])
         assert 0 < first[k].item() < full[k].item()

@@ -76,6 +76,22 @@ def test_bckd_loss_is_both_losses():
     torch.testing.assert_close(got["loss_ildl"], 4.0 * ildl.sum() / (5.0 + eps), rtol=2e-5, atol=1e-6)
 
 
+def test_bckd_loss_levels_is_the_gated_sum_of_levels():
+    levels = [maps("cpu", seed=s, h=6 - s, w=5 - s) for s in range(3)]
+    s, t, rs, rt, valid = (list(x) for x in zip(*levels))
+    s = [x.requires_grad_() for x in s]
+    af = torch.tensor(5.0)
+    got = bckd_kernels.bckd_loss_levels(s, t, rs, rt, valid, avg_factor=af, pos_per_level=torch.tensor([3, 0, 1]))
+    per_level = [bckd_kernels.bckd_loss(*level, avg_factor=af) for level in levels]
+    for name in ("loss_bcdl", "loss_ildl"):
+        torch.testing.assert_close(got[name], per_level[0][name] + per_level[2][name])
+    ildl = bckd_kernels.bckd_loss_levels(s, t, rs, rt, valid, avg_factor=af, losses=("ildl",))
+    assert set(ildl) == {"loss_ildl"} and not ildl["loss_ildl"].requires_grad
+    torch.testing.assert_close(ildl["loss_ildl"], sum(out["loss_ildl"] for out in per_level))
+    with pytest.raises(ValueError, match="losses must name"):
+        bckd_kernels.bckd_loss_levels(s, t, rs, rt, valid, losses=("kd",))
+
+
 def test_modules():
     s, t, rs, rt, valid = maps("cpu", seed=2)
     cls = bckd_kernels.BCDLLoss(beta=2.0, loss_weight=0.5)

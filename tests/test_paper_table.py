@@ -1,15 +1,12 @@
-"""benchmarks/paper_table.py's report from recorded runs (no training)."""
+"""bckd_train.experiments.paper_table's report from recorded runs (no training)."""
 
 import argparse
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-
-import paper_table  # noqa: E402
+from bckd_train.experiments import paper_table
 
 
 def record(records, name, ap, gap=None):

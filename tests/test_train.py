@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from bckd_kernels import reference
+from bckd_kernels.decode import dfl_decode, distance_to_box
 from bckd_train import __main__ as cli
-from bckd_train import data, engine, gfl
+from bckd_train import data, engine, gfl, runtime, sources
 from bckd_train.config import get_config
 from bckd_train.errors import UserError
 from bckd_train.model import GFL
@@ -59,8 +59,8 @@ def test_fashion_scenes_are_deterministic_and_exact():
 
 
 def test_missing_source_says_how_to_install(tmp_path):
-    with pytest.raises(data.MissingSource, match="pip download --no-deps deepforest==2.1.0"):
-        data.open_wheel(data.DEEPFOREST, str(tmp_path))
+    with pytest.raises(sources.MissingSource, match="pip download --no-deps deepforest==2.1.0"):
+        sources.open_wheel(sources.DEEPFOREST, str(tmp_path))
 
 
 @pytest.mark.data
@@ -143,14 +143,14 @@ def test_colour_jitter_keeps_range_and_boxes():
 def test_jitter_keys_leave_the_epoch_unchanged():
     plain = [p for batch in engine.epoch_batches(64, 8, 3, 0, 0, 1, "dihedral") for p in batch]
     jittered = [p for batch in engine.epoch_batches(64, 8, 3, 0, 0, 1, "dihedral", jitter=True) for p in batch]
-    assert [p[:2] for p in jittered] == plain and len({p[2] for p in jittered}) == 64
+    assert [p._replace(jitter=None) for p in jittered] == plain and len({p.jitter for p in jittered}) == 64
 
 
 @pytest.mark.parametrize("augment,values", [("none", {0}), ("hflip", {0, 1}), ("dihedral", set(range(8)))])
 def test_epoch_transforms(augment, values):
     pairs = [p for batch in engine.epoch_batches(64, 8, 3, 0, 0, 1, augment) for p in batch]
-    assert sorted(i for i, _ in pairs) == list(range(64))
-    assert {t for _, t in pairs} == values
+    assert sorted(p.index for p in pairs) == list(range(64))
+    assert {p.transform for p in pairs} == values
 
 
 def test_atss_hand_made():
@@ -196,12 +196,12 @@ def test_decode_encode_round_trip():
     points = torch.tensor([[64.0, 64.0], [100.0, 20.0]])
     boxes = torch.tensor([[40.0, 50.0, 90.0, 70.0], [90.0, 5.0, 150.0, 60.0]])
     d = gfl.box_to_distances(points, boxes, 16.0, 16)
-    torch.testing.assert_close(reference.distance_to_box(points, d * 16.0), boxes)
+    torch.testing.assert_close(distance_to_box(points, d * 16.0), boxes)
     # logits concentrated at the target bins decode back to the distance
     logits = torch.full((2, 4, 17), -50.0)
     idx = d.round().long()
     logits.scatter_(2, idx[..., None], 50.0)
-    torch.testing.assert_close(reference.dfl_decode(logits.reshape(2, 68)), idx.float())
+    torch.testing.assert_close(dfl_decode(logits.reshape(2, 68)), idx.float())
 
 
 @pytest.fixture(scope="module")
@@ -231,11 +231,11 @@ def test_box_losses_equal_the_positives_alone(head_maps):
     points = gfl.level_points([c.shape[-2:] for c in cls], cfg.model.strides, "cpu")
     labels, gt = gfl.gfl_targets(points, cfg.model.strides, [p.shape[0] for p in points], targets, 10)
     pos = (labels.reshape(-1) < 10).nonzero()[:, 0]
-    assert 0 < pos.numel() and extras["num_pos"] == pos.numel()
+    assert 0 < pos.numel() and extras.num_pos == pos.numel()
     strides = torch.cat([torch.full((p.shape[0],), float(s)) for p, s in zip(points, cfg.model.strides)]).repeat(4)
     pts = torch.cat(points).repeat(4, 1)[pos]
     p_reg = gfl.flatten_levels(reg).reshape(-1, 68)[pos]
-    pred = reference.distance_to_box(pts, reference.dfl_decode(p_reg) * strides[pos, None])
+    pred = distance_to_box(pts, dfl_decode(p_reg) * strides[pos, None])
     target = gt.reshape(-1, 4)[pos]
     weight = gfl.flatten_levels(cls).reshape(-1, 10)[pos].detach().sigmoid().max(1).values
     norm = weight.sum().clamp(min=1)
@@ -271,7 +271,7 @@ def test_loss_path_has_no_data_dependent_ops(head_maps):
     d.method = "bckd"
     masks = torch.ones(4, 128, 128, device="meta")
     losses.update(d.bckd_losses(masks, cls_m, reg_m, [c.detach() for c in cls_m], [r.detach() for r in reg_m],
-                                extras, **kw))
+                                extras, weights=cfg.bckd, **kw))
     assert set(losses) == {"loss_qfl", "loss_dfl", "loss_giou", "loss_bcdl", "loss_ildl"}
     sum(losses.values()).backward()
     assert all(t.grad.shape == t.shape for t in meta)
@@ -417,7 +417,7 @@ def test_device_plumbing_on_cpu_is_todays_path(tmp_path, monkeypatch):
     """engine.train with device "cpu", "auto" without a GPU and the CLI's --device cpu
     end bitwise where the plain loop does: in-process loading, no autocast, no copies."""
     cfg = dataclasses.replace(get_config("instant"), epochs=1, max_iters=3)
-    engine.seed_everything(cfg.seed)
+    runtime.seed_everything(cfg.seed)
     train_set, _ = engine.datasets(cfg)
     model = GFL(cfg.model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -490,8 +490,8 @@ def test_bf16_autocast_steps(method, monkeypatch):
     distiller = distill.Distiller(GFL(cfg.model), method) if method != "none" else None
     seen = {"fused": set(), "gt": set()}
     for name in ("bcdl_loss", "ildl_loss"):
-        real = getattr(bckd_kernels, name)
-        monkeypatch.setattr(bckd_kernels, name, lambda s, t, *a, real=real, **k: seen["fused"].add((s.dtype, t.dtype))
+        real = getattr(bckd_kernels.functional, name)
+        monkeypatch.setattr(bckd_kernels.functional, name, lambda s, t, *a, real=real, **k: seen["fused"].add((s.dtype, t.dtype))
                             or real(s, t, *a, **k))
     real_gfl = gfl.gfl_loss
     monkeypatch.setattr(gfl, "gfl_loss", lambda cls, reg, *a, **k: seen["gt"].update(m.dtype for m in cls + reg)
@@ -516,13 +516,13 @@ def test_process_group_follows_the_device(tmp_path):
     """gloo and no device_ids for a CPU model, NCCL for a GPU one."""
     import torch.distributed as dist
 
-    assert engine.process_group_backend(torch.device("cpu")) == "gloo"
-    assert engine.process_group_backend(torch.device("cuda", 1)) == "nccl"
+    assert runtime.process_group_backend(torch.device("cpu")) == "gloo"
+    assert runtime.process_group_backend(torch.device("cuda", 1)) == "nccl"
     model = torch.nn.Linear(2, 2)
-    assert engine.wrap_ddp(model, torch.device("cpu")) is model  # no process group: the model itself
+    assert runtime.wrap_ddp(model, torch.device("cpu")) is model  # no process group: the model itself
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
-        ddp = engine.wrap_ddp(model, torch.device("cpu"))
+        ddp = runtime.wrap_ddp(model, torch.device("cpu"))
         assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel) and ddp.device_ids is None
     finally:
         dist.destroy_process_group()
@@ -532,12 +532,12 @@ def test_process_group_follows_the_device(tmp_path):
 def test_ddp_on_cuda_uses_nccl_and_the_gpu(tmp_path):
     import torch.distributed as dist
 
-    device = engine.resolve_device("cuda")
+    device = runtime.resolve_device("cuda")
     assert device == torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(engine.process_group_backend(device), store=dist.FileStore(str(tmp_path / "store"), 1),
+    dist.init_process_group(runtime.process_group_backend(device), store=dist.FileStore(str(tmp_path / "store"), 1),
                             rank=0, world_size=1, device_id=device)
     try:
-        ddp = engine.wrap_ddp(torch.nn.Linear(2, 2).to(device), device)
+        ddp = runtime.wrap_ddp(torch.nn.Linear(2, 2).to(device), device)
         assert dist.get_backend() == "nccl" and ddp.device_ids == [device.index]
     finally:
         dist.destroy_process_group()

@@ -1,7 +1,7 @@
 """The paper's comparison in miniature: every distillation method, several seeds, both data sets.
 
-    python benchmarks/paper_table.py                 # train what is missing, then report
-    python benchmarks/paper_table.py --report-only   # tables and figures from the recorded runs
+    python -m bckd_train.experiments.paper_table                 # train what is missing, then report
+    python -m bckd_train.experiments.paper_table --report-only   # tables and figures from the recorded runs
 
 Each run is `python -m bckd_train distill --config {dataset}_student --teacher
 OUT/{dataset}/teacher/checkpoint.pth --method M --seed S --teacher-maps
@@ -27,7 +27,6 @@ Figure 3).
 
 import argparse
 import csv
-import hashlib
 import json
 import math
 import os
@@ -37,10 +36,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from bckd_train.distill import METHODS  # noqa: E402
+from ..distill import METHODS
+from ..sources import ROOT
 
 DATASETS = ("fashion", "forest")
 METRICS = ("AP", "AP50", "AP75")
@@ -80,14 +77,12 @@ def finished(folder):
 
 
 def weights_sha256(ckpt):
-    """Hash of a checkpoint's weights (names and values, NCHW order whatever the memory format)."""
+    """Hash of a checkpoint's weights (:func:`bckd_train.engine.weights_sha256`)."""
     import torch
 
-    h = hashlib.sha256()
-    for name, value in torch.load(ckpt, map_location="cpu", weights_only=False)["model"].items():
-        h.update(name.encode())
-        h.update(value.contiguous().numpy().tobytes())
-    return h.hexdigest()
+    from .. import engine
+
+    return engine.weights_sha256(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
 
 
 def launch(cmd, folder, threads):
@@ -136,13 +131,13 @@ def prepare_teacher(args, dataset, py):
 def train_all(args):
     import torch
 
-    from bckd_train import distill, engine
-    from bckd_train.config import get_config
+    from .. import distill, engine, runtime
+    from ..config import get_config
 
     py = [sys.executable, "-m", "bckd_train"]
     threads = max(1, args.threads // args.jobs)
     torch.set_num_threads(threads)
-    device = engine.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     jobs, teachers = [], {}
     for dataset in args.datasets:
         todo = [(m, s) for s in args.seeds for m in args.methods
@@ -343,7 +338,7 @@ def score_gaps(args, rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bckd_train.experiments.paper_table", description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
