@@ -31,6 +31,17 @@ inline at::Tensor new_per_location(const at::Tensor& like) {
   return at::empty(location_shape(like), like.options().dtype(loss_dtype(like.scalar_type())));
 }
 
+// The input fields every op's arguments share.
+inline MapPair map_pair(const at::Tensor& student, const at::Tensor& teacher,
+                        const std::vector<LocLayout>& l) {
+  return {student.scalar_type(), student.const_data_ptr(), teacher.const_data_ptr(), l[0], l[1]};
+}
+
+inline BoxPair box_pair(const at::Tensor& pred, const at::Tensor& target,
+                        const std::vector<LocLayout>& l) {
+  return {pred.scalar_type(), pred.const_data_ptr(), target.const_data_ptr(), l[0], l[1]};
+}
+
 // ------------------------------------------------------------------ BCDL ----
 
 inline void check_bcdl(const char* op, const at::Tensor& student, const at::Tensor& teacher,
@@ -52,17 +63,9 @@ std::tuple<at::Tensor, at::Tensor> bin_cls_distill(const at::Tensor& student,
   at::Tensor loss = new_per_location(student);
   at::Tensor mad = new_per_location(student);
   if (loss.numel() == 0) return {loss, mad};
-  const auto ls = make_layouts({&student, &teacher});
-  BcdlArgs a{};
-  a.dtype = student.scalar_type();
-  a.student = student.const_data_ptr();
-  a.teacher = teacher.const_data_ptr();
-  a.ls = ls[0];
-  a.lt = ls[1];
-  a.coef = w.defined() ? w.const_data_ptr() : nullptr;
-  a.beta = beta;
-  a.loss = loss.mutable_data_ptr();
-  a.max_abs_diff = mad.mutable_data_ptr();
+  const BcdlFwdArgs a{map_pair(student, teacher, make_layouts({&student, &teacher})), beta,
+                      w.defined() ? w.const_data_ptr() : nullptr, loss.mutable_data_ptr(),
+                      mad.mutable_data_ptr()};
   Backend::bcdl_forward(student, a);
   return {loss, mad};
 }
@@ -74,21 +77,13 @@ at::Tensor bin_cls_distill_backward(const at::Tensor& grad_loss, const at::Tenso
   const char* op = "_bin_cls_distill_backward";
   check_bcdl(op, student, teacher, beta);
   const auto acc = loss_dtype(student.scalar_type());
-  at::Tensor coef = per_location(op, grad_loss, "grad_loss", student, acc);
-  if (weight.has_value()) coef = at::mul(coef, per_location(op, *weight, "weight", student, acc));
+  at::Tensor scale = per_location(op, grad_loss, "grad_loss", student, acc);
+  if (weight.has_value()) scale = at::mul(scale, per_location(op, *weight, "weight", student, acc));
   at::Tensor grad = at::empty_like(student);
   if (grad.numel() == 0) return grad;
-  const auto ls = make_layouts({&student, &teacher, &grad});
-  BcdlArgs a{};
-  a.dtype = student.scalar_type();
-  a.student = student.const_data_ptr();
-  a.teacher = teacher.const_data_ptr();
-  a.ls = ls[0];
-  a.lt = ls[1];
-  a.coef = coef.const_data_ptr();
-  a.beta = beta;
-  a.grad = grad.mutable_data_ptr();
-  a.lg = ls[2];
+  const auto l = make_layouts({&student, &teacher, &grad});
+  const BcdlBwdArgs a{map_pair(student, teacher, l), beta, scale.const_data_ptr(),
+                      grad.mutable_data_ptr(), l[2]};
   Backend::bcdl_backward(student, a);
   return grad;
 }
@@ -115,15 +110,8 @@ at::Tensor paired_giou(const at::Tensor& pred, const at::Tensor& target, double 
   check_boxes("paired_giou", pred, target, eps);
   at::Tensor loss = new_per_location(pred);
   if (loss.numel() == 0) return loss;
-  const auto ls = make_layouts({&pred, &target});
-  GiouArgs a{};
-  a.dtype = pred.scalar_type();
-  a.pred = pred.const_data_ptr();
-  a.target = target.const_data_ptr();
-  a.lp = ls[0];
-  a.lt = ls[1];
-  a.eps = eps;
-  a.loss = loss.mutable_data_ptr();
+  const GiouFwdArgs a{box_pair(pred, target, make_layouts({&pred, &target})), eps,
+                      loss.mutable_data_ptr()};
   Backend::giou_forward(pred, a);
   return loss;
 }
@@ -134,23 +122,13 @@ std::tuple<at::Tensor, at::Tensor> paired_giou_backward(const at::Tensor& grad,
                                                         const at::Tensor& target, double eps) {
   const char* op = "_paired_giou_backward";
   check_boxes(op, pred, target, eps);
-  const at::Tensor coef = per_location(op, grad, "grad", pred, loss_dtype(pred.scalar_type()));
+  const at::Tensor grad_loss = per_location(op, grad, "grad", pred, loss_dtype(pred.scalar_type()));
   at::Tensor grad_pred = at::empty_like(pred);
   at::Tensor grad_target = at::empty_like(target);
   if (grad_pred.numel() == 0) return {grad_pred, grad_target};
-  const auto ls = make_layouts({&pred, &target, &grad_pred, &grad_target});
-  GiouArgs a{};
-  a.dtype = pred.scalar_type();
-  a.pred = pred.const_data_ptr();
-  a.target = target.const_data_ptr();
-  a.lp = ls[0];
-  a.lt = ls[1];
-  a.eps = eps;
-  a.coef = coef.const_data_ptr();
-  a.grad_pred = grad_pred.mutable_data_ptr();
-  a.grad_target = grad_target.mutable_data_ptr();
-  a.lgp = ls[2];
-  a.lgt = ls[3];
+  const auto l = make_layouts({&pred, &target, &grad_pred, &grad_target});
+  const GiouBwdArgs a{box_pair(pred, target, l), eps, grad_loss.const_data_ptr(),
+                      grad_pred.mutable_data_ptr(), grad_target.mutable_data_ptr(), l[2], l[3]};
   Backend::giou_backward(pred, a);
   return {grad_pred, grad_target};
 }
@@ -174,16 +152,8 @@ at::Tensor dfl_giou_distill(const at::Tensor& student, const at::Tensor& teacher
   check_dfl("dfl_giou_distill", student, teacher, reg_max, eps);
   at::Tensor loss = new_per_location(student);
   if (loss.numel() == 0) return loss;
-  const auto ls = make_layouts({&student, &teacher});
-  DflArgs a{};
-  a.dtype = student.scalar_type();
-  a.student = student.const_data_ptr();
-  a.teacher = teacher.const_data_ptr();
-  a.ls = ls[0];
-  a.lt = ls[1];
-  a.nbins = static_cast<int>(reg_max + 1);
-  a.eps = eps;
-  a.loss = loss.mutable_data_ptr();
+  const DflFwdArgs a{map_pair(student, teacher, make_layouts({&student, &teacher})),
+                     static_cast<int>(reg_max + 1), eps, loss.mutable_data_ptr()};
   Backend::dfl_forward(student, a);
   return loss;
 }
@@ -193,22 +163,13 @@ at::Tensor dfl_giou_distill_backward(const at::Tensor& grad, const at::Tensor& s
                                      const at::Tensor& teacher, int64_t reg_max, double eps) {
   const char* op = "_dfl_giou_distill_backward";
   check_dfl(op, student, teacher, reg_max, eps);
-  const at::Tensor coef =
+  const at::Tensor grad_loss =
       per_location(op, grad, "grad", student, loss_dtype(student.scalar_type()));
   at::Tensor grad_student = at::empty_like(student);
   if (grad_student.numel() == 0) return grad_student;
-  const auto ls = make_layouts({&student, &teacher, &grad_student});
-  DflArgs a{};
-  a.dtype = student.scalar_type();
-  a.student = student.const_data_ptr();
-  a.teacher = teacher.const_data_ptr();
-  a.ls = ls[0];
-  a.lt = ls[1];
-  a.nbins = static_cast<int>(reg_max + 1);
-  a.eps = eps;
-  a.coef = coef.const_data_ptr();
-  a.grad = grad_student.mutable_data_ptr();
-  a.lg = ls[2];
+  const auto l = make_layouts({&student, &teacher, &grad_student});
+  const DflBwdArgs a{map_pair(student, teacher, l), static_cast<int>(reg_max + 1), eps,
+                     grad_loss.const_data_ptr(), grad_student.mutable_data_ptr(), l[2]};
   Backend::dfl_backward(student, a);
   return grad_student;
 }

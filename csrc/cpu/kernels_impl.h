@@ -151,13 +151,13 @@ void for_each_run(const LocLayout& l, int64_t work_per_location, const F& body) 
 // ----------------------------------------------------------------- BCDL ----
 
 template <typename scalar_t, int MODE>
-void bcdl_forward_t(const BcdlArgs& a) {
+void bcdl_forward_t(const BcdlFwdArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = VecMath<acc_t>;
   using Vec = Vectorized<acc_t>;
   const auto* zs = static_cast<const scalar_t*>(a.student);
   const auto* zt = static_cast<const scalar_t*>(a.teacher);
-  const auto* coef = static_cast<const acc_t*>(a.coef);
+  const auto* weight = static_cast<const acc_t*>(a.weight);
   auto* loss = static_cast<acc_t*>(a.loss);
   auto* mad = static_cast<acc_t*>(a.max_abs_diff);
   const Vec beta(static_cast<acc_t>(a.beta));
@@ -174,20 +174,20 @@ void bcdl_forward_t(const BcdlArgs& a) {
       sum = sum + l;
       mx = M::max(mx, ad);
     }
-    if (coef != nullptr) sum = sum * load_lanes<acc_t>(coef + o, 1, n);
+    if (weight != nullptr) sum = sum * load_lanes<acc_t>(weight + o, 1, n);
     store_lanes(sum, loss + o, 1, n);
     store_lanes(mx, mad + o, 1, n);
   });
 }
 
 template <typename scalar_t, int MODE>
-void bcdl_backward_t(const BcdlArgs& a) {
+void bcdl_backward_t(const BcdlBwdArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = VecMath<acc_t>;
   using Vec = Vectorized<acc_t>;
   const auto* zs = static_cast<const scalar_t*>(a.student);
   const auto* zt = static_cast<const scalar_t*>(a.teacher);
-  const auto* coef = static_cast<const acc_t*>(a.coef);
+  const auto* scale = static_cast<const acc_t*>(a.grad_scale);
   auto* grad = static_cast<scalar_t*>(a.grad);
   const Vec beta(static_cast<acc_t>(a.beta));
   const LocLayout& ls = a.ls;
@@ -197,7 +197,7 @@ void bcdl_backward_t(const BcdlArgs& a) {
     const scalar_t* ps = zs + offset(ls, b, h, w0);
     const scalar_t* pt = zt + offset(lt, b, h, w0);
     scalar_t* pg = grad + offset(lg, b, h, w0);
-    const Vec c = load_lanes<acc_t>(coef + o, 1, n);
+    const Vec c = load_lanes<acc_t>(scale + o, 1, n);
     for (int64_t k = 0; k < ls.C; ++k) {
       const Vec g = math::bcdl_grad<M, MODE>(load_lanes<acc_t>(ps + k * ls.sc, ls.sw, n),
                                              load_lanes<acc_t>(pt + k * lt.sc, lt.sw, n), beta);
@@ -206,8 +206,8 @@ void bcdl_backward_t(const BcdlArgs& a) {
   });
 }
 
-template <template <typename, int> class K>
-void dispatch_beta(const BcdlArgs& a) {
+template <template <typename, int> class K, class Args>
+void dispatch_beta(const Args& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "bcdl_cpu", [&] {
     if (a.beta == 1.0) {
       K<scalar_t, 1>::run(a);
@@ -221,19 +221,19 @@ void dispatch_beta(const BcdlArgs& a) {
 
 template <typename scalar_t, int MODE>
 struct BcdlForward {
-  static void run(const BcdlArgs& a) { bcdl_forward_t<scalar_t, MODE>(a); }
+  static void run(const BcdlFwdArgs& a) { bcdl_forward_t<scalar_t, MODE>(a); }
 };
 template <typename scalar_t, int MODE>
 struct BcdlBackward {
-  static void run(const BcdlArgs& a) { bcdl_backward_t<scalar_t, MODE>(a); }
+  static void run(const BcdlBwdArgs& a) { bcdl_backward_t<scalar_t, MODE>(a); }
 };
 
-void bcdl_forward(const BcdlArgs& a) { dispatch_beta<BcdlForward>(a); }
-void bcdl_backward(const BcdlArgs& a) { dispatch_beta<BcdlBackward>(a); }
+void bcdl_forward(const BcdlFwdArgs& a) { dispatch_beta<BcdlForward>(a); }
+void bcdl_backward(const BcdlBwdArgs& a) { dispatch_beta<BcdlBackward>(a); }
 
 // ----------------------------------------------------------------- GIoU ----
 
-void giou_forward(const GiouArgs& a) {
+void giou_forward(const GiouFwdArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "giou_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using M = VecMath<acc_t>;
@@ -255,14 +255,14 @@ void giou_forward(const GiouArgs& a) {
   });
 }
 
-void giou_backward(const GiouArgs& a) {
+void giou_backward(const GiouBwdArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "giou_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using M = VecMath<acc_t>;
     using Vec = Vectorized<acc_t>;
     const auto* pred = static_cast<const scalar_t*>(a.pred);
     const auto* target = static_cast<const scalar_t*>(a.target);
-    const auto* coef = static_cast<const acc_t*>(a.coef);
+    const auto* grad_loss = static_cast<const acc_t*>(a.grad_loss);
     auto* grad_pred = static_cast<scalar_t*>(a.grad_pred);
     auto* grad_target = static_cast<scalar_t*>(a.grad_target);
     const Vec eps(static_cast<acc_t>(a.eps));
@@ -276,7 +276,7 @@ void giou_backward(const GiouArgs& a) {
         p[j] = load_lanes<acc_t>(pp + j * a.lp.sc, a.lp.sw, n);
         t[j] = load_lanes<acc_t>(pt + j * a.lt.sc, a.lt.sw, n);
       }
-      math::giou_grad<M>(p, t, eps, load_lanes<acc_t>(coef + o, 1, n), gp, gt);
+      math::giou_grad<M>(p, t, eps, load_lanes<acc_t>(grad_loss + o, 1, n), gp, gt);
       for (int j = 0; j < 4; ++j) {
         store_lanes(gp[j], gpp + j * a.lgp.sc, a.lgp.sw, n);
         store_lanes(gt[j], gpt + j * a.lgt.sc, a.lgt.sw, n);
@@ -310,7 +310,7 @@ void decode_edges(const scalar_t* base, const LocLayout& l, int nbins, int64_t n
   }
 }
 
-void dfl_forward(const DflArgs& a) {
+void dfl_forward(const DflFwdArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "dfl_giou_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using M = VecMath<acc_t>;
@@ -331,14 +331,14 @@ void dfl_forward(const DflArgs& a) {
   });
 }
 
-void dfl_backward(const DflArgs& a) {
+void dfl_backward(const DflBwdArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "dfl_giou_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using M = VecMath<acc_t>;
     using Vec = Vectorized<acc_t>;
     const auto* rs = static_cast<const scalar_t*>(a.student);
     const auto* rt = static_cast<const scalar_t*>(a.teacher);
-    const auto* coef = static_cast<const acc_t*>(a.coef);
+    const auto* grad_loss = static_cast<const acc_t*>(a.grad_loss);
     auto* grad = static_cast<scalar_t*>(a.grad);
     const Vec eps(static_cast<acc_t>(a.eps));
     const int nb = a.nbins;
@@ -348,7 +348,7 @@ void dfl_backward(const DflArgs& a) {
       decode_edges<acc_t>(rs + offset(a.ls, b, h, w0), a.ls, nb, n, bins, sum, ds, true);
       math::distances_to_box<M>(ds, bs);
       math::distances_to_box<M>(dt, bt);
-      math::giou_grad<M>(bs, bt, eps, load_lanes<acc_t>(coef + o, 1, n), gs, gt);
+      math::giou_grad<M>(bs, bt, eps, load_lanes<acc_t>(grad_loss + o, 1, n), gs, gt);
       // box = (−l, −t, r, b)
       const Vec gd[4] = {-gs[0], -gs[1], gs[2], gs[3]};
       scalar_t* pg = grad + offset(a.lg, b, h, w0);

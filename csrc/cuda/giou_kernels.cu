@@ -24,6 +24,7 @@
 //   four distances (dfl_chan below).
 #include <ATen/Dispatch.h>
 
+#include <type_traits>
 
 #include "common.cuh"
 #include "kernels.h"
@@ -62,7 +63,7 @@ __device__ __forceinline__ void store_box(scalar_t* base, const LocLayout& l, in
 }
 
 template <typename scalar_t, bool PACKED>
-__global__ void __launch_bounds__(kThreads) giou_forward_kernel(const GiouArgs a, int64_t n) {
+__global__ void __launch_bounds__(kThreads) giou_forward_kernel(const GiouFwdArgs a, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = math::ScalarMath<acc_t>;
   const auto* __restrict__ pred = static_cast<const scalar_t*>(a.pred);
@@ -77,19 +78,19 @@ __global__ void __launch_bounds__(kThreads) giou_forward_kernel(const GiouArgs a
 }
 
 template <typename scalar_t, bool PACKED>
-__global__ void __launch_bounds__(kThreads) giou_backward_kernel(const GiouArgs a, int64_t n) {
+__global__ void __launch_bounds__(kThreads) giou_backward_kernel(const GiouBwdArgs a, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = math::ScalarMath<acc_t>;
   const auto* __restrict__ pred = static_cast<const scalar_t*>(a.pred);
   const auto* __restrict__ target = static_cast<const scalar_t*>(a.target);
-  const auto* __restrict__ coef = static_cast<const acc_t*>(a.coef);
+  const auto* __restrict__ grad_loss = static_cast<const acc_t*>(a.grad_loss);
   auto* __restrict__ grad_pred = static_cast<scalar_t*>(a.grad_pred);
   auto* __restrict__ grad_target = static_cast<scalar_t*>(a.grad_target);
   BCKD_GRID_LOOP(i, n) {
     acc_t p[4], t[4], gp[4], gt[4];
     load_box<PACKED>(pred, a.lp, i, p);
     load_box<PACKED>(target, a.lt, i, t);
-    math::giou_grad<M>(p, t, static_cast<acc_t>(a.eps), coef[i], gp, gt);
+    math::giou_grad<M>(p, t, static_cast<acc_t>(a.eps), grad_loss[i], gp, gt);
     store_box<PACKED>(grad_pred, a.lgp, i, gp);
     store_box<PACKED>(grad_target, a.lgt, i, gt);
   }
@@ -120,14 +121,17 @@ __device__ __forceinline__ void dfl_giou_grad(const acc_t* ds, const acc_t* dt, 
   gd[3] = gs[3];
 }
 
+// The arguments of one direction.
+template <bool BACKWARD>
+using DflArgs = std::conditional_t<BACKWARD, DflBwdArgs, DflFwdArgs>;
+
 // nbins known at compile time: bins live in registers, each read once.
 template <typename scalar_t, int NB, bool BACKWARD>
-__global__ void __launch_bounds__(kThreads) dfl_loc_fixed(const DflArgs a, int64_t n) {
+__global__ void __launch_bounds__(kThreads) dfl_loc_fixed(const DflArgs<BACKWARD> a, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = DeviceMath<acc_t>;
   const auto* __restrict__ rs = static_cast<const scalar_t*>(a.student);
   const auto* __restrict__ rt = static_cast<const scalar_t*>(a.teacher);
-  const auto* __restrict__ coef = static_cast<const acc_t*>(a.coef);
   const acc_t eps = static_cast<acc_t>(a.eps);
   BCKD_GRID_LOOP(i, n) {
     const LocIndex loc(a.ls, i);
@@ -157,7 +161,7 @@ __global__ void __launch_bounds__(kThreads) dfl_loc_fixed(const DflArgs a, int64
       static_cast<acc_t*>(a.loss)[i] = dfl_giou_loss<M>(ds, dt, eps);
     } else {
       acc_t gd[4];
-      dfl_giou_grad<M>(ds, dt, eps, coef[i], gd);
+      dfl_giou_grad<M>(ds, dt, eps, static_cast<const acc_t*>(a.grad_loss)[i], gd);
       scalar_t* pg = static_cast<scalar_t*>(a.grad) + loc.offset(a.lg);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
@@ -175,12 +179,11 @@ __global__ void __launch_bounds__(kThreads) dfl_loc_fixed(const DflArgs a, int64
 // Any nbins: the softmax integral reads the bins from memory per use (twice
 // in the decode, once more in the backward's chain rule).
 template <typename scalar_t, bool BACKWARD>
-__global__ void __launch_bounds__(kThreads) dfl_loc_any(const DflArgs a, int64_t n) {
+__global__ void __launch_bounds__(kThreads) dfl_loc_any(const DflArgs<BACKWARD> a, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = DeviceMath<acc_t>;
   const auto* __restrict__ rs = static_cast<const scalar_t*>(a.student);
   const auto* __restrict__ rt = static_cast<const scalar_t*>(a.teacher);
-  const auto* __restrict__ coef = static_cast<const acc_t*>(a.coef);
   const acc_t eps = static_cast<acc_t>(a.eps);
   const int nb = a.nbins;
   BCKD_GRID_LOOP(i, n) {
@@ -202,7 +205,7 @@ __global__ void __launch_bounds__(kThreads) dfl_loc_any(const DflArgs a, int64_t
       static_cast<acc_t*>(a.loss)[i] = dfl_giou_loss<M>(ds, dt, eps);
     } else {
       acc_t gd[4];
-      dfl_giou_grad<M>(ds, dt, eps, coef[i], gd);
+      dfl_giou_grad<M>(ds, dt, eps, static_cast<const acc_t*>(a.grad_loss)[i], gd);
       scalar_t* pg = static_cast<scalar_t*>(a.grad) + loc.offset(a.lg);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
@@ -245,13 +248,12 @@ __device__ __forceinline__ T pick(const T (&a)[4], int e) {
 // the group stores the row with vector stores. Only lanes of one warp share
 // a tile, so __syncwarp orders its phases.
 template <typename scalar_t, int VEC, bool BACKWARD>
-__global__ void __launch_bounds__(kThreads) dfl_chan(const DflArgs a, int64_t n) {
+__global__ void __launch_bounds__(kThreads) dfl_chan(const DflArgs<BACKWARD> a, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = DeviceMath<acc_t>;
   extern __shared__ __align__(16) unsigned char dfl_tile[];
   const auto* __restrict__ rs = static_cast<const scalar_t*>(a.student);
   const auto* __restrict__ rt = static_cast<const scalar_t*>(a.teacher);
-  const auto* __restrict__ coef = static_cast<const acc_t*>(a.coef);
   const acc_t eps = static_cast<acc_t>(a.eps);
   const int nb = a.nbins;
   const int64_t C = a.ls.C;
@@ -314,7 +316,7 @@ __global__ void __launch_bounds__(kThreads) dfl_chan(const DflArgs a, int64_t n)
       if (live && wg.sub == 0) static_cast<acc_t*>(a.loss)[i] = dfl_giou_loss<M>(ds, dt, eps);
     } else {
       acc_t gd[4];
-      dfl_giou_grad<M>(ds, dt, eps, live ? coef[i] : acc_t(0), gd);
+      dfl_giou_grad<M>(ds, dt, eps, live ? static_cast<const acc_t*>(a.grad_loss)[i] : acc_t(0), gd);
       const acc_t k = pick(gd, wg.sub) / sum;
       for (int j = 0; j < nb; ++j) se[j] = k * se[j] * (static_cast<acc_t>(j) - d_s);
       __syncwarp();
@@ -335,23 +337,24 @@ __global__ void __launch_bounds__(kThreads) dfl_chan(const DflArgs a, int64_t n)
 // ------------------------------------------------------------ launching ----
 
 template <typename scalar_t>
-void launch_giou(const GiouArgs& a, bool forward, cudaStream_t stream) {
+void launch_giou(const GiouFwdArgs& a, cudaStream_t stream) {
   const int64_t n = a.lp.num_locations();
-  const bool packed = forward ? boxes_packed({{a.pred, &a.lp}, {a.target, &a.lt}}, sizeof(scalar_t))
-                              : boxes_packed({{a.pred, &a.lp}, {a.target, &a.lt}, {a.grad_pred, &a.lgp},
-                                              {a.grad_target, &a.lgt}},
-                                             sizeof(scalar_t));
-  const unsigned int blocks = blocks_for(n);
-  if (forward) {
-    if (packed) {
-      giou_forward_kernel<scalar_t, true><<<blocks, kThreads, 0, stream>>>(a, n);
-    } else {
-      giou_forward_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(a, n);
-    }
-  } else if (packed) {
-    giou_backward_kernel<scalar_t, true><<<blocks, kThreads, 0, stream>>>(a, n);
+  if (boxes_packed({{a.pred, &a.lp}, {a.target, &a.lt}}, sizeof(scalar_t))) {
+    giou_forward_kernel<scalar_t, true><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
   } else {
-    giou_backward_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(a, n);
+    giou_forward_kernel<scalar_t, false><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t>
+void launch_giou(const GiouBwdArgs& a, cudaStream_t stream) {
+  const int64_t n = a.lp.num_locations();
+  if (boxes_packed({{a.pred, &a.lp}, {a.target, &a.lt}, {a.grad_pred, &a.lgp}, {a.grad_target, &a.lgt}},
+                   sizeof(scalar_t))) {
+    giou_backward_kernel<scalar_t, true><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
+  } else {
+    giou_backward_kernel<scalar_t, false><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -359,21 +362,23 @@ void launch_giou(const GiouArgs& a, bool forward, cudaStream_t stream) {
 // The GFocal default, reg_max = 16.
 constexpr int kFixedBins = 17;
 
+// The operands a DFL kernel walks: both maps, and the gradient it writes.
+inline Access plan_dfl(const DflFwdArgs& a, int64_t elem, std::initializer_list<int64_t> vec_bytes) {
+  return plan_access({{a.student, &a.ls}, {a.teacher, &a.lt}}, elem, vec_bytes);
+}
+inline Access plan_dfl(const DflBwdArgs& a, int64_t elem, std::initializer_list<int64_t> vec_bytes) {
+  return plan_access({{a.student, &a.ls}, {a.teacher, &a.lt}, {a.grad, &a.lg}}, elem, vec_bytes);
+}
+
 template <typename scalar_t, bool BACKWARD>
-void launch_dfl(const DflArgs& a, cudaStream_t stream) {
+void launch_dfl(const DflArgs<BACKWARD>& a, cudaStream_t stream) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kVectors = sizeof(scalar_t) < 8;
   constexpr int V16 = kVectors ? 16 / sizeof(scalar_t) : 1;
   constexpr int V8 = kVectors ? 8 / sizeof(scalar_t) : 1;
   const int64_t n = a.ls.num_locations();
-  const Operand s{a.student, &a.ls}, t{a.teacher, &a.lt}, g{a.grad, &a.lg};
   const size_t elem = sizeof(scalar_t);
-  Access acc{};
-  if (kVectors) {
-    acc = BACKWARD ? plan_access({s, t, g}, elem, {16, 8}) : plan_access({s, t}, elem, {16, 8});
-  } else {
-    acc = BACKWARD ? plan_access({s, t, g}, elem, {}) : plan_access({s, t}, elem, {});
-  }
+  const Access acc = kVectors ? plan_dfl(a, elem, {16, 8}) : plan_dfl(a, elem, {});
   const size_t smem = dfl_chan_smem(a.ls.C, sizeof(acc_t));
   // The tile must fit the default 48 KB of shared memory per block (68
   // channels in float32 take 34 KB).
@@ -396,22 +401,22 @@ void launch_dfl(const DflArgs& a, cudaStream_t stream) {
 
 }  // namespace
 
-void giou_forward(const GiouArgs& a, cudaStream_t stream) {
+void giou_forward(const GiouFwdArgs& a, cudaStream_t stream) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "giou_cuda",
-                                  [&] { launch_giou<scalar_t>(a, true, stream); });
+                                  [&] { launch_giou<scalar_t>(a, stream); });
 }
 
-void giou_backward(const GiouArgs& a, cudaStream_t stream) {
+void giou_backward(const GiouBwdArgs& a, cudaStream_t stream) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "giou_backward_cuda",
-                                  [&] { launch_giou<scalar_t>(a, false, stream); });
+                                  [&] { launch_giou<scalar_t>(a, stream); });
 }
 
-void dfl_forward(const DflArgs& a, cudaStream_t stream) {
+void dfl_forward(const DflFwdArgs& a, cudaStream_t stream) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "dfl_giou_cuda",
                                   [&] { launch_dfl<scalar_t, false>(a, stream); });
 }
 
-void dfl_backward(const DflArgs& a, cudaStream_t stream) {
+void dfl_backward(const DflBwdArgs& a, cudaStream_t stream) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "dfl_giou_backward_cuda",
                                   [&] { launch_dfl<scalar_t, true>(a, stream); });
 }
