@@ -32,9 +32,7 @@ template <typename scalar_t>
 struct ScalarMath {
   using T = scalar_t;
   using Mask = bool;
-  static BCKD_HD T exp(T x) { return ::exp(x); }
   static BCKD_HD T exp_neg(T x) { return ::exp(x); }
-  static BCKD_HD T log1p(T x) { return ::log1p(x); }
   static BCKD_HD T log1p_unit(T x) { return ::log1p(x); }
   static BCKD_HD T pow(T x, T y) { return ::pow(x, y); }
   static BCKD_HD T abs(T x) { return ::fabs(x); }
@@ -76,7 +74,8 @@ BCKD_HD typename M::T rcp_unit(typename M::T x) {
 //   softplus(z) = max(z, 0) + log1p(e).
 // The modulating factor is not detached. Its derivative is 0 where d = 0
 // (sgn(0) = 0), so the gradient vanishes exactly where p = q.
-// BETA_MODE: 1 for β = 1, 2 for β = 2 (no pow), 0 for any other β.
+// BETA_MODE: 1 for β = 1, 2 for β = 2 (no pow), 0 for any other β; kernels
+// pick it with dispatch.h's with_beta_mode.
 // ---------------------------------------------------------------------------
 
 template <class M>

@@ -11,7 +11,6 @@
 // pieces instead of saving anything of size [N, C].
 #pragma once
 
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -20,6 +19,7 @@
 #include <type_traits>
 
 #include "../bckd_math.h"
+#include "../dispatch.h"
 #include "kernels.h"
 
 namespace bckd {
@@ -75,8 +75,6 @@ template <typename acc_t>
 struct VecMath {
   using T = Vectorized<acc_t>;
   using Mask = Vectorized<acc_t>;
-  static T exp(const T& x) { return x.exp(); }
-  static T log1p(const T& x) { return x.log1p(); }
   static T exp_neg(const T& x) {
 #if defined(CPU_CAPABILITY_AVX2)
     if constexpr (std::is_same_v<acc_t, float>) return fast_exp_neg(x);
@@ -206,35 +204,22 @@ void bcdl_backward_t(const BcdlBwdArgs& a) {
   });
 }
 
-template <template <typename, int> class K, class Args>
-void dispatch_beta(const Args& a) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "bcdl_cpu", [&] {
-    if (a.beta == 1.0) {
-      K<scalar_t, 1>::run(a);
-    } else if (a.beta == 2.0) {
-      K<scalar_t, 2>::run(a);
-    } else {
-      K<scalar_t, 0>::run(a);
-    }
+void bcdl_forward(const BcdlFwdArgs& a) {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "bcdl_cpu", [&] {
+    with_beta_mode(a.beta, [&](auto mode) { bcdl_forward_t<scalar_t, decltype(mode)::value>(a); });
   });
 }
 
-template <typename scalar_t, int MODE>
-struct BcdlForward {
-  static void run(const BcdlFwdArgs& a) { bcdl_forward_t<scalar_t, MODE>(a); }
-};
-template <typename scalar_t, int MODE>
-struct BcdlBackward {
-  static void run(const BcdlBwdArgs& a) { bcdl_backward_t<scalar_t, MODE>(a); }
-};
-
-void bcdl_forward(const BcdlFwdArgs& a) { dispatch_beta<BcdlForward>(a); }
-void bcdl_backward(const BcdlBwdArgs& a) { dispatch_beta<BcdlBackward>(a); }
+void bcdl_backward(const BcdlBwdArgs& a) {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "bcdl_backward_cpu", [&] {
+    with_beta_mode(a.beta, [&](auto mode) { bcdl_backward_t<scalar_t, decltype(mode)::value>(a); });
+  });
+}
 
 // ----------------------------------------------------------------- GIoU ----
 
 void giou_forward(const GiouFwdArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "giou_cpu", [&] {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "giou_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using M = VecMath<acc_t>;
     using Vec = Vectorized<acc_t>;
@@ -256,7 +241,7 @@ void giou_forward(const GiouFwdArgs& a) {
 }
 
 void giou_backward(const GiouBwdArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "giou_backward_cpu", [&] {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "giou_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using M = VecMath<acc_t>;
     using Vec = Vectorized<acc_t>;
@@ -311,7 +296,7 @@ void decode_edges(const scalar_t* base, const LocLayout& l, int nbins, int64_t n
 }
 
 void dfl_forward(const DflFwdArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "dfl_giou_cpu", [&] {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "dfl_giou_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using M = VecMath<acc_t>;
     using Vec = Vectorized<acc_t>;
@@ -332,7 +317,7 @@ void dfl_forward(const DflFwdArgs& a) {
 }
 
 void dfl_backward(const DflBwdArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "dfl_giou_backward_cpu", [&] {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "dfl_giou_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using M = VecMath<acc_t>;
     using Vec = Vectorized<acc_t>;

@@ -17,10 +17,7 @@
 //   classes finish in a shuffle butterfly.
 // Sums run in a fixed order in both (class order inside a thread, then the
 // butterfly), so a call gives the same bits every run; no atomics.
-#include <ATen/Dispatch.h>
-
-#include <type_traits>
-
+#include "../dispatch.h"
 #include "common.cuh"
 #include "kernels.h"
 
@@ -316,31 +313,19 @@ void launch_backward(const BcdlBwdArgs& a, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <bool FORWARD, class Args>
-void launch(const Args& a, cudaStream_t stream) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "bcdl_cuda", [&] {
-    const auto run = [&](auto mode) {
-      constexpr int MODE = decltype(mode)::value;
-      if constexpr (FORWARD) {
-        launch_forward<scalar_t, MODE>(a, stream);
-      } else {
-        launch_backward<scalar_t, MODE>(a, stream);
-      }
-    };
-    if (a.beta == 1.0) {
-      run(std::integral_constant<int, 1>{});
-    } else if (a.beta == 2.0) {
-      run(std::integral_constant<int, 2>{});
-    } else {
-      run(std::integral_constant<int, 0>{});
-    }
+}  // namespace
+
+void bcdl_forward(const BcdlFwdArgs& a, cudaStream_t stream) {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "bcdl_cuda", [&] {
+    with_beta_mode(a.beta, [&](auto mode) { launch_forward<scalar_t, decltype(mode)::value>(a, stream); });
   });
 }
 
-}  // namespace
-
-void bcdl_forward(const BcdlFwdArgs& a, cudaStream_t stream) { launch<true>(a, stream); }
-void bcdl_backward(const BcdlBwdArgs& a, cudaStream_t stream) { launch<false>(a, stream); }
+void bcdl_backward(const BcdlBwdArgs& a, cudaStream_t stream) {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "bcdl_backward_cuda", [&] {
+    with_beta_mode(a.beta, [&](auto mode) { launch_backward<scalar_t, decltype(mode)::value>(a, stream); });
+  });
+}
 
 }  // namespace cuda
 }  // namespace bckd

@@ -22,10 +22,9 @@
 //   as 16-byte vectors (8 bytes for half-precision rows of 68) into shared
 //   memory, each lane decodes its edge, and shuffles hand every lane the
 //   four distances (dfl_chan below).
-#include <ATen/Dispatch.h>
-
 #include <type_traits>
 
+#include "../dispatch.h"
 #include "common.cuh"
 #include "kernels.h"
 
@@ -402,23 +401,19 @@ void launch_dfl(const DflArgs<BACKWARD>& a, cudaStream_t stream) {
 }  // namespace
 
 void giou_forward(const GiouFwdArgs& a, cudaStream_t stream) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "giou_cuda",
-                                  [&] { launch_giou<scalar_t>(a, stream); });
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "giou_cuda", [&] { launch_giou<scalar_t>(a, stream); });
 }
 
 void giou_backward(const GiouBwdArgs& a, cudaStream_t stream) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "giou_backward_cuda",
-                                  [&] { launch_giou<scalar_t>(a, stream); });
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "giou_backward_cuda", [&] { launch_giou<scalar_t>(a, stream); });
 }
 
 void dfl_forward(const DflFwdArgs& a, cudaStream_t stream) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "dfl_giou_cuda",
-                                  [&] { launch_dfl<scalar_t, false>(a, stream); });
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "dfl_giou_cuda", [&] { launch_dfl<scalar_t, false>(a, stream); });
 }
 
 void dfl_backward(const DflBwdArgs& a, cudaStream_t stream) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "dfl_giou_backward_cuda",
-                                  [&] { launch_dfl<scalar_t, true>(a, stream); });
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "dfl_giou_backward_cuda", [&] { launch_dfl<scalar_t, true>(a, stream); });
 }
 
 }  // namespace cuda
