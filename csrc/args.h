@@ -11,6 +11,9 @@
 
 namespace bckd {
 
+// Largest reg_max the fused DFL kernels take (65 bins per edge).
+constexpr int kMaxRegMax = 64;
+
 // Per-location tensors (weights, upstream gradients, losses, max_abs_diff)
 // are contiguous in the accumulation dtype (float32, float64 for float64
 // inputs), indexed (b·H + h)·W + w.

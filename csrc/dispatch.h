@@ -6,7 +6,7 @@
 
 #include <type_traits>
 
-// The input dtypes every kernel takes (layout.h's is_supported_float).
+// The input dtypes every kernel takes (ops_host.h's is_supported_float).
 #define BCKD_DISPATCH_FLOATING_TYPES(dtype, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 

@@ -1,12 +1,15 @@
 // The operators' host side, shared by every device: argument checks, output
 // allocation and the kernel arguments. `Backend` runs the kernels of one
 // device (CpuBackend in cpu/ops_cpu.cpp, CudaBackend in cuda/*.cu).
+//
+// Every refusal is a ValueError naming the operator and the argument, as
+// bckd_kernels/_contract.py words it for the Python side.
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mul.h>
+#include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
 #include <cmath>
@@ -17,8 +20,43 @@
 
 namespace bckd {
 
-// Largest reg_max the fused DFL kernels take (65 bins per edge).
-constexpr int64_t kMaxRegMax = 64;
+// --------------------------------------------------------------- checks ----
+
+// The input dtypes (dispatch.h's BCKD_DISPATCH_FLOATING_TYPES).
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
+}
+
+// A pair of per-location-row inputs (student/teacher logits, pred/target
+// boxes): same shape, dtype and device.
+inline void check_pair(const char* op, const at::Tensor& s, const char* s_name,
+                       const at::Tensor& t, const char* t_name) {
+  TORCH_CHECK_VALUE(s.dim() == 2 || s.dim() == 4, op, ": ", s_name,
+              " must be [N, C] or [B, C, H, W], got shape ", s.sizes());
+  TORCH_CHECK_VALUE(is_supported_float(s.scalar_type()), op, ": ", s_name,
+              " must be float32, float16, bfloat16 or float64, got ", s.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == s.sizes(), op, ": ", t_name, " shape ", t.sizes(),
+              " must equal ", s_name, " shape ", s.sizes());
+  TORCH_CHECK_VALUE(t.scalar_type() == s.scalar_type(), op, ": ", t_name, " dtype ",
+              t.scalar_type(), " must equal ", s_name, " dtype ", s.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == s.device(), op, ": ", t_name, " is on ", t.device(),
+              " but ", s_name, " is on ", s.device());
+}
+
+// A per-location tensor (weight, upstream gradient) as a contiguous float
+// vector of the accumulation dtype. Copies only when it has to (a few bytes
+// per location, never [N, C]).
+inline at::Tensor per_location(const char* op, const at::Tensor& v, const char* name,
+                               const at::Tensor& like, at::ScalarType dtype) {
+  const auto shape = location_shape(like);
+  TORCH_CHECK_VALUE(v.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have shape ",
+              at::IntArrayRef(shape), " (one value per location), got ", v.sizes());
+  TORCH_CHECK_VALUE(v.device() == like.device(), op, ": ", name, " is on ", v.device(),
+              " but the inputs are on ", like.device());
+  TORCH_CHECK_VALUE(at::isFloatingType(v.scalar_type()) || v.scalar_type() == at::kBool, op,
+              ": ", name, " must be a floating point or bool tensor, got ", v.scalar_type());
+  return v.to(dtype).contiguous();
+}
 
 // β and eps: finite and positive (an infinite β gives NaN gradients, an
 // infinite eps NaN losses).
@@ -27,9 +65,7 @@ inline void check_positive(const char* op, double value, const char* name) {
                     value);
 }
 
-inline at::Tensor new_per_location(const at::Tensor& like) {
-  return at::empty(location_shape(like), like.options().dtype(loss_dtype(like.scalar_type())));
-}
+// ---------------------------------------------------------- kernel args ----
 
 // The input fields every op's arguments share.
 inline MapPair map_pair(const at::Tensor& student, const at::Tensor& teacher,
@@ -94,14 +130,7 @@ inline void check_boxes(const char* op, const at::Tensor& pred, const at::Tensor
                         double eps) {
   TORCH_CHECK_VALUE(pred.dim() == 2 && pred.size(1) == 4, op,
               ": pred must be [N, 4] boxes (x1, y1, x2, y2), got shape ", pred.sizes());
-  TORCH_CHECK_VALUE(is_supported_float(pred.scalar_type()), op,
-              ": pred must be float32, float16, bfloat16 or float64, got ", pred.scalar_type());
-  TORCH_CHECK_VALUE(target.sizes() == pred.sizes(), op, ": target shape ", target.sizes(),
-              " must equal pred shape ", pred.sizes());
-  TORCH_CHECK_VALUE(target.scalar_type() == pred.scalar_type(), op, ": target dtype ",
-              target.scalar_type(), " must equal pred dtype ", pred.scalar_type());
-  TORCH_CHECK_VALUE(target.device() == pred.device(), op, ": target is on ", target.device(),
-              " but pred is on ", pred.device());
+  check_pair(op, pred, "pred", target, "target");
   check_positive(op, eps, "eps");
 }
 

@@ -28,7 +28,7 @@ namespace CPU_CAPABILITY {
 
 using at::vec::Vectorized;
 
-constexpr int kMaxBins = 65;
+constexpr int kMaxBins = kMaxRegMax + 1;
 // Elements per parallel task, as ATen uses.
 constexpr int64_t kGrainSize = 32768;
 
