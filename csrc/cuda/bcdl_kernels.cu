@@ -208,8 +208,8 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    sum = group_sum(sum, group);
-    mx = group_max<M>(mx, group);
+    sum = group_reduce(sum, group, [](acc_t x, acc_t y) { return x + y; });
+    mx = group_reduce(mx, group, [](acc_t x, acc_t y) { return M::max(x, y); });
     if (i < n && wg.sub == 0) {
       if (weight != nullptr) sum *= weight[i];
       static_cast<acc_t*>(a.loss)[i] = sum;

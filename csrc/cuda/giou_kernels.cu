@@ -61,18 +61,21 @@ __device__ __forceinline__ void store_box(scalar_t* base, const LocLayout& l, in
   }
 }
 
+// Box pair i: pred into p, target into t.
+template <bool PACKED, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void load_boxes(const BoxPair& a, int64_t i, acc_t* p, acc_t* t) {
+  load_box<PACKED>(static_cast<const scalar_t*>(a.pred), a.lp, i, p);
+  load_box<PACKED>(static_cast<const scalar_t*>(a.target), a.lt, i, t);
+}
+
 template <typename scalar_t, bool PACKED>
 __global__ void __launch_bounds__(kThreads) giou_forward_kernel(const GiouFwdArgs a, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
-  using M = math::ScalarMath<acc_t>;
-  const auto* __restrict__ pred = static_cast<const scalar_t*>(a.pred);
-  const auto* __restrict__ target = static_cast<const scalar_t*>(a.target);
   auto* __restrict__ loss = static_cast<acc_t*>(a.loss);
   BCKD_GRID_LOOP(i, n) {
     acc_t p[4], t[4];
-    load_box<PACKED>(pred, a.lp, i, p);
-    load_box<PACKED>(target, a.lt, i, t);
-    loss[i] = math::giou_loss<M>(p, t, static_cast<acc_t>(a.eps));
+    load_boxes<PACKED, scalar_t>(a, i, p, t);
+    loss[i] = math::giou_loss<math::ScalarMath<acc_t>>(p, t, static_cast<acc_t>(a.eps));
   }
 }
 
@@ -80,15 +83,12 @@ template <typename scalar_t, bool PACKED>
 __global__ void __launch_bounds__(kThreads) giou_backward_kernel(const GiouBwdArgs a, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = math::ScalarMath<acc_t>;
-  const auto* __restrict__ pred = static_cast<const scalar_t*>(a.pred);
-  const auto* __restrict__ target = static_cast<const scalar_t*>(a.target);
   const auto* __restrict__ grad_loss = static_cast<const acc_t*>(a.grad_loss);
   auto* __restrict__ grad_pred = static_cast<scalar_t*>(a.grad_pred);
   auto* __restrict__ grad_target = static_cast<scalar_t*>(a.grad_target);
   BCKD_GRID_LOOP(i, n) {
     acc_t p[4], t[4], gp[4], gt[4];
-    load_box<PACKED>(pred, a.lp, i, p);
-    load_box<PACKED>(target, a.lt, i, t);
+    load_boxes<PACKED, scalar_t>(a, i, p, t);
     math::giou_grad<M>(p, t, static_cast<acc_t>(a.eps), grad_loss[i], gp, gt);
     store_box<PACKED>(grad_pred, a.lgp, i, gp);
     store_box<PACKED>(grad_target, a.lgt, i, gt);
@@ -124,6 +124,20 @@ __device__ __forceinline__ void dfl_giou_grad(const acc_t* ds, const acc_t* dt, 
 template <bool BACKWARD>
 using DflArgs = std::conditional_t<BACKWARD, DflBwdArgs, DflFwdArgs>;
 
+// Location i of a kLocation kernel once its distances are decoded: the
+// forward writes its loss, the backward sets gd = grad_loss_i · ∂loss/∂dist.
+template <class M, typename acc_t>
+__device__ __forceinline__ void dfl_location(const DflFwdArgs& a, int64_t i, const acc_t* ds,
+                                             const acc_t* dt, acc_t eps, acc_t*) {
+  static_cast<acc_t*>(a.loss)[i] = dfl_giou_loss<M>(ds, dt, eps);
+}
+
+template <class M, typename acc_t>
+__device__ __forceinline__ void dfl_location(const DflBwdArgs& a, int64_t i, const acc_t* ds,
+                                             const acc_t* dt, acc_t eps, acc_t* gd) {
+  dfl_giou_grad<M>(ds, dt, eps, static_cast<const acc_t*>(a.grad_loss)[i], gd);
+}
+
 // nbins known at compile time: bins live in registers, each read once.
 template <typename scalar_t, int NB, bool BACKWARD>
 __global__ void __launch_bounds__(kThreads) dfl_loc_fixed(const DflArgs<BACKWARD> a, int64_t n) {
@@ -156,11 +170,9 @@ __global__ void __launch_bounds__(kThreads) dfl_loc_fixed(const DflArgs<BACKWARD
         math::softmax_integral<M>([&](int j) { return xs[j]; }, NB, mx, sum, ds[e]);
       }
     }
-    if constexpr (!BACKWARD) {
-      static_cast<acc_t*>(a.loss)[i] = dfl_giou_loss<M>(ds, dt, eps);
-    } else {
-      acc_t gd[4];
-      dfl_giou_grad<M>(ds, dt, eps, static_cast<const acc_t*>(a.grad_loss)[i], gd);
+    acc_t gd[4];
+    dfl_location<M>(a, i, ds, dt, eps, gd);
+    if constexpr (BACKWARD) {
       scalar_t* pg = static_cast<scalar_t*>(a.grad) + loc.offset(a.lg);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
@@ -200,11 +212,9 @@ __global__ void __launch_bounds__(kThreads) dfl_loc_any(const DflArgs<BACKWARD> 
       math::softmax_integral<M>([&](int j) { return static_cast<acc_t>(et[j * a.lt.sc]); }, nb, mx_t,
                                 sum_t, dt[e]);
     }
-    if constexpr (!BACKWARD) {
-      static_cast<acc_t*>(a.loss)[i] = dfl_giou_loss<M>(ds, dt, eps);
-    } else {
-      acc_t gd[4];
-      dfl_giou_grad<M>(ds, dt, eps, static_cast<const acc_t*>(a.grad_loss)[i], gd);
+    acc_t gd[4];
+    dfl_location<M>(a, i, ds, dt, eps, gd);
+    if constexpr (BACKWARD) {
       scalar_t* pg = static_cast<scalar_t*>(a.grad) + loc.offset(a.lg);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
