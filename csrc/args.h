@@ -43,7 +43,8 @@ struct BcdlFwdArgs : MapPair {
 
 struct BcdlBwdArgs : MapPair {
   double beta;
-  const void* grad_scale;  // grad_loss · weight
+  const void* grad_loss;
+  const void* weight;  // or nullptr; the kernel scales by grad_loss · weight
   void* grad;              // layout lg
   LocLayout lg;
 };

@@ -8,7 +8,6 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/mul.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
@@ -113,12 +112,14 @@ at::Tensor bin_cls_distill_backward(const at::Tensor& grad_loss, const at::Tenso
   const char* op = "_bin_cls_distill_backward";
   check_bcdl(op, student, teacher, beta);
   const auto acc = loss_dtype(student.scalar_type());
-  at::Tensor scale = per_location(op, grad_loss, "grad_loss", student, acc);
-  if (weight.has_value()) scale = at::mul(scale, per_location(op, *weight, "weight", student, acc));
+  const at::Tensor g = per_location(op, grad_loss, "grad_loss", student, acc);
+  at::Tensor w;
+  if (weight.has_value()) w = per_location(op, *weight, "weight", student, acc);
   at::Tensor grad = at::empty_like(student);
   if (grad.numel() == 0) return grad;
   const auto l = make_layouts({&student, &teacher, &grad});
-  const BcdlBwdArgs a{map_pair(student, teacher, l), beta, scale.const_data_ptr(),
+  const BcdlBwdArgs a{map_pair(student, teacher, l), beta, g.const_data_ptr(),
+                      w.defined() ? w.const_data_ptr() : nullptr,
                       grad.mutable_data_ptr(), l[2]};
   Backend::bcdl_backward(student, a);
   return grad;

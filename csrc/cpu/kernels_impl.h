@@ -186,12 +186,14 @@ void bcdl_backward_t(const BcdlBwdArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = VecMath<acc_t>;
   using Vec = Vectorized<acc_t>;
-  const auto* scale = static_cast<const acc_t*>(a.grad_scale);
+  const auto* grad_loss = static_cast<const acc_t*>(a.grad_loss);
+  const auto* weight = static_cast<const acc_t*>(a.weight);
   auto* grad = static_cast<scalar_t*>(a.grad);
   const Vec beta(static_cast<acc_t>(a.beta));
   for_each_run<Vec::size()>(a.ls, a.ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
     scalar_t* pg = grad + offset(a.lg, b, h, w0);
-    const Vec c = load_lanes<acc_t>(scale + o, 1, n);
+    Vec c = load_lanes<acc_t>(grad_loss + o, 1, n);
+    if (weight != nullptr) c = c * load_lanes<acc_t>(weight + o, 1, n);
     for_each_class<acc_t, scalar_t>(a, b, h, w0, n, [&](int64_t k, const Vec& zs, const Vec& zt) {
       store_lanes(math::bcdl_grad<M, MODE>(zs, zt, beta) * c, pg + k * a.lg.sc, a.lg.sw, n);
     });
