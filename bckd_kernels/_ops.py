@@ -1,8 +1,10 @@
-"""Loads the compiled operators and registers their fake kernels and autograd.
+"""Loads the compiled operators and registers their fake kernels.
 
-The schemas and the CPU/CUDA kernels come from ``bckd_kernels._C``
-(csrc/). If it cannot be loaded, ``HAS_COMPILED`` is False, a warning says
-why (once), and the functional API falls back to the pure-PyTorch reference.
+The schemas, the CPU/CUDA kernels and the autograd of the compiled operators
+come from ``bckd_kernels._C`` (csrc/; autograd in csrc/autograd.cpp). If it
+cannot be loaded, ``HAS_COMPILED`` is False, a warning says why (once), and the
+functional API falls back to the pure-PyTorch reference. The autograd helpers
+below serve the Triton operators (triton_ops.py).
 """
 
 import warnings
@@ -71,20 +73,10 @@ def _register():
         _contract.check_per_location("_dfl_giou_distill_backward", grad, "grad", student_reg)
         return torch.empty_like(student_reg)
 
-    ops = torch.ops.bckd
-    for name, (backward, setup) in (
-        ("bin_cls_distill", bcdl_autograd(ops._bin_cls_distill_backward, ops.bin_cls_distill)),
-        ("paired_giou", giou_autograd(ops._paired_giou_backward)),
-        ("dfl_giou_distill", dfl_autograd(ops._dfl_giou_distill_backward)),
-    ):
-        torch.library.register_autograd(lib + name, backward, setup_context=setup)
-        no_double, no_setup = no_double_backward(name)
-        torch.library.register_autograd(lib + f"_{name}_backward", no_double, setup_context=no_setup)
 
-
-# Autograd of the three losses, given their backward and forward ops (C++/CUDA
-# here, Triton in triton_ops.py): (backward, setup_context) for
-# torch.library.register_autograd.
+# Autograd of the three losses given their backward and forward ops, for the
+# Triton operators (triton_ops.py; the compiled ones register the same rules in
+# csrc/autograd.cpp): (backward, setup_context) for torch.library.register_autograd.
 
 
 def bcdl_autograd(backward_op, forward_op):

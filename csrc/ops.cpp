@@ -1,5 +1,6 @@
 // Schemas of the bckd operators. Kernels register themselves per device in
-// csrc/cpu and csrc/cuda; autograd and fake kernels live in bckd_kernels/_ops.py.
+// csrc/cpu and csrc/cuda, autograd in csrc/autograd.cpp; fake kernels live in
+// bckd_kernels/_ops.py.
 #include <Python.h>
 #include <torch/library.h>
 
