@@ -57,10 +57,11 @@ def _register():
         return _new_per_location(pred)
 
     @torch.library.register_fake(lib + "_paired_giou_backward")
-    def _(grad, pred, target, eps):
+    def _(grad, pred, target, eps, output_mask=(True, True)):
         _contract.check_boxes("_paired_giou_backward", pred, target, eps)
         _contract.check_per_location("_paired_giou_backward", grad, "grad", pred)
-        return torch.empty_like(pred), torch.empty_like(target)
+        return (torch.empty_like(pred) if output_mask[0] else None,
+                torch.empty_like(target) if output_mask[1] else None)
 
     @torch.library.register_fake(lib + "dfl_giou_distill")
     def _(student_reg, teacher_reg, reg_max=16, eps=1e-6):

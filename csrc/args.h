@@ -57,8 +57,8 @@ struct GiouFwdArgs : BoxPair {
 struct GiouBwdArgs : BoxPair {
   double eps;
   const void* grad_loss;
-  void* grad_pred;    // layout lgp
-  void* grad_target;  // layout lgt
+  void* grad_pred;    // layout lgp; nullptr: not wanted
+  void* grad_target;  // layout lgt; nullptr: not wanted
   LocLayout lgp, lgt;
 };
 

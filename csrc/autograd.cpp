@@ -10,7 +10,8 @@
 //   is a constant and max_abs_diff has none. The weight's gradient (the
 //   unweighted loss times the upstream gradient) costs one more forward pass,
 //   taken only when the weight requires a gradient.
-// - paired_giou: gradients to the boxes that need them.
+// - paired_giou: gradients to the boxes that need them; the backward
+//   operator's output_mask keeps the other from being computed or written.
 // - dfl_giou_distill: gradient to the student's regression logits only.
 // The backward operators refuse a second derivative instead of returning a
 // wrong one.
@@ -19,6 +20,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <array>
 #include <string>
 #include <tuple>
 
@@ -46,7 +48,7 @@ using BcdlSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::
 using BcdlBwdSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, double);
 using GiouSig = at::Tensor(const at::Tensor&, const at::Tensor&, double);
 using GiouBwdSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                      double);
+                                                      double, std::array<bool, 2>);
 using DflSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double);
 using DflBwdSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double);
 
@@ -127,12 +129,12 @@ struct PairedGiou : torch::autograd::Function<PairedGiou> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const bool need_pred = ctx->needs_input_grad(0), need_target = ctx->needs_input_grad(1);
-    if (!need_pred && !need_target) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    const std::array<bool, 2> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    if (!mask[0] && !mask[1]) return {at::Tensor(), at::Tensor(), at::Tensor()};
     const variable_list saved = ctx->get_saved_variables();
     auto [grad_pred, grad_target] =
-        giou_backward_op().call(grads[0], saved[0], saved[1], ctx->saved_data["eps"].toDouble());
-    return {need_pred ? grad_pred : at::Tensor(), need_target ? grad_target : at::Tensor(), at::Tensor()};
+        giou_backward_op().call(grads[0], saved[0], saved[1], ctx->saved_data["eps"].toDouble(), mask);
+    return {grad_pred, grad_target, at::Tensor()};
   }
 };
 
@@ -169,15 +171,19 @@ at::Tensor dfl_giou_distill_autograd(const at::Tensor& student_reg, const at::Te
 
 // ------------------------------------------------------ backward operators ----
 
-// Autograd of a backward operator: run(...) below autograd, with outputs
-// whose own backward refuses. `inputs` are the tensors a second derivative
-// would flow to.
+// Autograd of a backward operator: run() below autograd, with outputs whose
+// own backward refuses. `inputs` are the tensors a second derivative would
+// flow to. Undefined outputs (not asked for) are left out of the result.
 struct NoDoubleBackward : torch::autograd::Function<NoDoubleBackward> {
   template <class Run, class... Inputs>
   static variable_list forward(AutogradContext* ctx, const char* name, const Run& run, const Inputs&...) {
     ctx->saved_data["name"] = std::string(name);
     at::AutoDispatchBelowADInplaceOrView guard;
-    return run();
+    variable_list out;
+    for (const at::Tensor& t : run()) {
+      if (t.defined()) out.push_back(t);
+    }
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list) {
@@ -193,13 +199,17 @@ at::Tensor bin_cls_distill_backward_autograd(const at::Tensor& grad_loss, const 
 }
 
 std::tuple<at::Tensor, at::Tensor> paired_giou_backward_autograd(const at::Tensor& grad, const at::Tensor& pred,
-                                                                 const at::Tensor& target, double eps) {
+                                                                 const at::Tensor& target, double eps,
+                                                                 std::array<bool, 2> output_mask) {
   const auto run = [&] {
-    auto [grad_pred, grad_target] = giou_backward_op().call(grad, pred, target, eps);
+    auto [grad_pred, grad_target] = giou_backward_op().call(grad, pred, target, eps, output_mask);
     return variable_list{grad_pred, grad_target};
   };
   const variable_list out = NoDoubleBackward::apply("paired_giou", run, grad, pred, target);
-  return {out[0], out[1]};
+  size_t k = 0;
+  at::Tensor grad_pred = output_mask[0] ? out[k++] : at::Tensor();
+  at::Tensor grad_target = output_mask[1] ? out[k++] : at::Tensor();
+  return {grad_pred, grad_target};
 }
 
 at::Tensor dfl_giou_distill_backward_autograd(const at::Tensor& grad, const at::Tensor& student_reg,

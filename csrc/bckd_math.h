@@ -183,11 +183,12 @@ BCKD_HD typename M::T d_min_a(typename M::T a, typename M::T b) {
   return M::select(M::lt(a, b), T(1), M::select(M::eq(a, b), T(0.5), T(0)));
 }
 
-// Writes g · ∂loss/∂p into gp[4] and g · ∂loss/∂t into gt[4].
+// Writes g · ∂loss/∂p into gp[4] if want_p and g · ∂loss/∂t into gt[4] if
+// want_t; a gradient nobody asked for is not computed.
 template <class M>
 BCKD_HD void giou_grad(const typename M::T* p, const typename M::T* t,
                        typename M::T eps, typename M::T g, typename M::T* gp,
-                       typename M::T* gt) {
+                       typename M::T* gt, bool want_p, bool want_t) {
   using T = typename M::T;
   const T zero(0);
   const T ix2 = M::min(p[2], t[2]), ix1 = M::max(p[0], t[0]);
@@ -222,14 +223,18 @@ BCKD_HD void giou_grad(const typename M::T* p, const typename M::T* t,
 
   // x2: +iw through min(p2, t2), +ew through max(p2, t2); x1: −iw through
   // max(p0, t0), −ew through min(p0, t0); and the box's own area.
-  gp[0] = -g_iw * d_min_a<M>(t[0], p[0]) - g_ew * d_min_a<M>(p[0], t[0]) - g_u * ph;
-  gp[1] = -g_ih * d_min_a<M>(t[1], p[1]) - g_eh * d_min_a<M>(p[1], t[1]) - g_u * pw;
-  gp[2] = g_iw * d_min_a<M>(p[2], t[2]) + g_ew * d_min_a<M>(t[2], p[2]) + g_u * ph;
-  gp[3] = g_ih * d_min_a<M>(p[3], t[3]) + g_eh * d_min_a<M>(t[3], p[3]) + g_u * pw;
-  gt[0] = -g_iw * d_min_a<M>(p[0], t[0]) - g_ew * d_min_a<M>(t[0], p[0]) - g_u * th;
-  gt[1] = -g_ih * d_min_a<M>(p[1], t[1]) - g_eh * d_min_a<M>(t[1], p[1]) - g_u * tw;
-  gt[2] = g_iw * d_min_a<M>(t[2], p[2]) + g_ew * d_min_a<M>(p[2], t[2]) + g_u * th;
-  gt[3] = g_ih * d_min_a<M>(t[3], p[3]) + g_eh * d_min_a<M>(p[3], t[3]) + g_u * tw;
+  if (want_p) {
+    gp[0] = -g_iw * d_min_a<M>(t[0], p[0]) - g_ew * d_min_a<M>(p[0], t[0]) - g_u * ph;
+    gp[1] = -g_ih * d_min_a<M>(t[1], p[1]) - g_eh * d_min_a<M>(p[1], t[1]) - g_u * pw;
+    gp[2] = g_iw * d_min_a<M>(p[2], t[2]) + g_ew * d_min_a<M>(t[2], p[2]) + g_u * ph;
+    gp[3] = g_ih * d_min_a<M>(p[3], t[3]) + g_eh * d_min_a<M>(t[3], p[3]) + g_u * pw;
+  }
+  if (want_t) {
+    gt[0] = -g_iw * d_min_a<M>(p[0], t[0]) - g_ew * d_min_a<M>(t[0], p[0]) - g_u * th;
+    gt[1] = -g_ih * d_min_a<M>(p[1], t[1]) - g_eh * d_min_a<M>(t[1], p[1]) - g_u * tw;
+    gt[2] = g_iw * d_min_a<M>(t[2], p[2]) + g_ew * d_min_a<M>(p[2], t[2]) + g_u * th;
+    gt[3] = g_ih * d_min_a<M>(t[3], p[3]) + g_eh * d_min_a<M>(p[3], t[3]) + g_u * tw;
+  }
 }
 
 // Boxes of two distance vectors (l, t, r, b) around one anchor point, taken as

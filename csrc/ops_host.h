@@ -11,6 +11,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include <array>
 #include <cmath>
 #include <tuple>
 
@@ -146,19 +147,26 @@ at::Tensor paired_giou(const at::Tensor& pred, const at::Tensor& target, double 
   return loss;
 }
 
+// output_mask: which of (grad_pred, grad_target) to compute; the others are
+// returned undefined (None in Python), the way ATen's backward ops do.
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor> paired_giou_backward(const at::Tensor& grad,
                                                         const at::Tensor& pred,
-                                                        const at::Tensor& target, double eps) {
+                                                        const at::Tensor& target, double eps,
+                                                        std::array<bool, 2> output_mask) {
   const char* op = "_paired_giou_backward";
   check_boxes(op, pred, target, eps);
   const at::Tensor grad_loss = per_location(op, grad, "grad", pred, loss_dtype(pred.scalar_type()));
-  at::Tensor grad_pred = at::empty_like(pred);
-  at::Tensor grad_target = at::empty_like(target);
-  if (grad_pred.numel() == 0) return {grad_pred, grad_target};
-  const auto l = make_layouts({&pred, &target, &grad_pred, &grad_target});
-  const GiouBwdArgs a{box_pair(pred, target, l), eps, grad_loss.const_data_ptr(),
-                      grad_pred.mutable_data_ptr(), grad_target.mutable_data_ptr(), l[2], l[3]};
+  at::Tensor grad_pred, grad_target;
+  if (output_mask[0]) grad_pred = at::empty_like(pred);
+  if (output_mask[1]) grad_target = at::empty_like(target);
+  if (pred.size(0) == 0 || !(output_mask[0] || output_mask[1])) return {grad_pred, grad_target};
+  // Boxes are [N, 4]: each tensor's layout is its own.
+  const auto layout = [](const at::Tensor& x) { return x.defined() ? make_layouts({&x})[0] : LocLayout{}; };
+  const GiouBwdArgs a{box_pair(pred, target, make_layouts({&pred, &target})), eps, grad_loss.const_data_ptr(),
+                      grad_pred.defined() ? grad_pred.mutable_data_ptr() : nullptr,
+                      grad_target.defined() ? grad_target.mutable_data_ptr() : nullptr, layout(grad_pred),
+                      layout(grad_target)};
   Backend::giou_backward(pred, a);
   return {grad_pred, grad_target};
 }

@@ -251,12 +251,15 @@ void giou_backward(const GiouBwdArgs& a) {
     for_each_run<Vec::size()>(a.lp, 4, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
       Vec p[4], t[4], gp[4], gt[4];
       load_boxes<acc_t, scalar_t>(a, b, h, w0, n, p, t);
-      math::giou_grad<VecMath<acc_t>>(p, t, eps, load_lanes<acc_t>(grad_loss + o, 1, n), gp, gt);
-      scalar_t* gpp = grad_pred + offset(a.lgp, b, h, w0);
-      scalar_t* gpt = grad_target + offset(a.lgt, b, h, w0);
-      for (int j = 0; j < 4; ++j) {
-        store_lanes(gp[j], gpp + j * a.lgp.sc, a.lgp.sw, n);
-        store_lanes(gt[j], gpt + j * a.lgt.sc, a.lgt.sw, n);
+      math::giou_grad<VecMath<acc_t>>(p, t, eps, load_lanes<acc_t>(grad_loss + o, 1, n), gp, gt,
+                                      grad_pred != nullptr, grad_target != nullptr);
+      if (grad_pred != nullptr) {
+        scalar_t* gpp = grad_pred + offset(a.lgp, b, h, w0);
+        for (int j = 0; j < 4; ++j) store_lanes(gp[j], gpp + j * a.lgp.sc, a.lgp.sw, n);
+      }
+      if (grad_target != nullptr) {
+        scalar_t* gpt = grad_target + offset(a.lgt, b, h, w0);
+        for (int j = 0; j < 4; ++j) store_lanes(gt[j], gpt + j * a.lgt.sc, a.lgt.sw, n);
       }
     });
   });
@@ -329,7 +332,7 @@ void dfl_backward(const DflBwdArgs& a) {
     for_each_run<Vec::size()>(a.ls, a.ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
       Vec bins[4 * kMaxBins], sum[4], ds[4], bs[4], bt[4], gs[4], gt[4];
       decode_boxes<acc_t, scalar_t>(a, nb, b, h, w0, n, true, bins, sum, ds, bs, bt);
-      math::giou_grad<VecMath<acc_t>>(bs, bt, eps, load_lanes<acc_t>(grad_loss + o, 1, n), gs, gt);
+      math::giou_grad<VecMath<acc_t>>(bs, bt, eps, load_lanes<acc_t>(grad_loss + o, 1, n), gs, gt, true, false);
       // box = (−l, −t, r, b)
       const Vec gd[4] = {-gs[0], -gs[1], gs[2], gs[3]};
       scalar_t* pg = grad + offset(a.lg, b, h, w0);

@@ -89,9 +89,10 @@ __global__ void __launch_bounds__(kThreads) giou_backward_kernel(const GiouBwdAr
   BCKD_GRID_LOOP(i, n) {
     acc_t p[4], t[4], gp[4], gt[4];
     load_boxes<PACKED, scalar_t>(a, i, p, t);
-    math::giou_grad<M>(p, t, static_cast<acc_t>(a.eps), grad_loss[i], gp, gt);
-    store_box<PACKED>(grad_pred, a.lgp, i, gp);
-    store_box<PACKED>(grad_target, a.lgt, i, gt);
+    math::giou_grad<M>(p, t, static_cast<acc_t>(a.eps), grad_loss[i], gp, gt, grad_pred != nullptr,
+                       grad_target != nullptr);
+    if (grad_pred != nullptr) store_box<PACKED>(grad_pred, a.lgp, i, gp);
+    if (grad_target != nullptr) store_box<PACKED>(grad_target, a.lgt, i, gt);
   }
 }
 
@@ -113,7 +114,7 @@ __device__ __forceinline__ void dfl_giou_grad(const acc_t* ds, const acc_t* dt, 
   acc_t bs[4], bt[4], gs[4], gt[4];
   math::distances_to_box<M>(ds, bs);
   math::distances_to_box<M>(dt, bt);
-  math::giou_grad<M>(bs, bt, eps, c, gs, gt);
+  math::giou_grad<M>(bs, bt, eps, c, gs, gt, true, false);
   gd[0] = -gs[0];
   gd[1] = -gs[1];
   gd[2] = gs[2];
@@ -359,8 +360,11 @@ void launch_giou(const GiouFwdArgs& a, cudaStream_t stream) {
 template <typename scalar_t>
 void launch_giou(const GiouBwdArgs& a, cudaStream_t stream) {
   const int64_t n = a.lp.num_locations();
-  if (boxes_packed({{a.pred, &a.lp}, {a.target, &a.lt}, {a.grad_pred, &a.lgp}, {a.grad_target, &a.lgt}},
-                   sizeof(scalar_t))) {
+  // An output that is not wanted has no pointer and takes no part.
+  const Operand gp{a.grad_pred != nullptr ? a.grad_pred : a.pred, a.grad_pred != nullptr ? &a.lgp : &a.lp};
+  const Operand gt{a.grad_target != nullptr ? a.grad_target : a.target,
+                   a.grad_target != nullptr ? &a.lgt : &a.lt};
+  if (boxes_packed({{a.pred, &a.lp}, {a.target, &a.lt}, gp, gt}, sizeof(scalar_t))) {
     giou_backward_kernel<scalar_t, true><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
   } else {
     giou_backward_kernel<scalar_t, false><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
