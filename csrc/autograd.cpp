@@ -52,29 +52,19 @@ using GiouBwdSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const a
 using DflSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double);
 using DflBwdSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double);
 
-const auto& bcdl_op() {
-  static const auto op = find_op<BcdlSig>("bckd::bin_cls_distill");
-  return op;
-}
-const auto& bcdl_backward_op() {
-  static const auto op = find_op<BcdlBwdSig>("bckd::_bin_cls_distill_backward");
-  return op;
-}
-const auto& giou_op() {
-  static const auto op = find_op<GiouSig>("bckd::paired_giou");
-  return op;
-}
-const auto& giou_backward_op() {
-  static const auto op = find_op<GiouBwdSig>("bckd::_paired_giou_backward");
-  return op;
-}
-const auto& dfl_op() {
-  static const auto op = find_op<DflSig>("bckd::dfl_giou_distill");
-  return op;
-}
-const auto& dfl_backward_op() {
-  static const auto op = find_op<DflBwdSig>("bckd::_dfl_giou_distill_backward");
-  return op;
+// The operators' handles, looked up once.
+struct Ops {
+  c10::TypedOperatorHandle<BcdlSig> bcdl = find_op<BcdlSig>("bckd::bin_cls_distill");
+  c10::TypedOperatorHandle<BcdlBwdSig> bcdl_backward = find_op<BcdlBwdSig>("bckd::_bin_cls_distill_backward");
+  c10::TypedOperatorHandle<GiouSig> giou = find_op<GiouSig>("bckd::paired_giou");
+  c10::TypedOperatorHandle<GiouBwdSig> giou_backward = find_op<GiouBwdSig>("bckd::_paired_giou_backward");
+  c10::TypedOperatorHandle<DflSig> dfl = find_op<DflSig>("bckd::dfl_giou_distill");
+  c10::TypedOperatorHandle<DflBwdSig> dfl_backward = find_op<DflBwdSig>("bckd::_dfl_giou_distill_backward");
+};
+
+const Ops& ops() {
+  static const Ops handles;
+  return handles;
 }
 
 OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); }
@@ -84,7 +74,7 @@ OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) :
 struct BinClsDistill : torch::autograd::Function<BinClsDistill> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& student, const at::Tensor& teacher,
                                const OptTensor& weight, double beta) {
-    auto [loss, max_abs_diff] = call_below_autograd(bcdl_op(), student, teacher, weight, beta);
+    auto [loss, max_abs_diff] = call_below_autograd(ops().bcdl, student, teacher, weight, beta);
     ctx->save_for_backward({student, teacher, weight.value_or(at::Tensor())});
     ctx->saved_data["beta"] = beta;
     ctx->saved_data["has_weight"] = weight.has_value();
@@ -101,12 +91,12 @@ struct BinClsDistill : torch::autograd::Function<BinClsDistill> {
     const at::Tensor& grad_loss = grads[0];
     at::Tensor grad_student, grad_weight;
     if (ctx->needs_input_grad(0)) {
-      grad_student = bcdl_backward_op().call(grad_loss, student, teacher, optional_of(weight), beta);
+      grad_student = ops().bcdl_backward.call(grad_loss, student, teacher, optional_of(weight), beta);
     }
     // needs_input_grad counts the tensors passed: the weight is the third
     // when there is one.
     if (ctx->saved_data["has_weight"].toBool() && ctx->needs_input_grad(2)) {
-      const at::Tensor unweighted = std::get<0>(bcdl_op().call(student.detach(), teacher, OptTensor(), beta));
+      const at::Tensor unweighted = std::get<0>(ops().bcdl.call(student.detach(), teacher, OptTensor(), beta));
       grad_weight = at::mul(grad_loss, unweighted).to(weight.scalar_type());
     }
     return {grad_student, at::Tensor(), grad_weight, at::Tensor()};
@@ -125,7 +115,7 @@ struct PairedGiou : torch::autograd::Function<PairedGiou> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& pred, const at::Tensor& target, double eps) {
     ctx->save_for_backward({pred, target});
     ctx->saved_data["eps"] = eps;
-    return call_below_autograd(giou_op(), pred, target, eps);
+    return call_below_autograd(ops().giou, pred, target, eps);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -133,7 +123,7 @@ struct PairedGiou : torch::autograd::Function<PairedGiou> {
     if (!mask[0] && !mask[1]) return {at::Tensor(), at::Tensor(), at::Tensor()};
     const variable_list saved = ctx->get_saved_variables();
     auto [grad_pred, grad_target] =
-        giou_backward_op().call(grads[0], saved[0], saved[1], ctx->saved_data["eps"].toDouble(), mask);
+        ops().giou_backward.call(grads[0], saved[0], saved[1], ctx->saved_data["eps"].toDouble(), mask);
     return {grad_pred, grad_target, at::Tensor()};
   }
 };
@@ -150,14 +140,14 @@ struct DflGiouDistill : torch::autograd::Function<DflGiouDistill> {
     ctx->save_for_backward({student_reg, teacher_reg});
     ctx->saved_data["reg_max"] = reg_max;
     ctx->saved_data["eps"] = eps;
-    return call_below_autograd(dfl_op(), student_reg, teacher_reg, reg_max, eps);
+    return call_below_autograd(ops().dfl, student_reg, teacher_reg, reg_max, eps);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     at::Tensor grad_student;
     if (ctx->needs_input_grad(0)) {
       const variable_list saved = ctx->get_saved_variables();
-      grad_student = dfl_backward_op().call(grads[0], saved[0], saved[1], ctx->saved_data["reg_max"].toInt(),
+      grad_student = ops().dfl_backward.call(grads[0], saved[0], saved[1], ctx->saved_data["reg_max"].toInt(),
                                             ctx->saved_data["eps"].toDouble());
     }
     return {grad_student, at::Tensor(), at::Tensor(), at::Tensor()};
@@ -194,7 +184,7 @@ struct NoDoubleBackward : torch::autograd::Function<NoDoubleBackward> {
 
 at::Tensor bin_cls_distill_backward_autograd(const at::Tensor& grad_loss, const at::Tensor& student,
                                              const at::Tensor& teacher, const OptTensor& weight, double beta) {
-  const auto run = [&] { return variable_list{bcdl_backward_op().call(grad_loss, student, teacher, weight, beta)}; };
+  const auto run = [&] { return variable_list{ops().bcdl_backward.call(grad_loss, student, teacher, weight, beta)}; };
   return NoDoubleBackward::apply("bin_cls_distill", run, grad_loss, student, teacher, weight)[0];
 }
 
@@ -202,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor> paired_giou_backward_autograd(const at::Tenso
                                                                  const at::Tensor& target, double eps,
                                                                  std::array<bool, 2> output_mask) {
   const auto run = [&] {
-    auto [grad_pred, grad_target] = giou_backward_op().call(grad, pred, target, eps, output_mask);
+    auto [grad_pred, grad_target] = ops().giou_backward.call(grad, pred, target, eps, output_mask);
     return variable_list{grad_pred, grad_target};
   };
   const variable_list out = NoDoubleBackward::apply("paired_giou", run, grad, pred, target);
@@ -215,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor> paired_giou_backward_autograd(const at::Tenso
 at::Tensor dfl_giou_distill_backward_autograd(const at::Tensor& grad, const at::Tensor& student_reg,
                                               const at::Tensor& teacher_reg, int64_t reg_max, double eps) {
   const auto run = [&] {
-    return variable_list{dfl_backward_op().call(grad, student_reg, teacher_reg, reg_max, eps)};
+    return variable_list{ops().dfl_backward.call(grad, student_reg, teacher_reg, reg_max, eps)};
   };
   return NoDoubleBackward::apply("dfl_giou_distill", run, grad, student_reg, teacher_reg)[0];
 }
