@@ -1,8 +1,10 @@
-"""Loads the extension's operators (the C++ and CUDA kernels) and registers their fake kernels and autograd.
+"""Loads the extension's operators (the C++ and CUDA kernels) and registers their fake kernels.
 
-The schemas and the CPU/CUDA kernels come from ``bckd_kernels._C``
-(csrc/). If it cannot be loaded, ``HAS_EXTENSION`` is False, a warning says
-why (once), and the functional API falls back to the pure-PyTorch reference.
+The schemas, the CPU/CUDA kernels and the autograd of the extension's operators
+come from ``bckd_kernels._C`` (csrc/; autograd in csrc/autograd.cpp). If it
+cannot be loaded, ``HAS_EXTENSION`` is False, a warning says why (once), and the
+functional API falls back to the pure-PyTorch reference. The autograd helpers
+below serve the Triton operators (triton_ops.py).
 """
 
 import warnings
@@ -55,10 +57,11 @@ def _register():
         return _new_per_location(pred)
 
     @torch.library.register_fake(lib + "_paired_giou_backward")
-    def _(grad, pred, target, eps):
+    def _(grad, pred, target, eps, output_mask=(True, True)):
         _contract.check_boxes("_paired_giou_backward", pred, target, eps)
         _contract.check_per_location("_paired_giou_backward", grad, "grad", pred)
-        return torch.empty_like(pred), torch.empty_like(target)
+        return (torch.empty_like(pred) if output_mask[0] else None,
+                torch.empty_like(target) if output_mask[1] else None)
 
     @torch.library.register_fake(lib + "dfl_giou_distill")
     def _(student_reg, teacher_reg, reg_max=16, eps=1e-6):
@@ -71,20 +74,10 @@ def _register():
         _contract.check_per_location("_dfl_giou_distill_backward", grad, "grad", student_reg)
         return torch.empty_like(student_reg)
 
-    ops = torch.ops.bckd
-    for name, (backward, setup) in (
-        ("bin_cls_distill", bcdl_autograd(ops._bin_cls_distill_backward, ops.bin_cls_distill)),
-        ("paired_giou", giou_autograd(ops._paired_giou_backward)),
-        ("dfl_giou_distill", dfl_autograd(ops._dfl_giou_distill_backward)),
-    ):
-        torch.library.register_autograd(lib + name, backward, setup_context=setup)
-        no_double, no_setup = no_double_backward(name)
-        torch.library.register_autograd(lib + f"_{name}_backward", no_double, setup_context=no_setup)
 
-
-# Autograd of the three losses, given their backward and forward ops (C++/CUDA
-# here, Triton in triton_ops.py): (backward, setup_context) for
-# torch.library.register_autograd.
+# Autograd of the three losses given their backward and forward ops, for the
+# Triton operators (triton_ops.py; the compiled ones register the same rules in
+# csrc/autograd.cpp): (backward, setup_context) for torch.library.register_autograd.
 
 
 def bcdl_autograd(backward_op, forward_op):

@@ -1,6 +1,8 @@
 // Raw arguments of the kernels: pointers, layouts and scalars, no tensors.
 // ops_host.h fills them after the checks and allocations; each device's
-// kernels read them.
+// kernels read them. One struct per op and direction (flash-attention's
+// Flash_fwd_params / Flash_bwd_params habit), so that every field means one
+// thing and a kernel sees only what it reads or writes.
 #pragma once
 
 #include <c10/core/ScalarType.h>
@@ -9,45 +11,68 @@
 
 namespace bckd {
 
-// Per-location tensors (coef, loss, max_abs_diff) are contiguous in the
-// accumulation dtype (float32, float64 for float64 inputs), indexed
-// (b·H + h)·W + w.
-struct BcdlArgs {
+// Largest reg_max the fused DFL kernels take (65 bins per edge).
+constexpr int kMaxRegMax = 64;
+
+// Per-location tensors (weights, upstream gradients, losses, max_abs_diff)
+// are contiguous in the accumulation dtype (float32, float64 for float64
+// inputs), indexed (b·H + h)·W + w.
+
+// The student and teacher maps, read in place through their layouts.
+struct MapPair {
   c10::ScalarType dtype;
   const void* student;
   const void* teacher;
   LocLayout ls, lt;
-  const void* coef;  // forward: weight or nullptr; backward: grad_loss · weight
-  double beta;
-  void* loss;          // forward
-  void* max_abs_diff;  // forward
-  void* grad;          // backward, layout lg
-  LocLayout lg;
 };
 
-struct GiouArgs {
+// Paired boxes [N, 4], as N locations of 4 channels.
+struct BoxPair {
   c10::ScalarType dtype;
   const void* pred;
   const void* target;
-  LocLayout lp, lt;  // [N, 4] as N locations of 4 channels
+  LocLayout lp, lt;
+};
+
+struct BcdlFwdArgs : MapPair {
+  double beta;
+  const void* weight;  // or nullptr
+  void* loss;
+  void* max_abs_diff;
+};
+
+struct BcdlBwdArgs : MapPair {
+  double beta;
+  const void* grad_loss;
+  const void* weight;  // or nullptr; the kernel scales by grad_loss · weight
+  void* grad;              // layout lg
+  LocLayout lg;
+};
+
+struct GiouFwdArgs : BoxPair {
   double eps;
-  const void* coef;  // backward: upstream gradient
-  void* loss;        // forward
-  void* grad_pred;   // backward, layout lgp
-  void* grad_target; // backward, layout lgt
+  void* loss;
+};
+
+struct GiouBwdArgs : BoxPair {
+  double eps;
+  const void* grad_loss;
+  void* grad_pred;    // layout lgp; nullptr: not wanted
+  void* grad_target;  // layout lgt; nullptr: not wanted
   LocLayout lgp, lgt;
 };
 
-struct DflArgs {
-  c10::ScalarType dtype;
-  const void* student;
-  const void* teacher;
-  LocLayout ls, lt;
+struct DflFwdArgs : MapPair {
   int nbins;  // reg_max + 1
   double eps;
-  const void* coef;  // backward: upstream gradient
-  void* loss;        // forward
-  void* grad;        // backward, layout lg
+  void* loss;
+};
+
+struct DflBwdArgs : MapPair {
+  int nbins;  // reg_max + 1
+  double eps;
+  const void* grad_loss;
+  void* grad;  // layout lg
   LocLayout lg;
 };
 

@@ -33,9 +33,7 @@ struct ScalarMath {
   using T = scalar_t;
   using Scalar = scalar_t;  // the element type of T
   using Mask = bool;
-  static BCKD_HD T exp(T x) { return ::exp(x); }
   static BCKD_HD T exp_neg(T x) { return ::exp(x); }
-  static BCKD_HD T log1p(T x) { return ::log1p(x); }
   static BCKD_HD T log1p_unit(T x) { return ::log1p(x); }
   static BCKD_HD T pow(T x, T y) { return ::pow(x, y); }
   static BCKD_HD T abs(T x) { return ::fabs(x); }
@@ -77,7 +75,8 @@ BCKD_HD typename M::T rcp_unit(typename M::T x) {
 //   softplus(z) = max(z, 0) + log1p(e).
 // The modulating factor is not detached. Its derivative is 0 where d = 0
 // (sgn(0) = 0), so the gradient vanishes exactly where p = q.
-// BETA_MODE: 1 for β = 1, 2 for β = 2 (no pow), 0 for any other β.
+// BETA_MODE: 1 for β = 1, 2 for β = 2 (no pow), 0 for any other β; kernels
+// pick it with dispatch.h's with_beta_mode.
 // For β < 1 the derivative β|d|^(β−1) grows without bound as d → 0, so the
 // gradient there is only as good as d's relative error, which p − q loses to
 // cancellation when zs ≈ zt. The general mode therefore computes d without
@@ -219,11 +218,12 @@ BCKD_HD typename M::T d_min_a(typename M::T a, typename M::T b) {
   return M::select(M::lt(a, b), T(1), M::select(M::eq(a, b), T(0.5), T(0)));
 }
 
-// Writes g · ∂loss/∂p into gp[4] and g · ∂loss/∂t into gt[4].
+// Writes g · ∂loss/∂p into gp[4] if want_p and g · ∂loss/∂t into gt[4] if
+// want_t; a gradient nobody asked for is not computed.
 template <class M>
 BCKD_HD void giou_grad(const typename M::T* p, const typename M::T* t,
                        typename M::T eps, typename M::T g, typename M::T* gp,
-                       typename M::T* gt) {
+                       typename M::T* gt, bool want_p, bool want_t) {
   using T = typename M::T;
   const T zero(0);
   const T ix2 = M::min(p[2], t[2]), ix1 = M::max(p[0], t[0]);
@@ -258,14 +258,18 @@ BCKD_HD void giou_grad(const typename M::T* p, const typename M::T* t,
 
   // x2: +iw through min(p2, t2), +ew through max(p2, t2); x1: −iw through
   // max(p0, t0), −ew through min(p0, t0); and the box's own area.
-  gp[0] = -g_iw * d_min_a<M>(t[0], p[0]) - g_ew * d_min_a<M>(p[0], t[0]) - g_u * ph;
-  gp[1] = -g_ih * d_min_a<M>(t[1], p[1]) - g_eh * d_min_a<M>(p[1], t[1]) - g_u * pw;
-  gp[2] = g_iw * d_min_a<M>(p[2], t[2]) + g_ew * d_min_a<M>(t[2], p[2]) + g_u * ph;
-  gp[3] = g_ih * d_min_a<M>(p[3], t[3]) + g_eh * d_min_a<M>(t[3], p[3]) + g_u * pw;
-  gt[0] = -g_iw * d_min_a<M>(p[0], t[0]) - g_ew * d_min_a<M>(t[0], p[0]) - g_u * th;
-  gt[1] = -g_ih * d_min_a<M>(p[1], t[1]) - g_eh * d_min_a<M>(t[1], p[1]) - g_u * tw;
-  gt[2] = g_iw * d_min_a<M>(t[2], p[2]) + g_ew * d_min_a<M>(p[2], t[2]) + g_u * th;
-  gt[3] = g_ih * d_min_a<M>(t[3], p[3]) + g_eh * d_min_a<M>(p[3], t[3]) + g_u * tw;
+  if (want_p) {
+    gp[0] = -g_iw * d_min_a<M>(t[0], p[0]) - g_ew * d_min_a<M>(p[0], t[0]) - g_u * ph;
+    gp[1] = -g_ih * d_min_a<M>(t[1], p[1]) - g_eh * d_min_a<M>(p[1], t[1]) - g_u * pw;
+    gp[2] = g_iw * d_min_a<M>(p[2], t[2]) + g_ew * d_min_a<M>(t[2], p[2]) + g_u * ph;
+    gp[3] = g_ih * d_min_a<M>(p[3], t[3]) + g_eh * d_min_a<M>(t[3], p[3]) + g_u * pw;
+  }
+  if (want_t) {
+    gt[0] = -g_iw * d_min_a<M>(p[0], t[0]) - g_ew * d_min_a<M>(t[0], p[0]) - g_u * th;
+    gt[1] = -g_ih * d_min_a<M>(p[1], t[1]) - g_eh * d_min_a<M>(t[1], p[1]) - g_u * tw;
+    gt[2] = g_iw * d_min_a<M>(t[2], p[2]) + g_ew * d_min_a<M>(p[2], t[2]) + g_u * th;
+    gt[3] = g_ih * d_min_a<M>(t[3], p[3]) + g_eh * d_min_a<M>(p[3], t[3]) + g_u * tw;
+  }
 }
 
 // Boxes of two distance vectors (l, t, r, b) around one anchor point, taken as

@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torchvision
-from conftest import DTYPES, as_layout, assert_compiles, assert_matches, box_pairs, make_reg, needs_extension
+from conftest import DEVICES, DTYPES, as_layout, assert_compiles, assert_matches, box_pairs, make_reg, needs_extension
 
 from bckd_kernels import reference
 
@@ -211,6 +211,21 @@ def test_opcheck(backend):
     torch.library.opcheck(backend.op("dfl_giou_distill"), (s.requires_grad_(), rt, 16, 1e-6), test_utils=tests)
     torch.library.opcheck(backend.op("_dfl_giou_distill_backward"), (gout.float(), s.detach(), rt, 16, 1e-6),
                           test_utils=tests)
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask", [(True, False), (False, True)])
+def test_backward_computes_only_the_gradients_asked_for(device, mask):
+    p, t = (x.float().to(device) for x in box_pairs(11))
+    g = torch.randn(11, device=device)
+    backward = torch.ops.bckd._paired_giou_backward
+    torch.library.opcheck(backward, (g, p, t, 1e-6, list(mask)))
+    for wanted, got, full in zip(mask, backward(g, p, t, 1e-6, list(mask)), backward(g, p, t, 1e-6)):
+        if wanted:
+            torch.testing.assert_close(got, full, rtol=0, atol=0)
+        else:
+            assert got is None
 
 
 @pytest.mark.parametrize("name", list(INPUTS))

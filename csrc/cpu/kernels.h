@@ -9,12 +9,12 @@ namespace bckd {
 namespace cpu {
 
 #define BCKD_CPU_KERNELS                      \
-  void bcdl_forward(const BcdlArgs& a);       \
-  void bcdl_backward(const BcdlArgs& a);      \
-  void giou_forward(const GiouArgs& a);       \
-  void giou_backward(const GiouArgs& a);      \
-  void dfl_forward(const DflArgs& a);         \
-  void dfl_backward(const DflArgs& a);
+  void bcdl_forward(const BcdlFwdArgs& a);    \
+  void bcdl_backward(const BcdlBwdArgs& a);   \
+  void giou_forward(const GiouFwdArgs& a);    \
+  void giou_backward(const GiouBwdArgs& a);   \
+  void dfl_forward(const DflFwdArgs& a);      \
+  void dfl_backward(const DflBwdArgs& a);
 
 namespace DEFAULT {
 BCKD_CPU_KERNELS

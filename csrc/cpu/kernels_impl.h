@@ -11,7 +11,6 @@
 // pieces instead of saving anything of size [N, C].
 #pragma once
 
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -20,6 +19,7 @@
 #include <type_traits>
 
 #include "../bckd_math.h"
+#include "../dispatch.h"
 #include "kernels.h"
 
 namespace bckd {
@@ -28,7 +28,7 @@ namespace CPU_CAPABILITY {
 
 using at::vec::Vectorized;
 
-constexpr int kMaxBins = 65;
+constexpr int kMaxBins = kMaxRegMax + 1;
 // Elements per parallel task, as ATen uses.
 constexpr int64_t kGrainSize = 32768;
 
@@ -76,8 +76,6 @@ struct VecMath {
   using T = Vectorized<acc_t>;
   using Scalar = acc_t;
   using Mask = Vectorized<acc_t>;
-  static T exp(const T& x) { return x.exp(); }
-  static T log1p(const T& x) { return x.log1p(); }
   static T exp_neg(const T& x) {
 #if defined(CPU_CAPABILITY_AVX2)
     if constexpr (std::is_same_v<acc_t, float>) return fast_exp_neg(x);
@@ -151,136 +149,118 @@ void for_each_run(const LocLayout& l, int64_t work_per_location, const F& body) 
 
 // ----------------------------------------------------------------- BCDL ----
 
+// Calls f(k, zs_k, zt_k) for every class k of the n locations of a run, with
+// the student's and the teacher's logits of class k in the lanes.
+template <typename acc_t, typename scalar_t, class F>
+void for_each_class(const MapPair& a, int64_t b, int64_t h, int64_t w0, int64_t n, const F& f) {
+  const scalar_t* ps = static_cast<const scalar_t*>(a.student) + offset(a.ls, b, h, w0);
+  const scalar_t* pt = static_cast<const scalar_t*>(a.teacher) + offset(a.lt, b, h, w0);
+  for (int64_t k = 0; k < a.ls.C; ++k) {
+    f(k, load_lanes<acc_t>(ps + k * a.ls.sc, a.ls.sw, n), load_lanes<acc_t>(pt + k * a.lt.sc, a.lt.sw, n));
+  }
+}
+
 template <typename scalar_t, int MODE>
-void bcdl_forward_t(const BcdlArgs& a) {
+void bcdl_forward_t(const BcdlFwdArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = VecMath<acc_t>;
   using Vec = Vectorized<acc_t>;
-  const auto* zs = static_cast<const scalar_t*>(a.student);
-  const auto* zt = static_cast<const scalar_t*>(a.teacher);
-  const auto* coef = static_cast<const acc_t*>(a.coef);
+  const auto* weight = static_cast<const acc_t*>(a.weight);
   auto* loss = static_cast<acc_t*>(a.loss);
   auto* mad = static_cast<acc_t*>(a.max_abs_diff);
   const Vec beta(static_cast<acc_t>(a.beta));
-  const LocLayout& ls = a.ls;
-  const LocLayout& lt = a.lt;
-  for_each_run<Vec::size()>(ls, ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
-    const scalar_t* ps = zs + offset(ls, b, h, w0);
-    const scalar_t* pt = zt + offset(lt, b, h, w0);
+  for_each_run<Vec::size()>(a.ls, a.ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
     Vec sum(0), mx(0);
-    for (int64_t k = 0; k < ls.C; ++k) {
+    for_each_class<acc_t, scalar_t>(a, b, h, w0, n, [&](int64_t, const Vec& zs, const Vec& zt) {
       Vec ad;
-      const Vec l = math::bcdl_loss<M, MODE>(load_lanes<acc_t>(ps + k * ls.sc, ls.sw, n),
-                                             load_lanes<acc_t>(pt + k * lt.sc, lt.sw, n), beta, ad);
-      sum = sum + l;
+      sum = sum + math::bcdl_loss<M, MODE>(zs, zt, beta, ad);
       mx = M::max(mx, ad);
-    }
-    if (coef != nullptr) sum = sum * load_lanes<acc_t>(coef + o, 1, n);
+    });
+    if (weight != nullptr) sum = sum * load_lanes<acc_t>(weight + o, 1, n);
     store_lanes(sum, loss + o, 1, n);
     store_lanes(mx, mad + o, 1, n);
   });
 }
 
 template <typename scalar_t, int MODE>
-void bcdl_backward_t(const BcdlArgs& a) {
+void bcdl_backward_t(const BcdlBwdArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = VecMath<acc_t>;
   using Vec = Vectorized<acc_t>;
-  const auto* zs = static_cast<const scalar_t*>(a.student);
-  const auto* zt = static_cast<const scalar_t*>(a.teacher);
-  const auto* coef = static_cast<const acc_t*>(a.coef);
+  const auto* grad_loss = static_cast<const acc_t*>(a.grad_loss);
+  const auto* weight = static_cast<const acc_t*>(a.weight);
   auto* grad = static_cast<scalar_t*>(a.grad);
   const Vec beta(static_cast<acc_t>(a.beta));
-  const LocLayout& ls = a.ls;
-  const LocLayout& lt = a.lt;
-  const LocLayout& lg = a.lg;
-  for_each_run<Vec::size()>(ls, ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
-    const scalar_t* ps = zs + offset(ls, b, h, w0);
-    const scalar_t* pt = zt + offset(lt, b, h, w0);
-    scalar_t* pg = grad + offset(lg, b, h, w0);
-    const Vec c = load_lanes<acc_t>(coef + o, 1, n);
-    for (int64_t k = 0; k < ls.C; ++k) {
-      const Vec g = math::bcdl_grad<M, MODE>(load_lanes<acc_t>(ps + k * ls.sc, ls.sw, n),
-                                             load_lanes<acc_t>(pt + k * lt.sc, lt.sw, n), beta);
-      store_lanes(g * c, pg + k * lg.sc, lg.sw, n);
-    }
-  });
-}
-
-template <template <typename, int> class K>
-void dispatch_beta(const BcdlArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "bcdl_cpu", [&] {
-    if (a.beta == 1.0) {
-      K<scalar_t, 1>::run(a);
-    } else if (a.beta == 2.0) {
-      K<scalar_t, 2>::run(a);
-    } else {
-      K<scalar_t, 0>::run(a);
-    }
-  });
-}
-
-template <typename scalar_t, int MODE>
-struct BcdlForward {
-  static void run(const BcdlArgs& a) { bcdl_forward_t<scalar_t, MODE>(a); }
-};
-template <typename scalar_t, int MODE>
-struct BcdlBackward {
-  static void run(const BcdlArgs& a) { bcdl_backward_t<scalar_t, MODE>(a); }
-};
-
-void bcdl_forward(const BcdlArgs& a) { dispatch_beta<BcdlForward>(a); }
-void bcdl_backward(const BcdlArgs& a) { dispatch_beta<BcdlBackward>(a); }
-
-// ----------------------------------------------------------------- GIoU ----
-
-void giou_forward(const GiouArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "giou_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    using M = VecMath<acc_t>;
-    using Vec = Vectorized<acc_t>;
-    const auto* pred = static_cast<const scalar_t*>(a.pred);
-    const auto* target = static_cast<const scalar_t*>(a.target);
-    auto* loss = static_cast<acc_t*>(a.loss);
-    const Vec eps(static_cast<acc_t>(a.eps));
-    for_each_run<Vec::size()>(a.lp, 4, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
-      const scalar_t* pp = pred + offset(a.lp, b, h, w0);
-      const scalar_t* pt = target + offset(a.lt, b, h, w0);
-      Vec p[4], t[4];
-      for (int j = 0; j < 4; ++j) {
-        p[j] = load_lanes<acc_t>(pp + j * a.lp.sc, a.lp.sw, n);
-        t[j] = load_lanes<acc_t>(pt + j * a.lt.sc, a.lt.sw, n);
-      }
-      store_lanes(math::giou_loss<M>(p, t, eps), loss + o, 1, n);
+  for_each_run<Vec::size()>(a.ls, a.ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
+    scalar_t* pg = grad + offset(a.lg, b, h, w0);
+    Vec c = load_lanes<acc_t>(grad_loss + o, 1, n);
+    if (weight != nullptr) c = c * load_lanes<acc_t>(weight + o, 1, n);
+    for_each_class<acc_t, scalar_t>(a, b, h, w0, n, [&](int64_t k, const Vec& zs, const Vec& zt) {
+      store_lanes(math::bcdl_grad<M, MODE>(zs, zt, beta) * c, pg + k * a.lg.sc, a.lg.sw, n);
     });
   });
 }
 
-void giou_backward(const GiouArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "giou_backward_cpu", [&] {
+void bcdl_forward(const BcdlFwdArgs& a) {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "bcdl_cpu", [&] {
+    with_beta_mode(a.beta, [&](auto mode) { bcdl_forward_t<scalar_t, decltype(mode)::value>(a); });
+  });
+}
+
+void bcdl_backward(const BcdlBwdArgs& a) {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "bcdl_backward_cpu", [&] {
+    with_beta_mode(a.beta, [&](auto mode) { bcdl_backward_t<scalar_t, decltype(mode)::value>(a); });
+  });
+}
+
+// ----------------------------------------------------------------- GIoU ----
+
+// The pred and target boxes of the n locations of a run.
+template <typename acc_t, typename scalar_t>
+void load_boxes(const BoxPair& a, int64_t b, int64_t h, int64_t w0, int64_t n, Vectorized<acc_t>* p,
+                Vectorized<acc_t>* t) {
+  const scalar_t* pp = static_cast<const scalar_t*>(a.pred) + offset(a.lp, b, h, w0);
+  const scalar_t* pt = static_cast<const scalar_t*>(a.target) + offset(a.lt, b, h, w0);
+  for (int j = 0; j < 4; ++j) {
+    p[j] = load_lanes<acc_t>(pp + j * a.lp.sc, a.lp.sw, n);
+    t[j] = load_lanes<acc_t>(pt + j * a.lt.sc, a.lt.sw, n);
+  }
+}
+
+void giou_forward(const GiouFwdArgs& a) {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "giou_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    using M = VecMath<acc_t>;
     using Vec = Vectorized<acc_t>;
-    const auto* pred = static_cast<const scalar_t*>(a.pred);
-    const auto* target = static_cast<const scalar_t*>(a.target);
-    const auto* coef = static_cast<const acc_t*>(a.coef);
+    auto* loss = static_cast<acc_t*>(a.loss);
+    const Vec eps(static_cast<acc_t>(a.eps));
+    for_each_run<Vec::size()>(a.lp, 4, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
+      Vec p[4], t[4];
+      load_boxes<acc_t, scalar_t>(a, b, h, w0, n, p, t);
+      store_lanes(math::giou_loss<VecMath<acc_t>>(p, t, eps), loss + o, 1, n);
+    });
+  });
+}
+
+void giou_backward(const GiouBwdArgs& a) {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "giou_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using Vec = Vectorized<acc_t>;
+    const auto* grad_loss = static_cast<const acc_t*>(a.grad_loss);
     auto* grad_pred = static_cast<scalar_t*>(a.grad_pred);
     auto* grad_target = static_cast<scalar_t*>(a.grad_target);
     const Vec eps(static_cast<acc_t>(a.eps));
     for_each_run<Vec::size()>(a.lp, 4, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
-      const scalar_t* pp = pred + offset(a.lp, b, h, w0);
-      const scalar_t* pt = target + offset(a.lt, b, h, w0);
-      scalar_t* gpp = grad_pred + offset(a.lgp, b, h, w0);
-      scalar_t* gpt = grad_target + offset(a.lgt, b, h, w0);
       Vec p[4], t[4], gp[4], gt[4];
-      for (int j = 0; j < 4; ++j) {
-        p[j] = load_lanes<acc_t>(pp + j * a.lp.sc, a.lp.sw, n);
-        t[j] = load_lanes<acc_t>(pt + j * a.lt.sc, a.lt.sw, n);
+      load_boxes<acc_t, scalar_t>(a, b, h, w0, n, p, t);
+      math::giou_grad<VecMath<acc_t>>(p, t, eps, load_lanes<acc_t>(grad_loss + o, 1, n), gp, gt,
+                                      grad_pred != nullptr, grad_target != nullptr);
+      if (grad_pred != nullptr) {
+        scalar_t* gpp = grad_pred + offset(a.lgp, b, h, w0);
+        for (int j = 0; j < 4; ++j) store_lanes(gp[j], gpp + j * a.lgp.sc, a.lgp.sw, n);
       }
-      math::giou_grad<M>(p, t, eps, load_lanes<acc_t>(coef + o, 1, n), gp, gt);
-      for (int j = 0; j < 4; ++j) {
-        store_lanes(gp[j], gpp + j * a.lgp.sc, a.lgp.sw, n);
-        store_lanes(gt[j], gpt + j * a.lgt.sc, a.lgt.sw, n);
+      if (grad_target != nullptr) {
+        scalar_t* gpt = grad_target + offset(a.lgt, b, h, w0);
+        for (int j = 0; j < 4; ++j) store_lanes(gt[j], gpt + j * a.lgt.sc, a.lgt.sw, n);
       }
     });
   });
@@ -311,45 +291,49 @@ void decode_edges(const scalar_t* base, const LocLayout& l, int nbins, int64_t n
   }
 }
 
-void dfl_forward(const DflArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "dfl_giou_cpu", [&] {
+// Decodes the teacher's and then the student's distances of the n locations
+// of a run into boxes bt and bs. The student's softmax sums stay in sum and,
+// with keep_exp, its exp(r_j − max) in bins.
+template <typename acc_t, typename scalar_t>
+void decode_boxes(const MapPair& a, int nbins, int64_t b, int64_t h, int64_t w0, int64_t n,
+                  bool keep_exp, Vectorized<acc_t>* bins, Vectorized<acc_t>* sum,
+                  Vectorized<acc_t>* ds, Vectorized<acc_t>* bs, Vectorized<acc_t>* bt) {
+  using M = VecMath<acc_t>;
+  Vectorized<acc_t> dt[4];
+  decode_edges<acc_t>(static_cast<const scalar_t*>(a.teacher) + offset(a.lt, b, h, w0), a.lt, nbins, n,
+                      bins, sum, dt, false);
+  decode_edges<acc_t>(static_cast<const scalar_t*>(a.student) + offset(a.ls, b, h, w0), a.ls, nbins, n,
+                      bins, sum, ds, keep_exp);
+  math::distances_to_box<M>(ds, bs);
+  math::distances_to_box<M>(dt, bt);
+}
+
+void dfl_forward(const DflFwdArgs& a) {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "dfl_giou_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    using M = VecMath<acc_t>;
     using Vec = Vectorized<acc_t>;
-    const auto* rs = static_cast<const scalar_t*>(a.student);
-    const auto* rt = static_cast<const scalar_t*>(a.teacher);
     auto* loss = static_cast<acc_t*>(a.loss);
     const Vec eps(static_cast<acc_t>(a.eps));
-    const int nb = a.nbins;
     for_each_run<Vec::size()>(a.ls, a.ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
-      Vec bins[4 * kMaxBins], sum[4], ds[4], dt[4], bs[4], bt[4];
-      decode_edges<acc_t>(rs + offset(a.ls, b, h, w0), a.ls, nb, n, bins, sum, ds, false);
-      decode_edges<acc_t>(rt + offset(a.lt, b, h, w0), a.lt, nb, n, bins, sum, dt, false);
-      math::distances_to_box<M>(ds, bs);
-      math::distances_to_box<M>(dt, bt);
-      store_lanes(math::giou_loss<M>(bs, bt, eps), loss + o, 1, n);
+      Vec bins[4 * kMaxBins], sum[4], ds[4], bs[4], bt[4];
+      decode_boxes<acc_t, scalar_t>(a, a.nbins, b, h, w0, n, false, bins, sum, ds, bs, bt);
+      store_lanes(math::giou_loss<VecMath<acc_t>>(bs, bt, eps), loss + o, 1, n);
     });
   });
 }
 
-void dfl_backward(const DflArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "dfl_giou_backward_cpu", [&] {
+void dfl_backward(const DflBwdArgs& a) {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "dfl_giou_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    using M = VecMath<acc_t>;
     using Vec = Vectorized<acc_t>;
-    const auto* rs = static_cast<const scalar_t*>(a.student);
-    const auto* rt = static_cast<const scalar_t*>(a.teacher);
-    const auto* coef = static_cast<const acc_t*>(a.coef);
+    const auto* grad_loss = static_cast<const acc_t*>(a.grad_loss);
     auto* grad = static_cast<scalar_t*>(a.grad);
     const Vec eps(static_cast<acc_t>(a.eps));
     const int nb = a.nbins;
     for_each_run<Vec::size()>(a.ls, a.ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
-      Vec bins[4 * kMaxBins], sum[4], ds[4], dt[4], bs[4], bt[4], gs[4], gt[4];
-      decode_edges<acc_t>(rt + offset(a.lt, b, h, w0), a.lt, nb, n, bins, sum, dt, false);
-      decode_edges<acc_t>(rs + offset(a.ls, b, h, w0), a.ls, nb, n, bins, sum, ds, true);
-      math::distances_to_box<M>(ds, bs);
-      math::distances_to_box<M>(dt, bt);
-      math::giou_grad<M>(bs, bt, eps, load_lanes<acc_t>(coef + o, 1, n), gs, gt);
+      Vec bins[4 * kMaxBins], sum[4], ds[4], bs[4], bt[4], gs[4], gt[4];
+      decode_boxes<acc_t, scalar_t>(a, nb, b, h, w0, n, true, bins, sum, ds, bs, bt);
+      math::giou_grad<VecMath<acc_t>>(bs, bt, eps, load_lanes<acc_t>(grad_loss + o, 1, n), gs, gt, true, false);
       // box = (−l, −t, r, b)
       const Vec gd[4] = {-gs[0], -gs[1], gs[2], gs[3]};
       scalar_t* pg = grad + offset(a.lg, b, h, w0);

@@ -25,12 +25,12 @@ bool use_avx2() {
 #endif
 
 struct CpuBackend {
-  static void bcdl_forward(const at::Tensor&, const BcdlArgs& a) { BCKD_PICK(bcdl_forward, a); }
-  static void bcdl_backward(const at::Tensor&, const BcdlArgs& a) { BCKD_PICK(bcdl_backward, a); }
-  static void giou_forward(const at::Tensor&, const GiouArgs& a) { BCKD_PICK(giou_forward, a); }
-  static void giou_backward(const at::Tensor&, const GiouArgs& a) { BCKD_PICK(giou_backward, a); }
-  static void dfl_forward(const at::Tensor&, const DflArgs& a) { BCKD_PICK(dfl_forward, a); }
-  static void dfl_backward(const at::Tensor&, const DflArgs& a) { BCKD_PICK(dfl_backward, a); }
+  static void bcdl_forward(const at::Tensor&, const BcdlFwdArgs& a) { BCKD_PICK(bcdl_forward, a); }
+  static void bcdl_backward(const at::Tensor&, const BcdlBwdArgs& a) { BCKD_PICK(bcdl_backward, a); }
+  static void giou_forward(const at::Tensor&, const GiouFwdArgs& a) { BCKD_PICK(giou_forward, a); }
+  static void giou_backward(const at::Tensor&, const GiouBwdArgs& a) { BCKD_PICK(giou_backward, a); }
+  static void dfl_forward(const at::Tensor&, const DflFwdArgs& a) { BCKD_PICK(dfl_forward, a); }
+  static void dfl_backward(const at::Tensor&, const DflBwdArgs& a) { BCKD_PICK(dfl_backward, a); }
 };
 
 #undef BCKD_PICK

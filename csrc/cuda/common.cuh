@@ -116,17 +116,12 @@ struct WarpGroups {
 #define BCKD_WARP_LOOP(wg, warp, n) \
   for (int64_t warp = (wg).first; warp * (wg).per_warp < (n); warp += (wg).step)
 
-// Sum / maximum over the lanes of one group (a power of two, aligned in the
-// warp). A butterfly: every lane ends with the same value, combined in the
+// op (sum, maximum) over the lanes of one group (a power of two, aligned in
+// the warp). A butterfly: every lane ends with the same value, combined in the
 // same order on every run.
-template <typename T>
-__device__ __forceinline__ T group_sum(T x, int group) {
-  for (int off = group / 2; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
-  return x;
-}
-template <class M, typename T>
-__device__ __forceinline__ T group_max(T x, int group) {
-  for (int off = group / 2; off > 0; off /= 2) x = M::max(x, __shfl_xor_sync(0xffffffffu, x, off));
+template <typename T, class Op>
+__device__ __forceinline__ T group_reduce(T x, int group, const Op& op) {
+  for (int off = group / 2; off > 0; off /= 2) x = op(x, __shfl_xor_sync(0xffffffffu, x, off));
   return x;
 }
 

@@ -22,9 +22,9 @@
 //   as 16-byte vectors (8 bytes for half-precision rows of 68) into shared
 //   memory, each lane decodes its edge, and shuffles hand every lane the
 //   four distances (dfl_chan below).
-#include <ATen/Dispatch.h>
+#include <type_traits>
 
-
+#include "../dispatch.h"
 #include "common.cuh"
 #include "kernels.h"
 
@@ -61,37 +61,38 @@ __device__ __forceinline__ void store_box(scalar_t* base, const LocLayout& l, in
   }
 }
 
+// Box pair i: pred into p, target into t.
+template <bool PACKED, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void load_boxes(const BoxPair& a, int64_t i, acc_t* p, acc_t* t) {
+  load_box<PACKED>(static_cast<const scalar_t*>(a.pred), a.lp, i, p);
+  load_box<PACKED>(static_cast<const scalar_t*>(a.target), a.lt, i, t);
+}
+
 template <typename scalar_t, bool PACKED>
-__global__ void __launch_bounds__(kThreads) giou_forward_kernel(const GiouArgs a, int64_t n) {
+__global__ void __launch_bounds__(kThreads) giou_forward_kernel(const GiouFwdArgs a, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
-  using M = math::ScalarMath<acc_t>;
-  const auto* __restrict__ pred = static_cast<const scalar_t*>(a.pred);
-  const auto* __restrict__ target = static_cast<const scalar_t*>(a.target);
   auto* __restrict__ loss = static_cast<acc_t*>(a.loss);
   BCKD_GRID_LOOP(i, n) {
     acc_t p[4], t[4];
-    load_box<PACKED>(pred, a.lp, i, p);
-    load_box<PACKED>(target, a.lt, i, t);
-    loss[i] = math::giou_loss<M>(p, t, static_cast<acc_t>(a.eps));
+    load_boxes<PACKED, scalar_t>(a, i, p, t);
+    loss[i] = math::giou_loss<math::ScalarMath<acc_t>>(p, t, static_cast<acc_t>(a.eps));
   }
 }
 
 template <typename scalar_t, bool PACKED>
-__global__ void __launch_bounds__(kThreads) giou_backward_kernel(const GiouArgs a, int64_t n) {
+__global__ void __launch_bounds__(kThreads) giou_backward_kernel(const GiouBwdArgs a, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = math::ScalarMath<acc_t>;
-  const auto* __restrict__ pred = static_cast<const scalar_t*>(a.pred);
-  const auto* __restrict__ target = static_cast<const scalar_t*>(a.target);
-  const auto* __restrict__ coef = static_cast<const acc_t*>(a.coef);
+  const auto* __restrict__ grad_loss = static_cast<const acc_t*>(a.grad_loss);
   auto* __restrict__ grad_pred = static_cast<scalar_t*>(a.grad_pred);
   auto* __restrict__ grad_target = static_cast<scalar_t*>(a.grad_target);
   BCKD_GRID_LOOP(i, n) {
     acc_t p[4], t[4], gp[4], gt[4];
-    load_box<PACKED>(pred, a.lp, i, p);
-    load_box<PACKED>(target, a.lt, i, t);
-    math::giou_grad<M>(p, t, static_cast<acc_t>(a.eps), coef[i], gp, gt);
-    store_box<PACKED>(grad_pred, a.lgp, i, gp);
-    store_box<PACKED>(grad_target, a.lgt, i, gt);
+    load_boxes<PACKED, scalar_t>(a, i, p, t);
+    math::giou_grad<M>(p, t, static_cast<acc_t>(a.eps), grad_loss[i], gp, gt, grad_pred != nullptr,
+                       grad_target != nullptr);
+    if (grad_pred != nullptr) store_box<PACKED>(grad_pred, a.lgp, i, gp);
+    if (grad_target != nullptr) store_box<PACKED>(grad_target, a.lgt, i, gt);
   }
 }
 
@@ -113,21 +114,38 @@ __device__ __forceinline__ void dfl_giou_grad(const acc_t* ds, const acc_t* dt, 
   acc_t bs[4], bt[4], gs[4], gt[4];
   math::distances_to_box<M>(ds, bs);
   math::distances_to_box<M>(dt, bt);
-  math::giou_grad<M>(bs, bt, eps, c, gs, gt);
+  math::giou_grad<M>(bs, bt, eps, c, gs, gt, true, false);
   gd[0] = -gs[0];
   gd[1] = -gs[1];
   gd[2] = gs[2];
   gd[3] = gs[3];
 }
 
+// The arguments of one direction.
+template <bool BACKWARD>
+using DflArgs = std::conditional_t<BACKWARD, DflBwdArgs, DflFwdArgs>;
+
+// Location i of a kLocation kernel once its distances are decoded: the
+// forward writes its loss, the backward sets gd = grad_loss_i · ∂loss/∂dist.
+template <class M, typename acc_t>
+__device__ __forceinline__ void dfl_location(const DflFwdArgs& a, int64_t i, const acc_t* ds,
+                                             const acc_t* dt, acc_t eps, acc_t*) {
+  static_cast<acc_t*>(a.loss)[i] = dfl_giou_loss<M>(ds, dt, eps);
+}
+
+template <class M, typename acc_t>
+__device__ __forceinline__ void dfl_location(const DflBwdArgs& a, int64_t i, const acc_t* ds,
+                                             const acc_t* dt, acc_t eps, acc_t* gd) {
+  dfl_giou_grad<M>(ds, dt, eps, static_cast<const acc_t*>(a.grad_loss)[i], gd);
+}
+
 // nbins known at compile time: bins live in registers, each read once.
 template <typename scalar_t, int NB, bool BACKWARD>
-__global__ void __launch_bounds__(kThreads) dfl_loc_fixed(const DflArgs a, int64_t n) {
+__global__ void __launch_bounds__(kThreads) dfl_loc_fixed(const DflArgs<BACKWARD> a, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = DeviceMath<acc_t>;
   const auto* __restrict__ rs = static_cast<const scalar_t*>(a.student);
   const auto* __restrict__ rt = static_cast<const scalar_t*>(a.teacher);
-  const auto* __restrict__ coef = static_cast<const acc_t*>(a.coef);
   const acc_t eps = static_cast<acc_t>(a.eps);
   BCKD_GRID_LOOP(i, n) {
     const LocIndex loc(a.ls, i);
@@ -153,11 +171,9 @@ __global__ void __launch_bounds__(kThreads) dfl_loc_fixed(const DflArgs a, int64
         math::softmax_integral<M>([&](int j) { return xs[j]; }, NB, mx, sum, ds[e]);
       }
     }
-    if constexpr (!BACKWARD) {
-      static_cast<acc_t*>(a.loss)[i] = dfl_giou_loss<M>(ds, dt, eps);
-    } else {
-      acc_t gd[4];
-      dfl_giou_grad<M>(ds, dt, eps, coef[i], gd);
+    acc_t gd[4];
+    dfl_location<M>(a, i, ds, dt, eps, gd);
+    if constexpr (BACKWARD) {
       scalar_t* pg = static_cast<scalar_t*>(a.grad) + loc.offset(a.lg);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
@@ -175,12 +191,11 @@ __global__ void __launch_bounds__(kThreads) dfl_loc_fixed(const DflArgs a, int64
 // Any nbins: the softmax integral reads the bins from memory per use (twice
 // in the decode, once more in the backward's chain rule).
 template <typename scalar_t, bool BACKWARD>
-__global__ void __launch_bounds__(kThreads) dfl_loc_any(const DflArgs a, int64_t n) {
+__global__ void __launch_bounds__(kThreads) dfl_loc_any(const DflArgs<BACKWARD> a, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = DeviceMath<acc_t>;
   const auto* __restrict__ rs = static_cast<const scalar_t*>(a.student);
   const auto* __restrict__ rt = static_cast<const scalar_t*>(a.teacher);
-  const auto* __restrict__ coef = static_cast<const acc_t*>(a.coef);
   const acc_t eps = static_cast<acc_t>(a.eps);
   const int nb = a.nbins;
   BCKD_GRID_LOOP(i, n) {
@@ -198,11 +213,9 @@ __global__ void __launch_bounds__(kThreads) dfl_loc_any(const DflArgs a, int64_t
       math::softmax_integral<M>([&](int j) { return static_cast<acc_t>(et[j * a.lt.sc]); }, nb, mx_t,
                                 sum_t, dt[e]);
     }
-    if constexpr (!BACKWARD) {
-      static_cast<acc_t*>(a.loss)[i] = dfl_giou_loss<M>(ds, dt, eps);
-    } else {
-      acc_t gd[4];
-      dfl_giou_grad<M>(ds, dt, eps, coef[i], gd);
+    acc_t gd[4];
+    dfl_location<M>(a, i, ds, dt, eps, gd);
+    if constexpr (BACKWARD) {
       scalar_t* pg = static_cast<scalar_t*>(a.grad) + loc.offset(a.lg);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
@@ -245,13 +258,12 @@ __device__ __forceinline__ T pick(const T (&a)[4], int e) {
 // the group stores the row with vector stores. Only lanes of one warp share
 // a tile, so __syncwarp orders its phases.
 template <typename scalar_t, int VEC, bool BACKWARD>
-__global__ void __launch_bounds__(kThreads) dfl_chan(const DflArgs a, int64_t n) {
+__global__ void __launch_bounds__(kThreads) dfl_chan(const DflArgs<BACKWARD> a, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   using M = DeviceMath<acc_t>;
   extern __shared__ __align__(16) unsigned char dfl_tile[];
   const auto* __restrict__ rs = static_cast<const scalar_t*>(a.student);
   const auto* __restrict__ rt = static_cast<const scalar_t*>(a.teacher);
-  const auto* __restrict__ coef = static_cast<const acc_t*>(a.coef);
   const acc_t eps = static_cast<acc_t>(a.eps);
   const int nb = a.nbins;
   const int64_t C = a.ls.C;
@@ -314,7 +326,7 @@ __global__ void __launch_bounds__(kThreads) dfl_chan(const DflArgs a, int64_t n)
       if (live && wg.sub == 0) static_cast<acc_t*>(a.loss)[i] = dfl_giou_loss<M>(ds, dt, eps);
     } else {
       acc_t gd[4];
-      dfl_giou_grad<M>(ds, dt, eps, live ? coef[i] : acc_t(0), gd);
+      dfl_giou_grad<M>(ds, dt, eps, live ? static_cast<const acc_t*>(a.grad_loss)[i] : acc_t(0), gd);
       const acc_t k = pick(gd, wg.sub) / sum;
       for (int j = 0; j < nb; ++j) se[j] = k * se[j] * (static_cast<acc_t>(j) - d_s);
       __syncwarp();
@@ -335,23 +347,27 @@ __global__ void __launch_bounds__(kThreads) dfl_chan(const DflArgs a, int64_t n)
 // ------------------------------------------------------------ launching ----
 
 template <typename scalar_t>
-void launch_giou(const GiouArgs& a, bool forward, cudaStream_t stream) {
+void launch_giou(const GiouFwdArgs& a, cudaStream_t stream) {
   const int64_t n = a.lp.num_locations();
-  const bool packed = forward ? boxes_packed({{a.pred, &a.lp}, {a.target, &a.lt}}, sizeof(scalar_t))
-                              : boxes_packed({{a.pred, &a.lp}, {a.target, &a.lt}, {a.grad_pred, &a.lgp},
-                                              {a.grad_target, &a.lgt}},
-                                             sizeof(scalar_t));
-  const unsigned int blocks = blocks_for(n);
-  if (forward) {
-    if (packed) {
-      giou_forward_kernel<scalar_t, true><<<blocks, kThreads, 0, stream>>>(a, n);
-    } else {
-      giou_forward_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(a, n);
-    }
-  } else if (packed) {
-    giou_backward_kernel<scalar_t, true><<<blocks, kThreads, 0, stream>>>(a, n);
+  if (boxes_packed({{a.pred, &a.lp}, {a.target, &a.lt}}, sizeof(scalar_t))) {
+    giou_forward_kernel<scalar_t, true><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
   } else {
-    giou_backward_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(a, n);
+    giou_forward_kernel<scalar_t, false><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t>
+void launch_giou(const GiouBwdArgs& a, cudaStream_t stream) {
+  const int64_t n = a.lp.num_locations();
+  // An output that is not wanted has no pointer and takes no part.
+  const Operand gp{a.grad_pred != nullptr ? a.grad_pred : a.pred, a.grad_pred != nullptr ? &a.lgp : &a.lp};
+  const Operand gt{a.grad_target != nullptr ? a.grad_target : a.target,
+                   a.grad_target != nullptr ? &a.lgt : &a.lt};
+  if (boxes_packed({{a.pred, &a.lp}, {a.target, &a.lt}, gp, gt}, sizeof(scalar_t))) {
+    giou_backward_kernel<scalar_t, true><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
+  } else {
+    giou_backward_kernel<scalar_t, false><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -359,21 +375,23 @@ void launch_giou(const GiouArgs& a, bool forward, cudaStream_t stream) {
 // The GFocal default, reg_max = 16.
 constexpr int kFixedBins = 17;
 
+// The operands a DFL kernel walks: both maps, and the gradient it writes.
+inline Access plan_dfl(const DflFwdArgs& a, int64_t elem, std::initializer_list<int64_t> vec_bytes) {
+  return plan_access({{a.student, &a.ls}, {a.teacher, &a.lt}}, elem, vec_bytes);
+}
+inline Access plan_dfl(const DflBwdArgs& a, int64_t elem, std::initializer_list<int64_t> vec_bytes) {
+  return plan_access({{a.student, &a.ls}, {a.teacher, &a.lt}, {a.grad, &a.lg}}, elem, vec_bytes);
+}
+
 template <typename scalar_t, bool BACKWARD>
-void launch_dfl(const DflArgs& a, cudaStream_t stream) {
+void launch_dfl(const DflArgs<BACKWARD>& a, cudaStream_t stream) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kVectors = sizeof(scalar_t) < 8;
   constexpr int V16 = kVectors ? 16 / sizeof(scalar_t) : 1;
   constexpr int V8 = kVectors ? 8 / sizeof(scalar_t) : 1;
   const int64_t n = a.ls.num_locations();
-  const Operand s{a.student, &a.ls}, t{a.teacher, &a.lt}, g{a.grad, &a.lg};
   const size_t elem = sizeof(scalar_t);
-  Access acc{};
-  if (kVectors) {
-    acc = BACKWARD ? plan_access({s, t, g}, elem, {16, 8}) : plan_access({s, t}, elem, {16, 8});
-  } else {
-    acc = BACKWARD ? plan_access({s, t, g}, elem, {}) : plan_access({s, t}, elem, {});
-  }
+  const Access acc = kVectors ? plan_dfl(a, elem, {16, 8}) : plan_dfl(a, elem, {});
   const size_t smem = dfl_chan_smem(a.ls.C, sizeof(acc_t));
   // The tile must fit the default 48 KB of shared memory per block (68
   // channels in float32 take 34 KB).
@@ -396,24 +414,20 @@ void launch_dfl(const DflArgs& a, cudaStream_t stream) {
 
 }  // namespace
 
-void giou_forward(const GiouArgs& a, cudaStream_t stream) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "giou_cuda",
-                                  [&] { launch_giou<scalar_t>(a, true, stream); });
+void giou_forward(const GiouFwdArgs& a, cudaStream_t stream) {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "giou_cuda", [&] { launch_giou<scalar_t>(a, stream); });
 }
 
-void giou_backward(const GiouArgs& a, cudaStream_t stream) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "giou_backward_cuda",
-                                  [&] { launch_giou<scalar_t>(a, false, stream); });
+void giou_backward(const GiouBwdArgs& a, cudaStream_t stream) {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "giou_backward_cuda", [&] { launch_giou<scalar_t>(a, stream); });
 }
 
-void dfl_forward(const DflArgs& a, cudaStream_t stream) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "dfl_giou_cuda",
-                                  [&] { launch_dfl<scalar_t, false>(a, stream); });
+void dfl_forward(const DflFwdArgs& a, cudaStream_t stream) {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "dfl_giou_cuda", [&] { launch_dfl<scalar_t, false>(a, stream); });
 }
 
-void dfl_backward(const DflArgs& a, cudaStream_t stream) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "dfl_giou_backward_cuda",
-                                  [&] { launch_dfl<scalar_t, true>(a, stream); });
+void dfl_backward(const DflBwdArgs& a, cudaStream_t stream) {
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "dfl_giou_backward_cuda", [&] { launch_dfl<scalar_t, true>(a, stream); });
 }
 
 }  // namespace cuda

@@ -9,12 +9,12 @@
 namespace bckd {
 namespace cuda {
 
-void bcdl_forward(const BcdlArgs& a, cudaStream_t stream);
-void bcdl_backward(const BcdlArgs& a, cudaStream_t stream);
-void giou_forward(const GiouArgs& a, cudaStream_t stream);
-void giou_backward(const GiouArgs& a, cudaStream_t stream);
-void dfl_forward(const DflArgs& a, cudaStream_t stream);
-void dfl_backward(const DflArgs& a, cudaStream_t stream);
+void bcdl_forward(const BcdlFwdArgs& a, cudaStream_t stream);
+void bcdl_backward(const BcdlBwdArgs& a, cudaStream_t stream);
+void giou_forward(const GiouFwdArgs& a, cudaStream_t stream);
+void giou_backward(const GiouBwdArgs& a, cudaStream_t stream);
+void dfl_forward(const DflFwdArgs& a, cudaStream_t stream);
+void dfl_backward(const DflBwdArgs& a, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace bckd
