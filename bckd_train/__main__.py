@@ -5,7 +5,7 @@ import dataclasses
 import os
 import sys
 
-from . import data, engine, runtime
+from . import data, engine, formats, runtime
 from .config import get_config
 from .distill import METHODS, Distiller, teacher_memo
 from .errors import UserError
@@ -49,6 +49,14 @@ def amp(args):
 def data_command(args):
     for name, folder in data.prepare(args.cache).items():
         print(f"{name}: {folder}")
+    return 0
+
+
+def to_yolo_command(args):
+    dataset = formats.read_voc(args.path, seed=args.seed)
+    for line in dataset.report():
+        print(line)
+    print(f"wrote {formats.write_yolo(dataset, args.out)}")
     return 0
 
 
@@ -133,6 +141,12 @@ def build_parser():
     p = sub.add_parser("data", help="prepare the forest and fashion data sets (COCO) in the cache folder")
     p.add_argument("--cache", default=None, help="cache folder (default: $BCKD_CACHE or .cache)")
     p.set_defaults(run=data_command)
+    p = sub.add_parser("to-yolo", help="convert a detection data set to Ultralytics' layout and data YAML")
+    p.add_argument("--format", required=True, choices=("voc",), help="the data set's format")
+    p.add_argument("--path", required=True, help="the data set's folder (VOC: the folder holding Annotations/)")
+    p.add_argument("--out", required=True, help="the folder to write (replaced if it exists)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split when the data set has none")
+    p.set_defaults(run=to_yolo_command)
     p = sub.add_parser("train", help="train a preset")
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True)
