@@ -470,7 +470,13 @@ def _decode_edge(ptr, row, col, e, nbins, n_ch, lmask, LAYOUT: tl.constexpr, VEC
     so that a tile never holds more than NB lanes per location whatever reg_max
     is: wider tiles run out of registers. Lanes before the edge's first bin
     (up to VEC − 1, from _edge_start) and after its last are read where they
-    are in the row and left out of the sums."""
+    are in the row and left out of the sums.
+
+    While every bin read so far is −inf the running max is −inf, and
+    exp(−inf − (−inf)) would be NaN and poison every later chunk: 0 is
+    subtracted instead (flash-attention's guard), which leaves the sums at 0
+    until a finite bin comes. An edge whose bins are all −inf still ends with
+    s = 0 and dist = NaN, as softmax gives; +inf or NaN bins give NaN."""
     start = _edge_start(e, nbins, LAYOUT, VEC)
     lo = e * nbins - start
     mx = tl.full(lmask.shape, float("-inf"), tl.float32)
@@ -488,8 +494,9 @@ def _decode_edge(ptr, row, col, e, nbins, n_ch, lmask, LAYOUT: tl.constexpr, VEC
         r = tl.load(ptr + row[:, None] + ch[None, :] * col, mask=m, other=0.0)
         r = tl.where(jm[None, :], r.to(tl.float32), float("-inf"))
         new_mx = tl.maximum(mx, tl.max(r, axis=1))
-        scale = tl.exp(mx - new_mx)
-        ex = tl.where(jm[None, :], tl.exp(r - new_mx[:, None]), 0.0)
+        sub = tl.where(new_mx == float("-inf"), 0.0, new_mx)
+        scale = tl.exp(mx - sub)
+        ex = tl.where(jm[None, :], tl.exp(r - sub[:, None]), 0.0)
         s = s * scale + tl.sum(ex, axis=1)
         sj = sj * scale + tl.sum(ex * j[None, :].to(tl.float32), axis=1)
         mx = new_mx
