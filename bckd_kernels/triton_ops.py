@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from . import _contract
-from ._ops import bcdl_autograd, dfl_autograd, giou_autograd, no_double_backward
+from ._ops import bcdl_autograd, dfl_autograd, no_double_backward
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_REG_MAX = _contract.MAX_REG_MAX
@@ -434,18 +434,25 @@ def _giou_fwd_kernel(p_ptr, t_ptr, loss_ptr, n_loc, n_bucket, n_vec, p_s0, p_s1,
     tl.store(loss_ptr + n, _giou_loss(px1, py1, px2, py2, tx1, ty1, tx2, ty2, eps), mask=n < n_loc)
 
 
-@_autotune([(256, 4), (512, 4), (1024, 4), (512, 8)], 256, ["n_bucket", "LAYOUT", "VEC"], _box_lanes)
+@_autotune([(256, 4), (512, 4), (1024, 4), (512, 8)], 256, ["n_bucket", "LAYOUT", "VEC", "GRAD_P", "GRAD_T"],
+           _box_lanes)
 @triton.jit
 def _giou_bwd_kernel(p_ptr, t_ptr, coef_ptr, gp_ptr, gt_ptr, n_loc, n_bucket, n_vec, p_s0, p_s1, t_s0, t_s1,
-                     gp_s0, gp_s1, gt_s0, gt_s1, eps, LAYOUT: tl.constexpr, VEC: tl.constexpr, BLOCK_L: tl.constexpr):
+                     gp_s0, gp_s1, gt_s0, gt_s1, eps, LAYOUT: tl.constexpr, VEC: tl.constexpr,
+                     GRAD_P: tl.constexpr, GRAD_T: tl.constexpr, BLOCK_L: tl.constexpr):
+    # GRAD_P / GRAD_T: which gradients to write (the op's output_mask); the
+    # other's pointer is a stand-in, never written, and the code computing only
+    # it is dropped by the compiler.
     blk = tl.program_id(0).to(tl.int64)
     n = blk * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
     px1, py1, px2, py2 = _load_boxes(p_ptr, blk, n, n_vec, p_s0, p_s1, LAYOUT, VEC, BLOCK_L)
     tx1, ty1, tx2, ty2 = _load_boxes(t_ptr, blk, n, n_vec, t_s0, t_s1, LAYOUT, VEC, BLOCK_L)
     coef = tl.load(coef_ptr + n, mask=n < n_loc, other=0.0)
     gp0, gp1, gp2, gp3, gt0, gt1, gt2, gt3 = _giou_grad(px1, py1, px2, py2, tx1, ty1, tx2, ty2, eps, coef)
-    _store_boxes(gp_ptr, blk, n, n_vec, gp_s0, gp_s1, gp0, gp1, gp2, gp3, LAYOUT, VEC, BLOCK_L)
-    _store_boxes(gt_ptr, blk, n, n_vec, gt_s0, gt_s1, gt0, gt1, gt2, gt3, LAYOUT, VEC, BLOCK_L)
+    if GRAD_P:
+        _store_boxes(gp_ptr, blk, n, n_vec, gp_s0, gp_s1, gp0, gp1, gp2, gp3, LAYOUT, VEC, BLOCK_L)
+    if GRAD_T:
+        _store_boxes(gt_ptr, blk, n, n_vec, gt_s0, gt_s1, gt0, gt1, gt2, gt3, LAYOUT, VEC, BLOCK_L)
 
 
 # ------------------------------------------------------ DFL decode + GIoU ----
@@ -787,19 +794,30 @@ def paired_giou_triton(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tenso
     return loss
 
 
-@triton_op("bckd::_paired_giou_backward_triton", mutates_args=())
-def _paired_giou_backward_triton(grad: Tensor, pred: Tensor, target: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+@triton_op("bckd::_paired_giou_backward_triton", mutates_args=(),
+           schema="(Tensor grad, Tensor pred, Tensor target, float eps, bool[2] output_mask=[True, True]) "
+                  "-> (Tensor, Tensor)")
+def _paired_giou_backward_triton(grad, pred, target, eps, output_mask=(True, True)):
+    """The C++ op's rule (csrc/ops_host.h): output_mask says which of
+    (grad_pred, grad_target) to compute; an unwanted one is None, neither
+    allocated nor written, and takes no part in the access plan."""
     op = "_paired_giou_backward_triton"
     _contract.check_boxes(op, pred, target, eps, _contract.TRITON_DTYPES)
     coef = _per_location(op, grad, "grad", pred)
-    grad_pred, grad_target = torch.empty_like(pred), torch.empty_like(target)
+    want_p, want_t = (bool(x) for x in output_mask)
+    grad_pred = torch.empty_like(pred) if want_p else None
+    grad_target = torch.empty_like(target) if want_t else None
     n = pred.shape[0]
-    if n > 0:
-        layout, vec, n_vec, strides = _box_plan(pred, target, grad_pred, grad_target)
+    if n > 0 and (want_p or want_t):
+        outputs = [g for g in (grad_pred, grad_target) if g is not None]
+        layout, vec, n_vec, (ps, ts, *gs) = _box_plan(pred, target, *outputs)
+        # An unwanted output's stand-in is its input (pointer and strides), never written.
+        gp, gps = (grad_pred, gs[0]) if want_p else (pred, ps)
+        gt, gts = (grad_target, gs[-1]) if want_t else (target, ts)
         with _device_guard(pred):
             wrap_triton(_giou_bwd_kernel)[_grid(1, n)](
-                pred, target, coef, grad_pred, grad_target, n, _bucket(n), n_vec, *strides[0], *strides[1],
-                *strides[2], *strides[3], float(eps), LAYOUT=layout, VEC=vec,
+                pred, target, coef, gp, gt, n, _bucket(n), n_vec, *ps, *ts, *gps, *gts, float(eps),
+                LAYOUT=layout, VEC=vec, GRAD_P=want_p, GRAD_T=want_t,
             )
     return grad_pred, grad_target
 
@@ -843,11 +861,33 @@ def _dfl_giou_distill_backward_triton(
 
 # -------------------------------------------------------------- autograd ----
 
+
+def _giou_autograd(backward_op):
+    """Gradients to the boxes that need them: the backward op is told which
+    (its output_mask), as the compiled operators' C++ autograd does, so that a
+    detached target's gradient is neither computed nor written."""
+
+    def setup(ctx, inputs, output):
+        pred, target, eps = inputs
+        ctx.save_for_backward(pred, target)
+        ctx.eps = eps
+
+    def backward(ctx, grad):
+        pred, target = ctx.saved_tensors
+        mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+        if not any(mask):
+            return None, None, None
+        grad_pred, grad_target = backward_op(grad, pred, target, ctx.eps, mask)
+        return grad_pred, grad_target, None
+
+    return backward, setup
+
+
 _ops = torch.ops.bckd
 for _name, _op, (_backward, _setup), _backward_op in (
     ("bin_cls_distill_triton", bin_cls_distill_triton,
      bcdl_autograd(_ops._bin_cls_distill_backward_triton, _ops.bin_cls_distill_triton), _bin_cls_distill_backward_triton),
-    ("paired_giou_triton", paired_giou_triton, giou_autograd(_ops._paired_giou_backward_triton),
+    ("paired_giou_triton", paired_giou_triton, _giou_autograd(_ops._paired_giou_backward_triton),
      _paired_giou_backward_triton),
     ("dfl_giou_distill_triton", dfl_giou_distill_triton, dfl_autograd(_ops._dfl_giou_distill_backward_triton),
      _dfl_giou_distill_backward_triton),

@@ -1,8 +1,9 @@
-"""python -m bckd_train {data,train,distill,eval,show} ..."""
+"""python -m bckd_train {data,to-yolo,train,distill,eval,show} ..."""
 
 import argparse
 import dataclasses
 import os
+import re
 import sys
 
 from . import data, engine, formats, runtime
@@ -12,9 +13,12 @@ from .errors import UserError
 
 
 def check_teacher(cfg, t_cfg):
-    """The teacher must see the student's data and predict the same maps."""
-    for what, a, b in (("dataset", cfg.dataset, t_cfg.dataset), ("num_classes", cfg.model.num_classes, t_cfg.model.num_classes),
-                       ("strides", cfg.model.strides, t_cfg.model.strides), ("reg_max", cfg.model.reg_max, t_cfg.model.reg_max)):
+    """The teacher must predict the student's classes, in the same order, on the same
+    maps (strides, reg_max). It may come from another data set with those classes."""
+    if tuple(cfg.classes) != tuple(t_cfg.classes):
+        raise UserError(f"--teacher: the teacher's classes {list(t_cfg.classes)} (data set {t_cfg.dataset!r}) are not "
+                        f"the student's {list(cfg.classes)} (data set {cfg.dataset!r})")
+    for what, a, b in (("strides", cfg.model.strides, t_cfg.model.strides), ("reg_max", cfg.model.reg_max, t_cfg.model.reg_max)):
         if a != b:
             raise UserError(f"--teacher: teacher {what} {b!r} does not match the student's {a!r}")
 
@@ -46,16 +50,64 @@ def amp(args):
     return None if args.amp == "none" else args.amp
 
 
+def split_paths(values):
+    """--path's values: one path, or SPLIT=PATH per split (COCO: one JSON per split)."""
+    pairs = [v.split("=", 1) for v in values]
+    if all(len(p) == 2 and p[0] in formats.SPLITS for p in pairs):
+        paths = dict(pairs)
+        if len(paths) != len(pairs) or "train" not in paths or "val" not in paths:
+            raise UserError(f"--path {' '.join(values)}: one file per split, train and val at least")
+        return paths
+    if len(values) != 1:
+        raise UserError(f"--path {' '.join(values)}: one path, or one SPLIT=FILE per split "
+                        f"({', '.join(formats.SPLITS)})")
+    return values[0]
+
+
+def read_dataset(args):
+    """The data set that --format, --path, --images, --classes and --seed name, after
+    printing what it holds and what was dropped; train and val must keep images."""
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    dataset = formats.read(args.format, split_paths(args.path), images=args.images, classes=classes, seed=args.seed)
+    for line in dataset.report():
+        print(line)
+    for split in ("train", "val"):
+        if not dataset.splits.get(split):
+            raise UserError(f"--path {' '.join(args.path)}: no image with boxes is left in the {split} split")
+    if "test" in dataset.splits and not dataset.splits["test"]:
+        del dataset.splits["test"]
+    return dataset
+
+
 def data_command(args):
-    for name, folder in data.prepare(args.cache).items():
+    if args.name is None:
+        if args.format or args.path:
+            raise UserError("--format and --path need --name NAME, the name the data set is prepared as")
+        names = data.DATASETS
+    elif args.name in data.BUILTIN:
+        if args.format or args.path:
+            raise UserError(f"--name {args.name}: the name of a built-in data set; prepare yours under another name")
+        names = (args.name,)
+    else:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
+            raise UserError(f"--name {args.name!r}: letters, digits, '_', '.' and '-' only (it names a folder)")
+        if not args.format or not args.path:
+            raise UserError(f"--name {args.name}: give the data set's --format (coco, voc or yolo) and --path")
+        dataset = read_dataset(args)
+        meta = {"name": args.name, "format": args.format, "source": [os.path.abspath(p.split("=", 1)[-1])
+                                                                      for p in args.path]}
+        out = formats.write_coco(dataset, data.folder(args.name, args.cache), meta=meta)
+        print(f"{args.name}: {out}")
+        return 0
+    for name, folder in data.prepare(args.cache, names=names).items():
         print(f"{name}: {folder}")
     return 0
 
 
 def to_yolo_command(args):
-    dataset = formats.read_voc(args.path, seed=args.seed)
-    for line in dataset.report():
-        print(line)
+    if not args.format or not args.path:
+        raise UserError("to-yolo: give the data set's --format (coco, voc or yolo) and --path")
+    dataset = read_dataset(args)
     print(f"wrote {formats.write_yolo(dataset, args.out)}")
     return 0
 
@@ -67,7 +119,7 @@ def train_config(args):
     cfg = get_config(args.config, **overrides)
     if args.memory_format:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, memory_format=args.memory_format))
-    return cfg
+    return engine.with_data(cfg, args.data, args.cache)
 
 
 def train_and_report(args, cfg, device, distiller=None):
@@ -99,12 +151,19 @@ def distill_command(args):
 
 
 def checkpoint_on_device(args):
-    """(config, model, device) of --ckpt, the model on the device; None on every process
-    but the first (under torchrun the first process answers for all)."""
+    """(config, model, device) of --ckpt, the model on the device, the config on --data
+    when given (whose classes must be the checkpoint's); None on every process but the
+    first (under torchrun the first process answers for all)."""
     device = runtime.resolve_device(args.device)
     if rank() != 0:
         return None
     cfg, model = engine.load_checkpoint(args.ckpt, args.cache)
+    if args.data and args.data != cfg.dataset:
+        other = engine.with_data(cfg, args.data, args.cache)
+        if other.classes != cfg.classes:
+            raise UserError(f"--data {args.data}: its classes {list(other.classes)} are not the checkpoint's "
+                            f"{list(cfg.classes)} (data set {cfg.dataset!r})")
+        cfg = other
     return cfg, model.to_device(device), device
 
 
@@ -113,11 +172,15 @@ def eval_command(args):
     if loaded is None:
         return 0
     cfg, model, device = loaded
-    _, val = engine.datasets(cfg, args.cache)
-    metrics = engine.evaluate(model, val, device=device, amp=amp(args))
-    out = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "eval.json")
+    dataset = engine.split_set(cfg, args.split, args.cache)
+    metrics = engine.evaluate(model, dataset, device=device, amp=amp(args))
+    name = "eval" if args.split == "val" else f"eval_{args.split}"
+    if args.data:
+        name = f"eval_{cfg.dataset}_{args.split}"
+    out = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"{name}.json")
     engine.save_json(metrics, out)
-    print(engine.metrics_table(metrics, title=f"{cfg.name}: {cfg.dataset} val, {len(val.images)} images, {args.ckpt}"))
+    print(engine.metrics_table(metrics, title=f"{cfg.name}: {cfg.dataset} {args.split}, {len(dataset.images)} images, "
+                                              f"{args.ckpt}, {out}"))
     return 0
 
 
@@ -135,17 +198,38 @@ def show_command(args):
     return 0
 
 
+def add_data(p, what):
+    p.add_argument("--data", default=None, metavar="NAME",
+                   help=f"{what} (forest, fashion or one prepared with data --name NAME; default: the preset's)")
+
+
+def add_source(p):
+    """The options naming a data set on disk: data --name and to-yolo."""
+    p.add_argument("--format", default=None, help="coco, voc or yolo")
+    p.add_argument("--path", nargs="+", default=None, metavar="PATH",
+                   help="coco: a JSON file, a folder with train.json and val.json [test.json], or train=FILE val=FILE "
+                        "[test=FILE]; voc: the folder holding Annotations/ (or a VOCdevkit above it); yolo: the data "
+                        "YAML")
+    p.add_argument("--images", default=None, help="coco: the folder the JSON's file names are relative to (default: "
+                                                  "images/ beside the JSON, else the JSON's folder)")
+    p.add_argument("--classes", default=None, metavar="A,B,...",
+                   help="the class names in label order (default: the data set's; VOC: sorted)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split when the data set has none")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m bckd_train")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("data", help="prepare the forest and fashion data sets (COCO) in the cache folder")
+    p = sub.add_parser("data", help="prepare the forest and fashion data sets, or one of your own with --name "
+                                    "(COCO json and images in the cache folder)")
+    p.add_argument("--name", default=None, help="the name to prepare your data set as, <cache>/data/NAME (the "
+                                                "--data of train, distill, eval and show)")
+    add_source(p)
     p.add_argument("--cache", default=None, help="cache folder (default: $BCKD_CACHE or .cache)")
     p.set_defaults(run=data_command)
     p = sub.add_parser("to-yolo", help="convert a detection data set to Ultralytics' layout and data YAML")
-    p.add_argument("--format", required=True, choices=("voc",), help="the data set's format")
-    p.add_argument("--path", required=True, help="the data set's folder (VOC: the folder holding Annotations/)")
+    add_source(p)
     p.add_argument("--out", required=True, help="the folder to write (replaced if it exists)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split when the data set has none")
     p.set_defaults(run=to_yolo_command)
     p = sub.add_parser("train", help="train a preset")
     p.add_argument("--config", required=True)
@@ -153,6 +237,7 @@ def build_parser():
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
     p.add_argument("--max-iters", type=positive, default=None, help="stop after this many iterations in all")
     p.add_argument("--seed", type=int, default=None, help="override the preset's seed")
+    add_data(p, "the data set to train on")
     p.add_argument("--cache", default=None)
     add_device(p, training=True)
     p.set_defaults(run=train_command)
@@ -172,19 +257,23 @@ def build_parser():
     p.add_argument("--teacher-maps", default=None, metavar="FILE",
                    help="the teacher's maps for every training input, computed into FILE when it does not exist "
                         "and read from it after (runs with one teacher share one teacher pass); implies --memo-teacher")
+    add_data(p, "the student's data set; the teacher's classes must be its classes")
     p.add_argument("--cache", default=None)
     add_device(p, training=True)
     p.set_defaults(run=distill_command)
-    p = sub.add_parser("eval", help="COCO metrics of a checkpoint on its data set's val split")
+    p = sub.add_parser("eval", help="COCO metrics of a checkpoint on its data set's val (or test) split")
     p.add_argument("--ckpt", required=True)
+    p.add_argument("--split", default="val", choices=("val", "test", "train"))
+    add_data(p, "evaluate on this data set (with the checkpoint's classes) instead of the checkpoint's")
     p.add_argument("--cache", default=None)
     add_device(p)
     p.set_defaults(run=eval_command)
     p = sub.add_parser("show", help="draw a checkpoint's detections on an image")
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--image", required=True)
+    p.add_argument("--image", required=True, help="an image file, or a file of the prepared data set (val/NAME.jpg)")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--score", type=float, default=0.3, help="lowest score drawn")
+    add_data(p, "the prepared data set --image may be in (with the checkpoint's classes)")
     p.add_argument("--cache", default=None)
     add_device(p)
     p.set_defaults(run=show_command)

@@ -10,7 +10,10 @@ fashion  scenes of 2-5 Fashion-MNIST items (Debian's dataset-fashion-mnist) at
          every scene is a function of the seed.
 
 ``python -m bckd_train data`` writes ``<cache>/data/<name>/{train,val}.json``
-(COCO) and ``<cache>/data/<name>/images/``.
+(COCO) and ``<cache>/data/<name>/images/``. ``python -m bckd_train data --name
+NAME --format coco|voc|yolo --path PATH`` prepares a data set of one's own into
+the same form (:func:`bckd_train.formats.write_coco`), with ``test.json`` when the
+data set has a test split and ``meta.json`` (classes, splits, what was dropped).
 """
 
 import contextlib
@@ -26,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from . import formats
+from .errors import UserError
 from .sources import DEEPFOREST, MissingSource, default_cache, open_wheel
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -189,23 +194,52 @@ def prepare_fashion(out, seed=0, scenes=None):
         _write(out, split, _coco(images, annotations, FASHION_CLASSES))
 
 
-DATASETS = ("forest", "fashion")
+# The built-in data sets and their classes, in label order (checkpoints written before
+# checkpoints kept their classes were all trained on one of these).
+BUILTIN = {"forest": ("tree",), "fashion": FASHION_CLASSES}
+DATASETS = tuple(BUILTIN)
+
+
+def folder(name, cache=None):
+    """Where data set ``name`` is prepared: ``<cache>/data/<name>``."""
+    return os.path.join(cache or default_cache(), "data", name)
 
 
 def prepare(cache=None, names=DATASETS):
-    """Prepares the data sets that are not prepared yet; returns their folders."""
+    """Prepares the built-in data sets among ``names`` that are not prepared yet (each
+    written atomically: a killed preparation leaves none half-written) and checks that
+    the others were prepared by ``python -m bckd_train data --name``; returns their folders."""
     cache = cache or default_cache()
     folders = {}
     for name in names:
-        out = os.path.join(cache, "data", name)
+        out = folder(name, cache)
         folders[name] = out
         if all(os.path.exists(os.path.join(out, f"{s}.json")) for s in ("train", "val")):
             continue
-        if name == "forest":
-            prepare_forest(cache, out)
-        else:
-            prepare_fashion(out)
+        if name not in BUILTIN:
+            raise UserError(f"data set {name!r} is not prepared in {os.path.dirname(out)}; prepare it with: "
+                            f"python -m bckd_train data --name {name} --format coco|voc|yolo --path PATH")
+        with formats.atomic_folder(out) as tmp:
+            if name == "forest":
+                prepare_forest(cache, tmp)
+            else:
+                prepare_fashion(tmp)
     return folders
+
+
+def classes(name, cache=None):
+    """The class names of data set ``name`` in label order: known for the built-in
+    sets, read from the prepared folder (``meta.json``, else ``train.json``'s
+    categories) for the others."""
+    if name in BUILTIN:
+        return BUILTIN[name]
+    out = prepare(cache, names=(name,))[name]
+    meta = os.path.join(out, "meta.json")
+    if os.path.exists(meta):
+        with open(meta) as f:
+            return tuple(json.load(f)["classes"])
+    with open(os.path.join(out, "train.json")) as f:
+        return tuple(c["name"] for c in sorted(json.load(f)["categories"], key=lambda c: c["id"]))
 
 
 # --------------------------------------------------------------- loading ----
@@ -220,7 +254,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self.folder = folder
         self.ann_file = os.path.join(folder, f"{split}.json")
         self.images = coco["images"]
-        self.num_classes = len(coco["categories"])
+        self.classes = tuple(c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"]))
+        self.num_classes = len(self.classes)
         per_image = {im["id"]: [] for im in self.images}
         for a in coco["annotations"]:
             per_image[a["image_id"]].append(a)
@@ -271,8 +306,9 @@ def transpose(image, target):
     return image.transpose(-1, -2), dict(target, boxes=target["boxes"][:, [1, 0, 3, 2]])
 
 
-# TrainConfig.augment -> the transforms of :func:`augment` its epochs draw (engine.epoch_batches)
-AUGMENTS = {"none": (0,), "hflip": (0, 1), "dihedral": tuple(range(8))}
+# TrainConfig.augment -> the transforms of :func:`augment` its epochs draw (engine.epoch_batches):
+# "flips" mirrors left-right and top-bottom without transposing (a 640x480 image stays 640x480)
+AUGMENTS = {"none": (0,), "hflip": (0, 1), "flips": (0, 1, 2, 3), "dihedral": tuple(range(8))}
 
 
 def augment(image, target, t):

@@ -21,15 +21,40 @@ from .model import GFL
 # ----------------------------------------------------------------- data ----
 
 
-def datasets(cfg: TrainConfig, cache=None):
+def with_data(cfg: TrainConfig, name=None, cache=None):
+    """``cfg`` on data set ``name`` (None: its own): the data set's class names in
+    ``cfg.classes`` and their count as the model's num_classes."""
+    name = name or cfg.dataset
+    classes = data.classes(name, cache)
+    return dataclasses.replace(cfg, dataset=name, classes=classes,
+                               model=dataclasses.replace(cfg.model, num_classes=len(classes)))
+
+
+def check_classes(cfg: TrainConfig, dataset, what):
+    """Refuses (UserError) a data set split whose classes are not ``cfg.classes``."""
+    if cfg.classes and tuple(dataset.classes) != tuple(cfg.classes):
+        raise UserError(f"{what}: the data set {cfg.dataset!r} in {dataset.folder} has the classes "
+                        f"{list(dataset.classes)}, the model {list(cfg.classes)}; prepare it again with those "
+                        "classes (data --classes) or train anew")
+
+
+def split_set(cfg: TrainConfig, split, cache=None):
+    """One split of cfg's data set ("train", "val" or "test"), cut to cfg's image limits."""
     folder = data.prepare(cache, names=(cfg.dataset,))[cfg.dataset]
-    train = data.CocoDetection(folder, "train")
-    val = data.CocoDetection(folder, "val")
-    if cfg.max_train_images:
-        train.images = train.images[: cfg.max_train_images]
-    if cfg.max_val_images:
-        val.images = val.images[: cfg.max_val_images]
-    return train, val
+    if not os.path.exists(os.path.join(folder, f"{split}.json")):
+        present = sorted(f[:-5] for f in os.listdir(folder) if f[:-5] in ("train", "val", "test"))
+        raise UserError(f"data set {cfg.dataset!r} has no {split} split ({folder} has {', '.join(present)})")
+    dataset = data.CocoDetection(folder, split)
+    check_classes(cfg, dataset, f"data set {cfg.dataset!r}")
+    limit = {"train": cfg.max_train_images, "val": cfg.max_val_images}.get(split)
+    if limit:
+        dataset.images = dataset.images[:limit]
+    return dataset
+
+
+def datasets(cfg: TrainConfig, cache=None):
+    """The train and val splits of cfg's data set (:func:`split_set`)."""
+    return split_set(cfg, "train", cache), split_set(cfg, "val", cache)
 
 
 def epoch_batches(n, batch_size, epoch, seed, rank, size, augment="hflip", jitter=False):
@@ -47,6 +72,8 @@ def epoch_batches(n, batch_size, epoch, seed, rank, size, augment="hflip", jitte
     transforms = (torch.rand(n, generator=g) < 0.5).long()
     if augment == "dihedral":
         transforms += 2 * torch.randint(0, 4, (n,), generator=g)
+    elif augment == "flips":
+        transforms += 2 * torch.randint(0, 2, (n,), generator=g)
     elif augment == "none":
         transforms.zero_()
     seeds = torch.randint(0, 2**31 - 1, (n,), generator=g).tolist() if jitter else [None] * n
@@ -225,7 +252,9 @@ def read_checkpoint(path, *, what="checkpoint"):
 
 
 def load_checkpoint(path, cache=None):
-    """(config, model in eval mode, on the CPU) of a training checkpoint."""
+    """(config, model in eval mode, on the CPU) of a training checkpoint; the config
+    on the checkpoint's data set, with its classes (a checkpoint written before they
+    were kept was trained on a built-in set, whose classes are known)."""
     from .config import get_config
 
     ckpt = read_checkpoint(path)
@@ -233,6 +262,12 @@ def load_checkpoint(path, cache=None):
         cfg = get_config(ckpt["config"], seed=ckpt.get("seed", 0))
     except UserError as exc:
         raise UserError(f"checkpoint {path}: {exc}") from exc
+    dataset = ckpt.get("dataset", cfg.dataset)
+    classes = ckpt.get("classes") or data.BUILTIN.get(dataset)  # older checkpoints: a built-in set's
+    if classes is None:
+        raise UserError(f"checkpoint {path} names no classes and its data set {dataset!r} is not a built-in one")
+    cfg = dataclasses.replace(cfg, dataset=dataset, classes=tuple(classes),
+                              model=dataclasses.replace(cfg.model, num_classes=len(classes)))
     model = GFL(dataclasses.replace(cfg.model, pretrained=False), cache=cache)
     try:
         model.load_state_dict(ckpt["model"])
@@ -259,6 +294,12 @@ def check_resume(ckpt, path, cfg, *, method, teacher_sha256=None):
             flag = {"config": "--config", "seed": "--seed", "method": "--method"}[key]
             raise UserError(f"--resume: {path} was trained with {key} {ckpt.get(key)!r}, this run asks for "
                             f"{value!r}; pass {flag} {ckpt.get(key)} to continue it, or another --out to start anew")
+    if ckpt.get("dataset", cfg.dataset) != cfg.dataset:
+        raise UserError(f"--resume: {path} was trained on data set {ckpt['dataset']!r}, this run asks for "
+                        f"{cfg.dataset!r}; pass --data {ckpt['dataset']} to continue it, or another --out to start anew")
+    if ckpt.get("classes") and cfg.classes and tuple(ckpt["classes"]) != tuple(cfg.classes):
+        raise UserError(f"--resume: {path} was trained on the classes {list(ckpt['classes'])}, the data set "
+                        f"{cfg.dataset!r} now has {list(cfg.classes)}")
     if teacher_sha256 is not None and ckpt.get("teacher_sha256") not in (None, teacher_sha256):
         raise UserError(f"--resume: {path} was distilled from another teacher (weights sha256 "
                         f"{ckpt['teacher_sha256'][:12]}, --teacher has {teacher_sha256[:12]})")
@@ -267,14 +308,17 @@ def check_resume(ckpt, path, cfg, *, method, teacher_sha256=None):
 @torch.no_grad()
 def show(model, cfg, image_path, out_path, *, score=0.3, cache=None, amp=None):
     """Draws the detections above `score` on the image (on the model's device); returns
-    (how many, the highest score of any detection, or None when there is none)."""
+    (how many, the highest score of any detection, or None when there is none).
+    ``image_path``: an image file, or a file name of cfg's prepared data set
+    (``val/NAME.jpg``, relative to its ``images/`` folder)."""
     from PIL import Image, ImageDraw
 
     if not os.path.isfile(image_path):
-        raise UserError(f"--image {image_path} does not exist")
-    folder = data.prepare(cache, names=(cfg.dataset,))[cfg.dataset]
-    with open(os.path.join(folder, "val.json")) as f:
-        names = [c["name"] for c in json.load(f)["categories"]]
+        inside = os.path.join(data.folder(cfg.dataset, cache), "images", image_path)
+        if not os.path.isfile(inside):
+            raise UserError(f"--image {image_path} does not exist (nor in {os.path.dirname(inside)})")
+        image_path = inside
+    names = cfg.classes or data.classes(cfg.dataset, cache)
     try:
         image = Image.open(image_path).convert("RGB")
     except OSError as exc:
@@ -385,10 +429,13 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", amp=
     optimiser, RNG states, position; written atomically), out/metrics.json and
     out/curves.png at the end. ``resume`` continues from out/checkpoint.pth where
     it stopped, mid-epoch included, and refuses (UserError) a checkpoint that
-    contradicts the arguments or has nothing left to train. With a
+    contradicts the arguments or has nothing left to train. The model predicts
+    cfg's data set's classes (:func:`with_data`), which the checkpoint keeps. With a
     :class:`bckd_train.distill.Distiller`, its losses join the ground-truth ones
     (the teacher is not among the optimised parameters).
     """
+    if not cfg.classes:
+        cfg = with_data(cfg, cache=cache)
     run = start_run(cfg, out, cache=cache, device=device, amp=amp, workers=workers, progress=progress,
                     distiller=distiller)
     ckpt = checkpoint_to_resume(run) if resume else None
@@ -608,6 +655,7 @@ def end_of_epoch(run, position):
         save_checkpoint({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                          "epoch": epoch + 1 if done else epoch, "step": 0 if done else position.step,
                          "iteration": position.iteration, "rng": runtime.rng_state(), "config": cfg.name,
+                         "dataset": cfg.dataset, "classes": list(cfg.classes),
                          "seed": cfg.seed, "method": run.method, "teacher_sha256": run.teacher_sha256,
                          "amp": run.amp, "metrics": position.metrics}, run.files.checkpoint)
     if run.size > 1:

@@ -6,11 +6,12 @@ GPU), on CUDA tensors when a GPU is there."""
 
 import pytest
 import torch
-from conftest import HAS_CUDA, assert_compiles, box_pairs, make
+from conftest import HAS_CUDA, as_layout, assert_compiles, box_pairs, make
 
 triton = pytest.importorskip("triton")
 
 import bckd_kernels  # noqa: E402
+from bckd_kernels import triton_ops  # noqa: E402, F401  (registers the *_triton operators)
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 pytestmark = [pytest.mark.kernels, pytest.mark.triton]
@@ -35,3 +36,48 @@ def test_functional_compile_fullgraph_cuda(loss):
         f = bckd_kernels.bcdl_loss if loss == "bcdl" else bckd_kernels.ildl_loss
         fn = lambda x, y: f(x, y, backend="triton")  # noqa: E731
     assert_compiles(fn, a, b)
+
+
+@pytest.mark.parametrize("layout", ["nc", "nc_t"])
+@pytest.mark.parametrize("mask", [(True, False), (False, True), (False, False)])
+def test_giou_backward_output_mask(layout, mask):
+    """The Triton GIoU backward's output_mask, the C++ op's rule: a wanted
+    gradient is bit for bit the full backward's, an unwanted one is None."""
+    p, t = (as_layout(x.float().to(DEVICE), layout) for x in box_pairs(37))
+    g = torch.randn(37, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    backward = torch.ops.bckd._paired_giou_backward_triton
+    full = backward(g, p, t, 1e-6)
+    for wanted, got, ref in zip(mask, backward(g, p, t, 1e-6, list(mask)), full):
+        if wanted:
+            assert got.stride() == ref.stride() and torch.equal(got, ref)
+        else:
+            assert got is None
+
+
+@pytest.mark.parametrize("wrt", [(0,), (1,), (0, 1)])
+def test_giou_autograd_asks_only_for_the_gradients_needed(wrt):
+    """Autograd passes which boxes need a gradient as the backward's output_mask."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Masks(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.bckd._paired_giou_backward_triton.default:
+                # the dispatcher leaves out an argument equal to its default, [True, True]
+                self.seen.append(list(args[4]) if len(args) > 4 else [True, True])
+            return func(*args, **(kwargs or {}))
+
+    boxes = [x.float().to(DEVICE) for x in box_pairs(37)]
+    inputs = [x.requires_grad_() if i in wrt else x for i, x in enumerate(boxes)]
+    g = torch.randn(37, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    with Masks() as masks:
+        torch.ops.bckd.paired_giou_triton(*inputs, 1e-6).backward(g)
+    assert masks.seen == [[i in wrt for i in range(2)]]
+    full = torch.ops.bckd._paired_giou_backward_triton(g, *boxes, 1e-6)
+    for i in range(2):
+        assert (inputs[i].grad is not None) == (i in wrt)
+        if i in wrt:
+            assert torch.equal(inputs[i].grad, full[i])

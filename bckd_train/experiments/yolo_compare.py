@@ -271,7 +271,7 @@ def step_share(student_weights, teacher_path, data, args, repeats=7):
 
 
 def train_all(args):
-    jobs = [(TEACHER, 0)] + [(m, s) for m in args.methods for s in args.seeds]
+    jobs = [(TEACHER, 0)] + [(m, s) for s in args.seeds for m in args.methods]  # every method once, then again
     for method, seed in jobs:
         if read_record(args.records, run_name(method, seed)):
             continue
