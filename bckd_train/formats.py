@@ -416,7 +416,7 @@ def _images_in(entry, root, path):
     (one image a line, relative to the list's folder) or image files, relative to ``root``."""
     out = []
     for item in entry if isinstance(entry, list) else [entry]:
-        full = os.path.join(root, str(item))
+        full = os.path.normpath(os.path.join(root, str(item)))
         if os.path.isdir(full):
             for folder, _, names in sorted(os.walk(full)):
                 out += [os.path.join(folder, n) for n in sorted(names) if n.lower().endswith(IMAGE_SUFFIXES)]
@@ -498,7 +498,7 @@ def read_yolo(path, *, classes=None, seed=0):
     spec = _read_yaml(path)
     names = _yolo_names(spec, path)
     classes, relabel = _class_index(names, classes, path)
-    root = os.path.join(os.path.dirname(os.path.abspath(path)), str(spec.get("path") or ""))
+    root = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), str(spec.get("path") or "")))
     _need_dir(root, f"data set root (path: in {path})")
     if not spec.get("train"):
         raise UserError(f"{path}: no train images (train: a folder, a txt list or a list of them)")

@@ -604,7 +604,9 @@ def test_user_errors_are_one_line_programming_errors_keep_their_traceback(full_r
 def test_checkpoint_of_another_preset_is_refused_as_teacher(full_run, tmp_path, capsys):
     assert cli.main(["distill", "--config", "forest_student", "--teacher", str(full_run / "checkpoint.pth"),
                      "--method", "bckd", "--out", str(tmp_path / "x")]) == 2
-    assert "teacher dataset 'fashion' does not match the student's 'forest'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"the teacher's classes {list(data.FASHION_CLASSES)} (data set 'fashion') are not the student's ['tree'] " \
+           "(data set 'forest')" in err
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
