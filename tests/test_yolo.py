@@ -161,16 +161,64 @@ def test_per_level_maps_and_nested_outputs(student, student_preds, teacher, teac
             torch.testing.assert_close(got[name], want[name], rtol=2e-5, atol=1e-7)
 
 
+def distances_reference(student, teacher, valid, avg_factor, anchors, level_sizes, pos_per_level):
+    """BCKD of a head with raw edge distances (YOLO26) from the float64 references, boxes
+    placed at real anchor points, each level gated by its positives."""
+    rows = lambda x: x.permute(0, 2, 1).reshape(-1, x.shape[1])  # [B, C, A] -> [B·A, C]
+    s_cls, t_cls = rows(student["scores"]), rows(teacher["scores"])
+    s_d, t_d = rows(student["boxes"]), rows(teacher["boxes"])
+    if t_d.shape[1] > 4:
+        t_d = bckd_kernels.decode.dfl_decode(t_d.double(), t_d.shape[1] // 4 - 1)
+    points = anchors.repeat(student["scores"].shape[0], 1).double()
+    loss, mad = bckd_kernels.reference.bin_cls_distill(s_cls, t_cls, valid.reshape(-1).float(), 1.0)
+    giou = bckd_kernels.reference.paired_giou(bckd_kernels.decode.distance_to_box(points, s_d.double()),
+                                              bckd_kernels.decode.distance_to_box(points, t_d.double()))
+    level = torch.cat([torch.full((n,), i) for i, n in enumerate(level_sizes)]).repeat(student["scores"].shape[0])
+    gate = (pos_per_level > 0).double()[level]
+    weight = mad.double() * valid.reshape(-1).double()
+    return {"loss_bcdl": (gate * loss.double()).sum() / avg_factor,
+            "loss_ildl": 4.0 * (gate * weight * giou).sum() / avg_factor}
+
+
+@pytest.mark.parametrize("teacher_bins", [1, 16])
+def test_edge_distance_heads_equal_reference(student_preds, teacher_preds, teacher_bins):
+    """A YOLO26 student (one box channel per edge) against a YOLO26 or a YOLO11 teacher."""
+    g = torch.Generator().manual_seed(7)
+    student = {"scores": student_preds["scores"], "boxes": torch.rand(2, 4, ANCHORS, generator=g) * 3,
+               "feats": student_preds["feats"]}
+    t = teacher_preds[1]
+    teacher = dict(t) if teacher_bins == 16 else {"scores": t["scores"], "boxes": torch.rand(2, 4, ANCHORS, generator=g) * 3}
+    student["boxes"].requires_grad_(True)
+    valid = torch.rand(2, ANCHORS, generator=g) > 0.25
+    sizes = [32, 8, 2]
+    positives = torch.tensor([3, 0, 1])
+    anchors = torch.rand(ANCHORS, 2, generator=g) * 8  # GIoU does not see where both boxes sit
+    got = yolo_bckd_loss({"one2many": student, "one2one": {}}, teacher, valid=valid, avg_factor=torch.tensor(7.5),
+                         pos_per_level=positives, level_sizes=sizes)
+    want = distances_reference(student, teacher, valid, 7.5, anchors, sizes, positives)
+    assert want["loss_bcdl"] > 1e-4 and want["loss_ildl"] > 1e-3
+    for name in want:
+        torch.testing.assert_close(got[name].double(), want[name], rtol=1e-5, atol=1e-8)
+    grad_got, = torch.autograd.grad(got["loss_ildl"] * 3, student["boxes"])
+    grad_want, = torch.autograd.grad(want["loss_ildl"] * 3, student["boxes"])
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-4, atol=1e-7)
+
+
 def test_rejects_heads_it_cannot_distill(student_preds, teacher_preds):
-    no_dfl = {"scores": student_preds["scores"], "boxes": student_preds["boxes"][:, :4]}
-    with pytest.raises(ValueError, match="needs DFL box distributions"):
-        head_maps(no_dfl, bins=1)
+    odd = {"scores": student_preds["scores"], "boxes": student_preds["boxes"][:, :6]}
     with pytest.raises(ValueError, match="expected"):
-        head_maps(no_dfl)
+        head_maps(odd)
     with pytest.raises(ValueError, match="head shapes differ"):
         yolo_bckd_loss(student_preds, {k: teacher_preds[1][k][..., :-2] for k in ("scores", "boxes")})
+    with pytest.raises(ValueError, match="head shapes differ"):  # another class count
+        yolo_bckd_loss(student_preds, {k: teacher_preds[1][k][:, 1:] if k == "scores" else teacher_preds[1][k]
+                                       for k in ("scores", "boxes")})
+    with pytest.raises(ValueError, match="add up to"):
+        yolo_bckd_loss(student_preds, teacher_preds, level_sizes=[32, 8, 1])
     with pytest.raises(ValueError, match="one value per anchor"):
         yolo_bckd_loss(student_preds, teacher_preds, valid=torch.ones(2, ANCHORS - 1))
+    with pytest.raises(ValueError, match="branch"):
+        yolo_bckd_loss(student_preds, teacher_preds, branch="one2few")
     with pytest.raises(TypeError, match="Detect output"):
         head_maps(student_preds["scores"])
 
