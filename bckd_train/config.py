@@ -155,9 +155,9 @@ PRESETS = {
     # FPN, a deeper head, and the image upsampled 2x before its backbone (input_scale 2:
     # the Platelets at about 78 px there; the levels keep their strides and map sizes, so
     # the maps pair up with the student's). The student's schedule and augmentation.
-    # Measured as the student (2 threads, other jobs running): 32 s an iteration at batch
-    # 2, so about 2 minutes at batch 8 and 50-55 minutes an epoch, some 21 hours in
-    # all on that CPU (without the 2x input: 16 s at batch 2, about half). A GPU preset.
+    # Measured as the student (2 threads, other jobs running): 32-40 s an iteration at
+    # batch 2, so 2-2.7 minutes at batch 8 and 55-70 minutes an epoch, a day in all on
+    # that CPU (without the 2x input: 16 s at batch 2, about half). A GPU preset.
     "bccd_teacher": TrainConfig(
         name="bccd_teacher",
         dataset="bccd",
