@@ -80,7 +80,8 @@ def _mean_over_ranks(x):
 
 
 class BCKDLoss:
-    """The student's Ultralytics criterion, plus BCKD against ``teacher``.
+    """The student's Ultralytics criterion, plus BCKD against ``teacher`` (a module, or
+    any callable that gives the teacher's outputs for the batch's images).
 
     Returns the criterion's loss vector with BCDL and ILDL appended (times the
     batch size, as Ultralytics' own terms), and its loss items with
@@ -125,10 +126,14 @@ class BCKDLoss:
         return torch.cat([loss, extra * images.shape[0]]), items
 
 
-def load_teacher(path, student, device):
-    """The teacher checkpoint, frozen in eval mode on ``device``; its classes and strides
-    must be the student's (one-line ValueError naming both)."""
-    teacher = load_checkpoint(path)[0].to(device).eval().requires_grad_(False)
+def load_teacher(path, device):
+    """The teacher checkpoint, frozen in eval mode on ``device``."""
+    return load_checkpoint(path)[0].to(device).eval().requires_grad_(False)
+
+
+def check_teacher(teacher, student, path):
+    """``teacher``, after checking that its classes and strides are the student's
+    (a one-line ValueError naming both)."""
     s_head, t_head = student.model[-1], teacher.model[-1]
     if t_head.nc != s_head.nc:
         raise ValueError(f"distill_model {path}: the teacher predicts {t_head.nc} classes, the student "
@@ -137,6 +142,17 @@ def load_teacher(path, student, device):
         raise ValueError(f"distill_model {path}: the teacher's strides {teacher.stride.tolist()} differ from the "
                          f"student's {student.stride.tolist()}: BCKD compares the two heads anchor by anchor")
     return teacher
+
+
+class HookedTeacher:
+    """The teacher's head outputs for the batch at hand, as Ultralytics' ``DistillationModel``
+    captured them before the student's loss runs: with ``bckd_feature`` the teacher runs once."""
+
+    def __init__(self, wrapper):
+        self.wrapper = wrapper
+
+    def __call__(self, images):
+        return self.wrapper._teacher_feats[len(self.wrapper.feats_idx) - 1]
 
 
 class BCKDTrainer(DetectionTrainer):
@@ -159,11 +175,16 @@ class BCKDTrainer(DetectionTrainer):
             super()._setup_train()
         finally:
             self.args.distill_model = teacher
-        student = unwrap_model(self.model)
-        student = getattr(student, "student_model", student)
-        self.teacher = load_teacher(teacher, student, self.device)
+        model = unwrap_model(self.model)
+        if hasattr(model, "student_model"):  # bckd_feature: Ultralytics' DistillationModel runs the teacher
+            student, self.teacher = model.student_model, check_teacher(model.teacher_model, model.student_model,
+                                                                       teacher)
+            teacher_outputs = HookedTeacher(model)
+        else:
+            student = model
+            self.teacher = teacher_outputs = check_teacher(load_teacher(teacher, self.device), student, teacher)
         criterion = getattr(student, "criterion", None) or student.init_criterion()
-        student.criterion = BCKDLoss(criterion, self.teacher, beta=self.args.bckd_beta,
+        student.criterion = BCKDLoss(criterion, teacher_outputs, beta=self.args.bckd_beta,
                                      cls_weight=self.args.bckd_cls, loc_weight=self.args.bckd_loc,
                                      branches=BRANCH_CHOICES[self.args.bckd_branch])
 

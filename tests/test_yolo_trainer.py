@@ -68,7 +68,7 @@ class Checked(BCKDTrainer):
     seen = []
 
     def optimizer_step(self):
-        student = self.model
+        student = getattr(self.model, "student_model", self.model)
         missing = [n for n, p in student.named_parameters() if p.requires_grad and p.grad is None]
         finite = all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
         teacher_grads = [n for n, p in self.teacher.named_parameters() if p.requires_grad or p.grad is not None]
@@ -85,15 +85,16 @@ def stop_after_first_save(trainer):
     raise Interrupted
 
 
-@pytest.mark.parametrize("student_cfg", ["yolo11n.yaml", "yolo26n.yaml"])
-def test_trains_logs_and_saves_a_plain_student(data, teacher, workdir, student_cfg):
+@pytest.mark.parametrize("student_cfg,options", [("yolo11n.yaml", {}), ("yolo26n.yaml", {"bckd_branch": "both"}),
+                                                 ("yolo11n.yaml", {"bckd_feature": True})])
+def test_trains_logs_and_saves_a_plain_student(data, teacher, workdir, student_cfg, options):
     Checked.seen = []
-    name = student_cfg.split(".")[0]
-    kw = {"bckd_branch": "both"} if student_cfg.startswith("yolo26") else {}
-    YOLO(student_cfg).train(trainer=Checked, distill_model=teacher, **train_kwargs(data, workdir, name), **kw)
+    name = student_cfg.split(".")[0] + "".join(f"_{k}" for k in options)
+    YOLO(student_cfg).train(trainer=Checked, distill_model=teacher, **train_kwargs(data, workdir, name), **options)
     folder = workdir / "runs" / name
     [row] = results(folder)
     assert row["train/bcdl_loss"] > 0 and row["train/ildl_loss"] > 0
+    assert ("train/dis_loss" in row) == bool(options.get("bckd_feature"))  # Ultralytics' own feature loss
     assert len(Checked.seen) == 2  # 4 photos, batch 2, a step per batch (nbs = 2)
     for step in Checked.seen:
         assert step["missing"] == [] and step["finite"]
