@@ -28,9 +28,7 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(BCCD), reason=f"BCCD is not at
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("yolo_trainer")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(folder / "settings"))
-    return folder
+    return tmp_path_factory.mktemp("yolo_trainer")
 
 
 @pytest.fixture(scope="module")
