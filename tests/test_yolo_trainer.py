@@ -180,3 +180,23 @@ def test_options_are_documented():
 
     for name, default in OPTIONS.items():
         assert f"``{name}``" in module.__doc__ and str(default) in module.__doc__
+
+
+def _rank_normaliser(rank, world, init_file, out):
+    import torch.distributed as dist
+
+    from bckd_kernels._yolo_trainer import _mean_over_ranks
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        local = torch.tensor(3.0 * (rank + 1))  # this rank's target_scores_sum
+        torch.save(_mean_over_ranks(local), f"{out}.{rank}")
+        assert local.item() == 3.0 * (rank + 1)  # the rank's own value is left alone
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_ddp_rank_divides_by_one_number(tmp_path):
+    """Two gloo processes: each rank's normaliser is the mean of all ranks' target_scores_sum."""
+    torch.multiprocessing.spawn(_rank_normaliser, args=(2, str(tmp_path / "init"), str(tmp_path / "avg")), nprocs=2)
+    assert [torch.load(tmp_path / f"avg.{r}").item() for r in (0, 1)] == [4.5, 4.5]
