@@ -71,12 +71,16 @@ __device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
   return x;
 }
 
+// volatile: a store's only effect is on memory. An asm statement without
+// outputs is treated as volatile anyway (GCC's rule, which nvcc follows);
+// written out, it does not rest on that rule: the store is never removed as
+// unused nor moved across other volatile asm.
 __device__ __forceinline__ void store_word(uint4* p, const uint4& w) {
-  asm("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(w.x), "r"(w.y), "r"(w.z), "r"(w.w)
-      : "memory");
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(w.x), "r"(w.y), "r"(w.z), "r"(w.w)
+               : "memory");
 }
 __device__ __forceinline__ void store_word(uint2* p, const uint2& w) {
-  asm("st.global.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(w.x), "r"(w.y) : "memory");
+  asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(w.x), "r"(w.y) : "memory");
 }
 template <typename W>
 __device__ __forceinline__ void store_word(W* p, const W& w) {
