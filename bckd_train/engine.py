@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -168,6 +169,21 @@ def evaluate(model, dataset, *, batch_size=8, device="cpu", amp=None):
                 results.append({"image_id": t["image_id"], "category_id": label + 1,
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
     return coco_metrics(dataset, results)
+
+
+# What evaluation and the end of a run import: checked when a run starts (check_imports),
+# so a missing one stops it before any training rather than after.
+RUN_IMPORTS = {"pycocotools.coco": "pycocotools", "pycocotools.cocoeval": "pycocotools", "matplotlib": "matplotlib"}
+
+
+def check_imports():
+    """Imports RUN_IMPORTS; a missing one is a UserError saying what to install."""
+    for module, package in RUN_IMPORTS.items():
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise UserError(f"{module} does not import ({exc}); a run needs it for its evaluation or its "
+                            f"curves: pip install {package}") from None
 
 
 def coco_metrics(dataset, results):
@@ -439,12 +455,14 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", amp=
     run = start_run(cfg, out, cache=cache, device=device, amp=amp, workers=workers, progress=progress,
                     distiller=distiller)
     ckpt = checkpoint_to_resume(run) if resume else None
-    if ckpt is not None and ckpt["epoch"] >= cfg.epochs:
-        # killed after its last checkpoint: only the end's files are missing
-        if run.rank == 0:
-            write_end(run.files, ckpt["metrics"])
-        return ckpt["metrics"]
     position = restore(run, ckpt)
+    if ckpt is not None and ckpt.get("eval_pending") is not None:
+        evaluate_pending(run, position, ckpt)
+    if ckpt is not None and (ckpt["epoch"] >= cfg.epochs or stopped(cfg, position)):
+        # killed (or its evaluation failed) after its last checkpoint: only the end was missing
+        if run.rank == 0:
+            write_end(run.files, position.metrics)
+        return position.metrics
     start_epoch = position.epoch
     for epoch in range(start_epoch, cfg.epochs):
         position.epoch = epoch
@@ -509,6 +527,7 @@ def start_run(cfg, out, *, cache, device, amp, workers, progress, distiller):
     up) and its optimiser."""
     device = runtime.resolve_device(device)
     runtime.autocast(device, amp)  # checks amp before any work
+    check_imports()
     runtime.init_distributed(device)
     rank, size = runtime.world()
     if cfg.batch_size % size:
@@ -537,7 +556,8 @@ def stopped(cfg, position):
 def checkpoint_to_resume(run):
     """The checkpoint a resumed run continues from (None: the folder has none), after
     refusing one that contradicts the arguments or has nothing left to train. A finished
-    one comes back only when the end's files are missing."""
+    one (or one at --max-iters) comes back only when its evaluation or the end's files
+    are missing."""
     cfg, path = run.cfg, run.files.checkpoint
     if not os.path.exists(path):
         return None
@@ -545,13 +565,14 @@ def checkpoint_to_resume(run):
     check_resume(ckpt, path, cfg, method=run.method, teacher_sha256=run.teacher_sha256)
     ckpt.setdefault("metrics", {})
     epoch, it = ckpt["epoch"], ckpt["iteration"]
+    pending = ckpt.get("eval_pending") is not None
     if epoch >= cfg.epochs:
-        if ckpt["metrics"] and not os.path.exists(run.files.metrics):
+        if (pending or ckpt["metrics"]) and not os.path.exists(run.files.metrics):
             return ckpt
         raise UserError(f"--resume: {path} has finished its schedule (epoch {epoch} of {cfg.epochs}, "
                         f"iteration {it}); nothing to continue. Use another --out, or leave out --resume to "
                         "train anew")
-    if cfg.max_iters is not None and it >= cfg.max_iters:
+    if cfg.max_iters is not None and it >= cfg.max_iters and not pending:
         raise UserError(f"--resume: {path} is at iteration {it} already, --max-iters {cfg.max_iters}; "
                         "raise --max-iters or leave it out to finish the schedule")
     return ckpt
@@ -574,9 +595,12 @@ def restore(run, ckpt):
     run.optimizer.load_state_dict(ckpt["optimizer"])
     runtime.set_rng_state(ckpt["rng"])
     if run.rank == 0 and os.path.exists(log):
-        # a killed run may have logged iterations past its last checkpoint
+        # a killed run may have logged iterations past its last checkpoint, and the
+        # evaluation the checkpoint still waits for (evaluate_pending runs it again)
+        it, pending = ckpt["iteration"], ckpt.get("eval_pending") is not None
         with open(log) as f:
-            kept = [line for line in f if json.loads(line)["iteration"] <= ckpt["iteration"]]
+            lines = [(line, json.loads(line)) for line in f]
+        kept = [line for line, r in lines if r["iteration"] < it or (r["iteration"] == it and not (pending and "AP" in r))]
         with open(log, "w") as f:
             f.writelines(kept)
     return Position(ckpt["epoch"], ckpt.get("step", 0), ckpt["iteration"], ckpt["metrics"])
@@ -639,25 +663,46 @@ def train_step(run, batch, images, masks, targets, *, lr):
 
 
 def end_of_epoch(run, position):
-    """After an epoch (or the stop inside one): the evaluation when due and the
-    checkpoint, by the first process, then every process waits for it."""
+    """After an epoch (or the stop inside one), by the first process: the checkpoint,
+    then the evaluation when due and the checkpoint again with its metrics, so an
+    evaluation that fails loses no training (``--resume`` runs it again); every process
+    waits for it."""
     cfg, epoch = run.cfg, position.epoch
     done = position.step == position.batches
-    if run.rank == 0 and ((done and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)
-                          or (done and epoch + 1 == cfg.epochs) or stopped(cfg, position)):
-        position.metrics = evaluate(run.model, run.val_set, device=run.device, amp=run.amp)
-        at = epoch + 1 if done else round(epoch + position.step / position.batches, 3)
-        with open(run.files.log, "a") as f:
-            f.write(json.dumps({"epoch": at, "iteration": position.iteration, **position.metrics}) + "\n")
-        if run.progress:
-            print(f"{cfg.name} epoch {at}: " + ", ".join(f"{k} {v:.3f}" for k, v in position.metrics.items()))
+    due = ((done and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or (done and epoch + 1 == cfg.epochs)
+           or stopped(cfg, position))
     if run.rank == 0:
-        save_checkpoint({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                         "epoch": epoch + 1 if done else epoch, "step": 0 if done else position.step,
-                         "iteration": position.iteration, "rng": runtime.rng_state(), "config": cfg.name,
-                         "dataset": cfg.dataset, "classes": list(cfg.classes),
-                         "seed": cfg.seed, "method": run.method, "teacher_sha256": run.teacher_sha256,
-                         "amp": run.amp, "metrics": position.metrics}, run.files.checkpoint)
+        at = epoch + 1 if done else round(epoch + position.step / position.batches, 3)
+        state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                 "epoch": epoch + 1 if done else epoch, "step": 0 if done else position.step,
+                 "iteration": position.iteration, "rng": runtime.rng_state(), "config": cfg.name,
+                 "dataset": cfg.dataset, "classes": list(cfg.classes),
+                 "seed": cfg.seed, "method": run.method, "teacher_sha256": run.teacher_sha256,
+                 "amp": run.amp, "metrics": position.metrics,
+                 "eval_pending": at if due else None}  # the epoch of the evaluation still to run
+        save_checkpoint(state, run.files.checkpoint)
+        if due:
+            evaluate_and_log(run, position, at)
+            save_checkpoint(dict(state, metrics=position.metrics, eval_pending=None), run.files.checkpoint)
+    if run.size > 1:
+        dist.barrier()
+
+
+def evaluate_and_log(run, position, at):
+    """Evaluates the model on val into ``position.metrics``, logged at epoch ``at``."""
+    position.metrics = evaluate(run.model, run.val_set, device=run.device, amp=run.amp)
+    with open(run.files.log, "a") as f:
+        f.write(json.dumps({"epoch": at, "iteration": position.iteration, **position.metrics}) + "\n")
+    if run.progress:
+        print(f"{run.cfg.name} epoch {at}: " + ", ".join(f"{k} {v:.3f}" for k, v in position.metrics.items()))
+
+
+def evaluate_pending(run, position, ckpt):
+    """The evaluation a resumed checkpoint was saved before (it failed or was killed):
+    run now, by the first process, and the checkpoint saved again with its metrics."""
+    if run.rank == 0:
+        evaluate_and_log(run, position, ckpt["eval_pending"])
+        save_checkpoint(dict(ckpt, metrics=position.metrics, eval_pending=None), run.files.checkpoint)
     if run.size > 1:
         dist.barrier()
 

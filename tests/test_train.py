@@ -17,6 +17,7 @@ from bckd_train import data, engine, gfl, runtime, sources
 from bckd_train.config import get_config
 from bckd_train.errors import UserError
 from bckd_train.model import GFL
+from test_formats import make_coco, tiny  # noqa: F401  (tiny: a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -348,6 +349,51 @@ def test_resume_matches_uninterrupted(full_run, tmp_path):
     assert losses(full_run) == losses(tmp_path / "split")
 
 
+def imported(tiny, tmp_path):
+    """The tiny preset on a tiny data set of its own: (config, cache)."""
+    cache = str(tmp_path / "cache")
+    assert cli.main(["data", "--name", "pets", "--format", "coco", "--path", make_coco(tmp_path / "coco"),
+                     "--cache", cache]) == 0
+    return engine.with_data(tiny, "pets", cache), cache
+
+
+def test_checkpoint_is_saved_before_evaluating(tiny, tmp_path, monkeypatch):
+    """An evaluation that fails at the end of an epoch loses no training: the epoch's
+    checkpoint is on disk, marked as waiting for it, and --resume evaluates it and ends."""
+    cfg, cache = imported(tiny, tmp_path)
+    out = str(tmp_path / "run")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(engine, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        engine.train(cfg, out, cache=cache, progress=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=False)
+    assert (ckpt["epoch"], ckpt["iteration"], ckpt["eval_pending"], ckpt["metrics"]) == (1, 2, 1, {})
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    monkeypatch.undo()
+    metrics = engine.train(cfg, out, cache=cache, resume=True, progress=False)
+    assert set(metrics) == {"AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"}
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=False)
+    assert ckpt["eval_pending"] is None and ckpt["metrics"] == metrics and ckpt["iteration"] == 2
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+    evals = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl") if '"AP"' in line]
+    assert [(r["epoch"], r["iteration"]) for r in evals] == [(1, 2)]
+    assert len(losses(tmp_path / "run")) == 2
+
+
+def test_missing_pycocotools_is_found_at_start(tiny, tmp_path, monkeypatch, capsys):
+    imported(tiny, tmp_path)
+    monkeypatch.setitem(sys.modules, "pycocotools.cocoeval", None)  # import pycocotools.cocoeval fails
+    capsys.readouterr()
+    assert cli.main(["train", "--config", "tiny", "--data", "pets", "--cache", str(tmp_path / "cache"),
+                     "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pycocotools.cocoeval does not import" in err and "pip install pycocotools" in err
+    assert not (tmp_path / "run").exists()  # stopped before any training
+
+
 KILLED_DURING_SAVE = """
 import io, os, signal, sys, torch
 from bckd_train import engine
@@ -355,7 +401,7 @@ from bckd_train.config import get_config
 real_save, calls = torch.save, []
 def save(obj, f):  # the second epoch's checkpoint: 74 kB written, then SIGKILL
     calls.append(1)
-    if len(calls) < 2:
+    if len(calls) < 3:  # an evaluated epoch saves twice: before its evaluation, then with its metrics
         return real_save(obj, f)
     buf = io.BytesIO()
     real_save(obj, buf)
