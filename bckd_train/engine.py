@@ -85,9 +85,15 @@ def epoch_batches(n, batch_size, epoch, seed, rank, size, augment="hflip", jitte
         yield batch[rank * per_rank : (rank + 1) * per_rank]
 
 
-def load_batch(dataset, batch, *, scale=(1.0, 1.0), colour=0.0):
-    """Images, masks and targets of a batch's :class:`data.SampleKey` keys (tuples of
-    their fields will do)."""
+def load_batch(dataset, batch, *, scale=(1.0, 1.0), colour=0.0, raw=False):
+    """Images [B, 3, H, W] (float in [0, 1]), masks [B, H, W] (float, 1 on image pixels)
+    and targets of a batch's :class:`data.SampleKey` keys (tuples of their fields will do).
+
+    ``raw``: the images as uint8 (0-255) and the masks as bool, a quarter of the bytes
+    to send from a loader process and to a GPU; :func:`to_device` makes them float
+    there. An image not jittered comes back exactly (its pixels were bytes); a
+    jittered one is rounded to the nearest byte.
+    """
     items = []
     for key in batch:
         key = data.SampleKey(*key)
@@ -95,14 +101,17 @@ def load_batch(dataset, batch, *, scale=(1.0, 1.0), colour=0.0):
         if key.jitter is not None:
             image, target = data.jitter(image, target, key.jitter, scale=scale, colour=colour)
         items.append((image, target))
-    return data.collate(items)
+    images, masks, targets = data.collate(items)
+    if raw:
+        return images.mul(255).round_().clamp_(0, 255).to(torch.uint8), masks.bool(), targets
+    return images, masks, targets
 
 
 class EpochBatches(torch.utils.data.Dataset):
     """Batches given by their keys (:func:`epoch_batches`), item k = :func:`load_batch`
-    of the k-th: a DataLoader over it yields, in order, what the loop would load
+    of the k-th, raw: a DataLoader over it yields, in order, what the loop would load
     itself, since the keys fix every image, flip and jitter draw, whichever process
-    loads them. Each item is (images [B, 3, H, W], masks [B, H, W], targets)."""
+    loads them. Each item is (images [B, 3, H, W] uint8, masks [B, H, W] bool, targets)."""
 
     def __init__(self, dataset, batches, *, scale=(1.0, 1.0), colour=0.0):
         self.dataset = dataset
@@ -114,7 +123,7 @@ class EpochBatches(torch.utils.data.Dataset):
         return len(self.batches)
 
     def __getitem__(self, k):
-        return load_batch(self.dataset, self.batches[k], scale=self.scale, colour=self.colour)
+        return load_batch(self.dataset, self.batches[k], scale=self.scale, colour=self.colour, raw=True)
 
 
 def batch_loader(dataset, batches, *, scale=(1.0, 1.0), colour=0.0, workers=0, pin_memory=False):
@@ -423,9 +432,13 @@ def step_losses(model, distiller, images, masks, targets, keys, *, cfg, amp=None
 
 
 def to_device(images, masks, targets, device):
-    """The batch on ``device``, copied without waiting (from pinned memory on a GPU)."""
+    """The batch on ``device``, copied without waiting (from pinned memory on a GPU),
+    and float there: uint8 images divided by 255 (the same float32 values as the
+    dataset's), bool masks 0 / 1."""
     images = images.to(device, non_blocking=True)
-    masks = masks.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255)
+    masks = masks.to(device, non_blocking=True).float()
     targets = [dict(t, boxes=t["boxes"].to(device, non_blocking=True), labels=t["labels"].to(device, non_blocking=True))
                for t in targets]
     return images, masks, targets

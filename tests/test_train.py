@@ -394,6 +394,20 @@ def test_missing_pycocotools_is_found_at_start(tiny, tmp_path, monkeypatch, caps
     assert not (tmp_path / "run").exists()  # stopped before any training
 
 
+def test_loader_sends_bytes_the_device_gets_the_dataset_floats(tiny, tmp_path):
+    """The DataLoader's batches are uint8 images and bool masks; on the device they
+    become exactly the float images and masks the dataset gives."""
+    cfg, cache = imported(tiny, tmp_path)
+    train_set = engine.split_set(cfg, "train", cache)
+    batches = list(engine.epoch_batches(len(train_set), 2, 0, 0, 0, 1, "flips"))
+    for keys, (images, masks, targets) in zip(batches, engine.batch_loader(train_set, batches)):
+        assert images.dtype == torch.uint8 and masks.dtype == torch.bool
+        ref_images, ref_masks, _ = engine.load_batch(train_set, keys)
+        images, masks, _ = engine.to_device(images, masks, targets, torch.device("cpu"))
+        assert images.dtype == masks.dtype == torch.float32
+        assert torch.equal(images, ref_images) and torch.equal(masks, ref_masks)
+
+
 KILLED_DURING_SAVE = """
 import io, os, signal, sys, torch
 from bckd_train import engine
@@ -502,7 +516,8 @@ def test_loader_yields_the_in_process_batches(workers, jitter):
     loader = engine.batch_loader(train_set, batches, scale=scale, colour=colour, workers=workers)
     n = 0
     for keys, (images, masks, targets) in zip(batches, loader):
-        ref_images, ref_masks, ref_targets = engine.load_batch(train_set, keys, scale=scale, colour=colour)
+        ref_images, ref_masks, ref_targets = engine.load_batch(train_set, keys, scale=scale, colour=colour, raw=True)
+        assert images.dtype == torch.uint8 and masks.dtype == torch.bool
         assert torch.equal(images, ref_images) and torch.equal(masks, ref_masks)
         for t, r in zip(targets, ref_targets):
             assert torch.equal(t["boxes"], r["boxes"]) and torch.equal(t["labels"], r["labels"])
