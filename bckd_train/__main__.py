@@ -139,14 +139,16 @@ def train_command(args):
 
 def distill_command(args):
     device = runtime.resolve_device(args.device)
+    runtime.init_distributed(device)  # under torchrun: the teacher maps' pass once per machine
     cfg = train_config(args)
     t_cfg, teacher = engine.load_checkpoint(args.teacher, args.cache)
     check_teacher(cfg, t_cfg)
     teacher.to_device(device)
     memo = args.memo_teacher
     if args.teacher_maps and args.method != "none":
-        train_set, _ = engine.datasets(cfg, args.cache)
-        memo = teacher_memo(teacher, train_set, cfg.augment, path=args.teacher_maps)
+        with runtime.local_first():  # the first process computes and writes FILE, the others read it
+            train_set, _ = engine.datasets(cfg, args.cache)
+            memo = teacher_memo(teacher, train_set, cfg.augment, path=args.teacher_maps)
     return train_and_report(args, cfg, device, Distiller(teacher, args.method, backend=args.backend, memo=memo))
 
 

@@ -549,7 +549,8 @@ def start_run(cfg, out, *, cache, device, amp, workers, progress, distiller):
         raise UserError(f"--max-iters {cfg.max_iters}: must be at least 1")
     os.makedirs(out, exist_ok=True)
     runtime.seed_everything(cfg.seed)
-    train_set, val_set = datasets(cfg, cache)
+    with runtime.local_first():  # one process per machine prepares a built-in data set
+        train_set, val_set = datasets(cfg, cache)
     model = GFL(cfg.model, cache=cache).to_device(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -523,17 +523,29 @@ def read_yolo(path, *, classes=None, seed=0):
 # -------------------------------------------------------------- writing ----
 
 
+def _alive(pid):
+    """Whether process ``pid`` (a string) runs on this machine: its temporary folder is
+    then still being written."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_folder(out):
     """Yields a new temporary folder beside ``out``; renamed to ``out`` (replacing it)
     when the block ends, removed when it raises. A process killed inside the block
     leaves ``out`` as it was, and a hidden ``.NAME.tmp-PID`` that the next write
-    to ``out`` removes."""
+    to ``out`` removes (once no process PID runs: not another writer's folder)."""
     out = os.path.abspath(out)
     parent, name = os.path.split(out)
     os.makedirs(parent, exist_ok=True)
     for stale in os.listdir(parent):
-        if stale.startswith((f".{name}.tmp-", f".{name}.old-")):
+        if stale.startswith((f".{name}.tmp-", f".{name}.old-")) and not _alive(stale.rsplit("-", 1)[1]):
             shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
     tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
     os.makedirs(tmp)

@@ -56,6 +56,26 @@ def init_distributed(device):
         dist.init_process_group(process_group_backend(device))
 
 
+@contextlib.contextmanager
+def local_first():
+    """Runs the block on each machine's first process (LOCAL_RANK 0) while that
+    machine's other processes wait at a barrier, then on those: what the first one
+    prepares (a data set, a file of teacher maps) the others find ready. If the first
+    one raises, the others are let go too (and meet the same error, not a hang).
+    Without a process group of several processes, just the block."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        yield
+        return
+    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    if not first:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if first:
+            dist.barrier()
+
+
 def wrap_ddp(model, device):
     """The model under DistributedDataParallel when a process group is up (its GPU as
     device_ids on CUDA, none on the CPU), else the model itself."""

@@ -337,10 +337,13 @@ def test_killed_write_leaves_no_half_data_set(tmp_path, monkeypatch, capsys):
         cli.main(data_argv("voc", path, tmp_path))
     assert os.listdir(tmp_path / "cache" / "data") == []
     monkeypatch.setattr(formats.shutil, "copyfile", real)
-    stale = tmp_path / "cache" / "data" / ".pets.tmp-12345"
+    stale = tmp_path / "cache" / "data" / ".pets.tmp-999999999"  # no such process: a killed writer's
+    live = tmp_path / "cache" / "data" / f".pets.tmp-{os.getppid()}"  # a running process's: another writer's
     stale.mkdir()
+    live.mkdir()
     assert cli.main(data_argv("voc", path, tmp_path)) == 0
-    assert os.listdir(tmp_path / "cache" / "data") == ["pets"]
+    assert sorted(os.listdir(tmp_path / "cache" / "data")) == [live.name, "pets"]
+    live.rmdir()
     assert cli.main(data_argv("voc", path, tmp_path, "--classes", "dog,cat")) == 0
     assert os.listdir(tmp_path / "cache" / "data") == ["pets"]
     assert data.classes("pets", str(tmp_path / "cache")) == ("dog", "cat")

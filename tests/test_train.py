@@ -408,6 +408,38 @@ def test_loader_sends_bytes_the_device_gets_the_dataset_floats(tiny, tmp_path):
         assert torch.equal(images, ref_images) and torch.equal(masks, ref_masks)
 
 
+LOCAL_FIRST = """
+import sys, time
+import torch.distributed as dist
+from bckd_train import runtime
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+with runtime.local_first():
+    with open(sys.argv[1], "a") as f:
+        f.write(f"{rank} start\\n")
+    time.sleep(1.0 if rank == 0 else 0.0)
+    with open(sys.argv[1], "a") as f:
+        f.write(f"{rank} end\\n")
+dist.destroy_process_group()
+"""
+
+
+def test_local_first_runs_the_first_process_alone(tmp_path):
+    """Under torchrun, what runtime.local_first guards (data.prepare, the --teacher-maps
+    pass) runs on LOCAL_RANK 0 while the others wait, then on the others."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    log = tmp_path / "order.txt"
+    procs = [subprocess.Popen([sys.executable, "-c", LOCAL_FIRST, str(log)], cwd=ROOT,
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in (1, 0)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert log.read_text().split("\n")[:4] == ["0 start", "0 end", "1 start", "1 end"]
+
+
 KILLED_DURING_SAVE = """
 import io, os, signal, sys, torch
 from bckd_train import engine
