@@ -14,10 +14,12 @@ from .errors import UserError
 
 def check_teacher(cfg, t_cfg):
     """The teacher must predict the student's classes, in the same order, on the same
-    maps (strides, reg_max). It may come from another data set with those classes."""
-    if tuple(cfg.classes) != tuple(t_cfg.classes):
-        raise UserError(f"--teacher: the teacher's classes {list(t_cfg.classes)} (data set {t_cfg.dataset!r}) are not "
-                        f"the student's {list(cfg.classes)} (data set {cfg.dataset!r})")
+    maps (strides, reg_max). It may come from another data set with those classes. A
+    config without classes (a preset as it is) has its data set's."""
+    student, teacher = (tuple(c.classes) or data.classes(c.dataset) for c in (cfg, t_cfg))
+    if student != teacher:
+        raise UserError(f"--teacher: the teacher's classes {list(teacher)} (dataset {t_cfg.dataset!r}) are not "
+                        f"the student's {list(student)} (dataset {cfg.dataset!r})")
     for what, a, b in (("strides", cfg.model.strides, t_cfg.model.strides), ("reg_max", cfg.model.reg_max, t_cfg.model.reg_max)):
         if a != b:
             raise UserError(f"--teacher: teacher {what} {b!r} does not match the student's {a!r}")

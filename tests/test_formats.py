@@ -405,8 +405,8 @@ def test_train_distill_eval_show_on_an_imported_set(tiny, tmp_path, capsys):
     capsys.readouterr()
     err = one_line_error(["distill", "--data", "pets2", "--teacher", str(teacher / "checkpoint.pth"), "--method",
                           "bckd", "--out", str(tmp_path / "refused"), *common], capsys)
-    assert "teacher's classes ['cat', 'dog'] (data set 'pets')" in err
-    assert "the student's ['dog', 'cat'] (data set 'pets2')" in err
+    assert "teacher's classes ['cat', 'dog'] (dataset 'pets')" in err
+    assert "the student's ['dog', 'cat'] (dataset 'pets2')" in err
     err = one_line_error(["eval", "--ckpt", str(student / "checkpoint.pth"), "--data", "pets2", "--cache", cache,
                           "--device", "cpu"], capsys)
     assert "['dog', 'cat']" in err and "['cat', 'dog']" in err

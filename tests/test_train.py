@@ -698,8 +698,8 @@ def test_checkpoint_of_another_preset_is_refused_as_teacher(full_run, tmp_path, 
     assert cli.main(["distill", "--config", "forest_student", "--teacher", str(full_run / "checkpoint.pth"),
                      "--method", "bckd", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert f"the teacher's classes {list(data.FASHION_CLASSES)} (data set 'fashion') are not the student's ['tree'] " \
-           "(data set 'forest')" in err
+    assert f"the teacher's classes {list(data.FASHION_CLASSES)} (dataset 'fashion') are not the student's ['tree'] " \
+           "(dataset 'forest')" in err
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
