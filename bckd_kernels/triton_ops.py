@@ -20,13 +20,18 @@ On a GPU, block sizes and warps are autotuned over a few configurations, keyed
 by the location count's power of two (a new feature-map size reuses its
 bucket's choice instead of timing every configuration again); under
 ``TRITON_INTERPRET=1`` (CPU tensors, the test suite) one large block keeps the
-number of program instances small.
+number of program instances small. The autotuner's choice, which depends on
+timing, never changes the bits of a result: the kernels that reduce over a tile
+of channels tune only among configurations that reduce in one order (see
+_IN_THREAD; benchmarks/triton_compile.py --check verifies it in the compiled
+code), so the results are the same in every process.
 
 Import this module after deciding on TRITON_INTERPRET: Triton reads it when the
 kernels are defined.
 """
 
 import contextlib
+import math
 import os
 from typing import NamedTuple, Optional
 
@@ -52,25 +57,63 @@ def _configs(blocks, interpret_block, maxnreg=None):
     return [triton.Config({"BLOCK_L": b}, num_warps=w, maxnreg=maxnreg) for b, w in blocks]
 
 
-def _vector_fit(lanes):
-    """An early_config_prune keeping the configurations whose tile gives each
-    thread VEC to 2·VEC elements of a load (1 to 4 without vectors): fewer
-    would shorten the vector accesses (the compiler spreads a tile over all
-    threads first), more only adds registers. ``lanes(kwargs)`` is the tile's
-    width beside BLOCK_L."""
+# Reductions over a tile's channels (the BCDL forward's sum and max over a
+# class tile, the DFL decode's over a tile of bins) add in an order set by how
+# the compiler spreads the tile over registers, lanes and warps, which it
+# derives from BLOCK_L and num_warps. Two configurations that spread the
+# channels differently give different bits, and the autotuner, which picks by
+# timing, may pick either in another process. So a reducing kernel tunes only
+# among configurations that spread the channels alike, per access pattern:
+#   2, 0  channels fastest: the compiler gives the channel axis its threads
+#         first, the same for every BLOCK_L, as long as each thread's vector
+#         (sizePerThread) is the same: the configurations that give each thread
+#         VEC to 2·VEC elements (1 to 4 without vectors), or one if none does;
+#   1     locations fastest: the lanes and warps go to the locations first, so
+#         the channels stay within one thread only when BLOCK_L = VEC · 32 ·
+#         num_warps (each thread holds one vector of locations and the tile's
+#         channels; the channel tile is made narrow for it, _block_c,
+#         _bins_block): those configurations (_IN_THREAD) and no others.
+# benchmarks/triton_compile.py --check compares the layouts of every reduction
+# across the configurations kept for each pattern and fails if they differ.
+_IN_THREAD = [(v * 32 * w, w) for w in (2, 4) for v in (1, 2, 4, 8)]
+
+
+def _per_thread(c, lanes, kwargs):
+    """Elements of a tile per thread under configuration c."""
+    return c.kwargs["BLOCK_L"] * lanes(kwargs) / (32 * c.num_warps)
+
+
+def _vector_fit(lanes, blocks, reduces):
+    """An early_config_prune keeping the configurations of ``blocks`` whose tile
+    gives each thread VEC to 2·VEC elements of a load (1 to 4 without vectors):
+    fewer would shorten the vector accesses (the compiler spreads a tile over
+    all threads first), more only adds registers. ``lanes(kwargs)`` is the
+    tile's width beside BLOCK_L. A kernel that ``reduces`` over the tile's
+    channels keeps, with locations contiguous, the _IN_THREAD configurations
+    instead, and where no configuration fits, one (see above)."""
+    tiled = set(blocks)
 
     def prune(configs, named_args, **kwargs):
         vec = kwargs.get("VEC", 1)
+        if reduces and kwargs.get("LAYOUT") == 1:
+            fit = [c for c in configs if c.kwargs["BLOCK_L"] == vec * 32 * c.num_warps]
+            return fit or configs[:1]  # the interpreter's one configuration
+        pool = [c for c in configs if (c.kwargs["BLOCK_L"], c.num_warps) in tiled] or configs
         most = 2 * vec if vec > 1 else 4
-        fit = [c for c in configs if vec <= c.kwargs["BLOCK_L"] * lanes(kwargs) // (32 * c.num_warps) <= most]
-        return fit or configs
+        fit = [c for c in pool if vec <= _per_thread(c, lanes, kwargs) <= most]
+        if fit or not reduces:
+            return fit or pool
+        return [min(pool, key=lambda c: abs(math.log2(_per_thread(c, lanes, kwargs) / vec)))]
 
     return prune
 
 
-def _autotune(blocks, interpret_block, key, lanes, maxnreg=None):
-    return triton.autotune(configs=_configs(blocks, interpret_block, maxnreg), key=key,
-                           prune_configs_by={"early_config_prune": _vector_fit(lanes)})
+def _autotune(blocks, interpret_block, key, lanes, maxnreg=None, reduces=False):
+    """triton.autotune over ``blocks`` (BLOCK_L, num_warps), plus the _IN_THREAD
+    configurations for a kernel that ``reduces`` over its channels."""
+    every = list(blocks) + ([b for b in _IN_THREAD if b not in blocks] if reduces else [])
+    return triton.autotune(configs=_configs(every, interpret_block, maxnreg), key=key,
+                           prune_configs_by={"early_config_prune": _vector_fit(lanes, blocks, reduces)})
 
 
 def _class_lanes(kwargs):
@@ -305,7 +348,7 @@ def _channel_count(C, LAYOUT: tl.constexpr, VEC: tl.constexpr):
 # ----------------------------------------------------------------- BCDL ----
 
 
-@_autotune([(32, 4), (64, 4), (128, 4)], 64, ["n_bucket", "C", "MODE", "LAYOUT", "VEC"], _class_lanes)
+@_autotune([(32, 4), (64, 4), (128, 4)], 64, ["n_bucket", "C", "MODE", "LAYOUT", "VEC"], _class_lanes, reduces=True)
 @triton.jit
 def _bcdl_fwd_kernel(zs_ptr, zt_ptr, w_ptr, loss_ptr, mad_ptr, n_bucket, C, HW, W,
                      s_sb, s_sh, s_sw, s_sc, t_sb, t_sh, t_sw, t_sc, beta,
@@ -510,7 +553,7 @@ def _decode_edge(ptr, row, col, e, nbins, n_ch, lmask, LAYOUT: tl.constexpr, VEC
     return mx, s, sj / s
 
 
-@_autotune([(16, 4), (32, 4)], 64, ["n_bucket", "nbins", "LAYOUT", "VEC"], _bin_lanes, maxnreg=160)
+@_autotune([(16, 4), (32, 4)], 64, ["n_bucket", "nbins", "LAYOUT", "VEC"], _bin_lanes, maxnreg=160, reduces=True)
 @triton.jit
 def _dfl_fwd_kernel(rs_ptr, rt_ptr, loss_ptr, n_bucket, nbins, n_ch, HW, W, s_sb, s_sh, s_sw, s_sc,
                     t_sb, t_sh, t_sw, t_sc, eps, LAYOUT: tl.constexpr, VEC: tl.constexpr, NB: tl.constexpr,
@@ -571,7 +614,7 @@ def _row_grad(ptr, g_ptr, row, g_row, nbins, n_ch, lmask, m0, m1, m2, m3, s0, s1
         tl.store(g_ptr + g_row[:, None] + ch[None, :], grad.to(g_ptr.dtype.element_ty), mask=m)
 
 
-@_autotune([(16, 4), (32, 4)], 64, ["n_bucket", "nbins", "LAYOUT", "VEC"], _bin_lanes, maxnreg=160)
+@_autotune([(16, 4), (32, 4)], 64, ["n_bucket", "nbins", "LAYOUT", "VEC"], _bin_lanes, maxnreg=160, reduces=True)
 @triton.jit
 def _dfl_bwd_kernel(rs_ptr, rt_ptr, coef_ptr, g_ptr, n_bucket, nbins, n_ch, HW, W, s_sb, s_sh, s_sw, s_sc,
                     t_sb, t_sh, t_sw, t_sc, g_sb, g_sh, g_sw, g_sc, eps, LAYOUT: tl.constexpr, VEC: tl.constexpr,
@@ -717,15 +760,23 @@ def _box_plan(*xs):
 _DFL_VECTOR_BYTES = {4: 16, 2: 8}
 
 
-def _block_c(c):
-    """Classes per step of the BCDL kernels' class loop."""
-    return min(triton.next_power_of_2(max(c, 1)), 16)
+def _block_c(c, layout=0, vec=1):
+    """Classes per step of the BCDL kernels' class loop: 16, or with locations
+    contiguous in the forward, where a thread holds the tile's classes for vec
+    locations (_IN_THREAD), 4 (2 with vectors of 8): 16 values at most, which
+    wider tiles exceed, spilling registers (benchmarks/triton_compile.py)."""
+    most = min(4, 16 // vec) if layout == 1 else 16
+    return min(triton.next_power_of_2(max(c, 1)), most)
 
 
 def _bins_block(nbins, layout=0, vec=1):
     """The DFL kernels' tile width over one edge's lanes: all of them up to 32,
     32 at a time beyond. With channels contiguous an edge's lanes start up to
-    vec − 1 before its first bin (_edge_start)."""
+    vec − 1 before its first bin (_edge_start). With locations contiguous a
+    thread holds the whole tile for vec locations (_IN_THREAD): at most 8
+    bins, and 16 values."""
+    if layout == 1:
+        return min(triton.next_power_of_2(nbins), 8, max(16 // vec, 1))
     lead = max((e * nbins) % vec for e in range(4)) if layout == 2 else 0
     return min(triton.next_power_of_2(nbins + lead), 32)
 
@@ -754,7 +805,8 @@ def bin_cls_distill_triton(student: Tensor, teacher: Tensor, weight: Optional[Te
             wrap_triton(_bcdl_fwd_kernel)[_grid(p.images, p.HW)](
                 student, teacher, w if w is not None else loss, loss, mad, _bucket(loss.numel()), p.n_ch, p.hw, p.W,
                 *p.strides[0], *p.strides[1], float(beta),
-                HAS_W=w is not None, MODE=_contract.beta_mode(beta), LAYOUT=p.layout, VEC=p.vec, BLOCK_C=_block_c(c),
+                HAS_W=w is not None, MODE=_contract.beta_mode(beta), LAYOUT=p.layout, VEC=p.vec,
+                BLOCK_C=_block_c(c, p.layout, p.vec),
             )
     return loss, mad
 
@@ -775,7 +827,8 @@ def _bin_cls_distill_backward_triton(
             wrap_triton(_bcdl_bwd_kernel)[_grid(p.images, p.HW)](
                 student, teacher, gl, w if w is not None else gl, grad, _bucket(gl.numel()), p.n_ch, p.hw, p.W,
                 *p.strides[0], *p.strides[1], *p.strides[2], float(beta),
-                HAS_W=w is not None, MODE=_contract.beta_mode(beta), LAYOUT=p.layout, VEC=p.vec, BLOCK_C=_block_c(c),
+                HAS_W=w is not None, MODE=_contract.beta_mode(beta), LAYOUT=p.layout, VEC=p.vec,
+                BLOCK_C=_block_c(c),  # no reduction: the same tile in every pattern
             )
     return grad
 

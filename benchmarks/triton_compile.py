@@ -59,42 +59,78 @@ PATTERNS = {2: "channels contiguous", 1: "locations contiguous", 0: "other strid
 
 
 def access_patterns(ops, dtype):
-    """Per kernel family: ((LAYOUT, VEC) per pattern, the input it was planned
-    for). The host's own planner decides, on meta tensors of a typical size."""
+    """Per kernel family: (LAYOUT, VEC) per pattern, as the host's own planner
+    decides on meta tensors: first for a typical input of each (the patterns
+    whose accesses are checked for vector width), then, with locations
+    contiguous, for location counts that allow only 1 or 2 elements per vector
+    (an odd one, twice an odd one), whose reducing kernels keep configurations
+    of their own (triton_ops._IN_THREAD)."""
     import torch
 
     dt = getattr(torch, dtype)
 
-    def maps(c):
-        nchw = torch.empty(16, c, 100, 168, dtype=dt, device="meta")
-        last = nchw.contiguous(memory_format=torch.channels_last)
-        most = ops._DFL_VECTOR_BYTES[nchw.element_size()] if c == 68 else 16
-        return [(p.layout, p.vec) for p in (ops._plan(x, x, channels=c, most_bytes=most) for x in (last, nchw))]
+    def maps(c, sizes):
+        out = []
+        for h, w in sizes:
+            nchw = torch.empty(16, c, h, w, dtype=dt, device="meta")
+            last = nchw.contiguous(memory_format=torch.channels_last)
+            most = ops._DFL_VECTOR_BYTES[nchw.element_size()] if c == 68 else 16
+            out += [(p.layout, p.vec) for p in (ops._plan(x, x, channels=c, most_bytes=most) for x in (last, nchw))]
+        return out
+
+    def narrow(c):
+        return [lv for lv in maps(c, [(99, 167), (99, 166)]) if lv[0] == 1]
 
     boxes = torch.empty(358400, 4, dtype=dt, device="meta")
     giou = [ops._box_plan(b, b)[:2] for b in (boxes, boxes.t().contiguous().t())]
-    return {"bcdl": maps(80) + [(0, 1)], "giou": giou + [(0, 1)], "dfl": maps(68) + [(0, 1)]}
+    return {"bcdl": (maps(80, [(100, 168)]) + [(0, 1)], narrow(80)), "giou": (giou + [(0, 1)], []),
+            "dfl": (maps(68, [(100, 168)]) + [(0, 1)], narrow(68))}
 
 
 def code_paths(ops, dtype):
     """Per kernel: the constexprs that select code, with the values the host
-    passes; the first value of each is the default path. Every access pattern,
-    beta mode, weight or none and bins-per-edge tile is compiled; of the class
-    tiles, the widest and the narrowest (the code is the same between them)."""
+    passes; the first value of each is the default path. The access pattern
+    comes with the channel tile the host picks for it (BLOCK_C, NB): for a
+    typical input first (80 classes, 17 bins), then, in the typical inputs'
+    patterns, every other tile it can pick (reg_max 1-64, any class count),
+    for the BCDL backward the widest and the narrowest (it does not reduce,
+    and its code is the same between them). Returns (paths, typical):
+    typical, per kernel, the pattern values of the typical inputs."""
     access = access_patterns(ops, dtype)
-    block_c = sorted({ops._block_c(c) for c in (1, 128)}, reverse=True)
-    layout, vec = access["dfl"][0]
-    bins = sorted({ops._bins_block(r + 1, layout, vec) for r in range(1, ops.MAX_REG_MAX + 1)})
-    bins.insert(0, bins.pop(bins.index(ops._bins_block(17, layout, vec))))
+    paths, typical = {}, {}
+
+    def with_tiles(family, name, tile, typical_tile, tiles, narrow_vectors=True):
+        main, narrow = access[family] if narrow_vectors else (access[family][0], [])
+        values, first = [], []
+        for layout, vec in main + narrow:
+            t0 = typical_tile(layout, vec)
+            if (layout, vec) in main:
+                first.append((layout, vec, t0))
+            others = sorted(tiles(layout, vec) - {t0}, reverse=True) if (layout, vec) in main else []
+            values += [(layout, vec, t) for t in [t0] + others]
+        typical[name] = first
+        return {("LAYOUT", "VEC", tile): tuple(dict.fromkeys(first + values))}
+
+    def class_tiles(layout, vec):
+        return {ops._block_c(c, layout, vec) for c in range(1, 129)}
+
+    def bin_tiles(layout, vec):
+        return {ops._bins_block(r + 1, layout, vec) for r in range(1, ops.MAX_REG_MAX + 1)}
+
+    bcdl = {"MODE": (1, 2, 0), "HAS_W": (True, False)}
+    paths["_bcdl_fwd_kernel"] = {
+        **with_tiles("bcdl", "_bcdl_fwd_kernel", "BLOCK_C", lambda l, v: ops._block_c(80, l, v), class_tiles), **bcdl}
+    paths["_bcdl_bwd_kernel"] = {
+        **with_tiles("bcdl", "_bcdl_bwd_kernel", "BLOCK_C", lambda l, v: ops._block_c(80),
+                     lambda l, v: {ops._block_c(1), ops._block_c(128)}, narrow_vectors=False), **bcdl}
+    for name in ("_dfl_fwd_kernel", "_dfl_bwd_kernel"):
+        paths[name] = with_tiles("dfl", name, "NB", lambda l, v: ops._bins_block(17, l, v), bin_tiles)
     lv = ("LAYOUT", "VEC")
-    return {
-        "_bcdl_fwd_kernel": {lv: access["bcdl"], "MODE": (1, 2, 0), "HAS_W": (True, False), "BLOCK_C": tuple(block_c)},
-        "_bcdl_bwd_kernel": {lv: access["bcdl"], "MODE": (1, 2, 0), "HAS_W": (True, False), "BLOCK_C": tuple(block_c)},
-        "_giou_fwd_kernel": {lv: access["giou"]},
-        "_giou_bwd_kernel": {lv: access["giou"]},
-        "_dfl_fwd_kernel": {lv: access["dfl"], "NB": tuple(bins)},
-        "_dfl_bwd_kernel": {lv: access["dfl"], "NB": tuple(bins)},
-    }
+    main, _ = access["giou"]
+    paths["_giou_fwd_kernel"] = {lv: tuple(main)}
+    paths["_giou_bwd_kernel"] = {lv: tuple(main), ("GRAD_P", "GRAD_T"): ((True, True), (True, False), (False, True))}
+    typical["_giou_fwd_kernel"] = typical["_giou_bwd_kernel"] = list(main)
+    return paths, typical
 
 
 def _assign(constexprs, key, value):
@@ -124,7 +160,7 @@ def live_configs(tuner, constexprs):
     constexprs (all of them without pruning)."""
     prune = tuner.early_config_prune
     kept = prune(tuner.configs, {}, **constexprs) if prune else tuner.configs
-    return [i for i, c in enumerate(tuner.configs) if c in kept]
+    return [i for i, c in enumerate(tuner.configs) if any(c is k for k in kept)]
 
 
 def elements_per_thread(config, constexprs):
@@ -132,30 +168,41 @@ def elements_per_thread(config, constexprs):
     return config.kwargs["BLOCK_L"] * per_loc / (32 * config.num_warps)
 
 
+# The kernels that reduce over a tile's channels (tt.reduce), whose every
+# access pattern and channel tile is compiled at every configuration kept.
+REDUCING = {"_bcdl_fwd_kernel", "_dfl_fwd_kernel", "_dfl_bwd_kernel"}
+
+
 def variants(ops):
-    """(kernel, dtype, constexprs, config index, vector check) to compile, per
-    architecture: float32 and bfloat16 in both vector access patterns at every
-    configuration the kernel keeps for it (the vector check applies to these);
-    float32 in every other code path at the heaviest configuration; float16,
-    whose code is bfloat16's, at the default path."""
+    """(kernel, dtype, constexprs, config index, evidence) to compile, per
+    architecture: float32 and bfloat16 in the typical inputs' vector patterns
+    at every configuration the kernel keeps for them; float32 in every other
+    pattern and channel tile (code_paths), at every configuration kept where
+    the kernel reduces (REDUCING: the reduction check compares them) and at
+    the heaviest elsewhere, and in every other code path (beta mode, weight or
+    none, the GIoU backward's outputs) at the heaviest configuration; float16,
+    whose code is bfloat16's, at the default path. ``evidence``: a typical
+    input's pattern, whose accesses are checked for vector width and listed."""
     found = kernels(ops)
     out = []
     for dtype in DTYPES:
-        paths_of = code_paths(ops, dtype)
+        paths_of, typical_of = code_paths(ops, dtype)
         missing = set(found) - set(paths_of)
         if missing:
             raise SystemExit(f"kernels without a code-path table here: {sorted(missing)}")
         for name, tuner in sorted(found.items()):
             paths = paths_of[name]
+            pattern = next(k for k in paths if isinstance(k, tuple) and k[:2] == ("LAYOUT", "VEC"))
+            typical = typical_of[name]
             default = {}
             for key, values in paths.items():
                 default = _assign(default, key, values[0])
             seen = set()
 
-            def add(ce, i, check):
+            def add(ce, i, evidence):
                 if (tuple(sorted(ce.items())), i) not in seen:
                     seen.add((tuple(sorted(ce.items())), i))
-                    out.append((name, dtype, ce, i, check))
+                    out.append((name, dtype, ce, i, evidence))
 
             def heaviest(ce):
                 live = live_configs(tuner, ce)
@@ -164,14 +211,20 @@ def variants(ops):
             if dtype == "float16":
                 add(default, heaviest(default), True)
                 continue
-            for key, values in paths.items():
-                for v in values:
-                    ce = _assign(default, key, v)
-                    if isinstance(key, tuple) and ce["LAYOUT"] != 0:
+            for v in paths[pattern]:
+                if dtype == "float32" or v in typical:
+                    ce = _assign(default, pattern, v)
+                    if name in REDUCING or (v in typical and v[0] != 0):
                         for i in live_configs(tuner, ce):
-                            add(ce, i, True)
-                    elif dtype == "float32":
-                        add(ce, heaviest(ce), isinstance(key, tuple))
+                            add(ce, i, v in typical)
+                    else:
+                        add(ce, heaviest(ce), v in typical)
+            if dtype == "float32":
+                for key, values in paths.items():
+                    if key != pattern:
+                        for v in values:
+                            ce = _assign(default, key, v)
+                            add(ce, heaviest(ce), False)
     return out
 
 
@@ -231,7 +284,7 @@ def compile_one(job):
     ce = dict(constexprs, **config.kwargs)
     row = dict(kernel=name, dtype=dtype, arch=arch, config=dict(config.kwargs, num_warps=config.num_warps, maxnreg=config.maxnreg),
                constexprs=constexprs, vector_check=vector_check, error=None, regs=None, stack=None, spill_stores=None, ttgir=None, access=None,
-               ptx_loads=None, ptx_stores=None)
+               ptx_loads=None, ptx_stores=None, reductions=None)
     start = time.perf_counter()
     try:
         aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(tuner.fn.arg_names) if n.endswith("_ptr")}
@@ -243,6 +296,7 @@ def compile_one(job):
         row["regs"], row["stack"], row["spill_stores"] = resource_usage(compiled.asm["cubin"])
         row["ttgir"] = compiled.asm["ttgir"]
         row["access"] = main_accesses(row["ttgir"])
+        row["reductions"] = reductions(row["ttgir"])
         row["ptx_loads"] = global_accesses(compiled.asm["ptx"], "ld")
         row["ptx_stores"] = global_accesses(compiled.asm["ptx"], "st")
     except Exception as exc:  # a compile error is a result to report, not a crash of the check
@@ -261,6 +315,54 @@ def _layout_table(ttgir):
         fields = dict(re.findall(r"(\w+) = \[([\d, ]*)\]", body))
         table[name] = {k: [int(x) for x in v.split(",") if x.strip()] for k, v in fields.items()}
     return table
+
+
+_REDUCE = re.compile(r'"tt\.reduce"\((%[\w.#]+)\) <\{axis = (\d+) : i32\}> \(\{(.*?)\}\) : \((tensor<.*?)\) -> ', re.S)
+
+
+def reductions(ttgir):
+    """Every tt.reduce of the TTGIR, in program order: (combining ops, axis,
+    extent of the reduced axis, and how its layout spreads that axis:
+    sizePerThread, threadsPerWarp and warpsPerCTA along it, or the layout's
+    text where it is not a #blocked one). Two compilations whose lists are
+    equal add (and take maxima) in the same order: within a thread, then
+    across its lanes, then across warps, each as the layout along the axis
+    says."""
+    layouts = _layout_table(ttgir)
+    out = []
+    for _, axis, region, operand in _REDUCE.findall(ttgir):
+        m = re.match(r"tensor<([\dx]+)x\w+, (#[\w.]+)(.*)>$", operand.strip())
+        if not m:
+            raise ValueError(f"tt.reduce of an operand not understood: {operand}")
+        shape, layout, rest = m.groups()
+        axis = int(axis)
+        combine = "+".join(sorted(set(re.findall(r"arith\.(\w+)", region))))
+        extent = [int(x) for x in shape.split("x")][axis]
+        fields = layouts.get(layout) if not rest else None
+        if fields:
+            spread = tuple(fields[k][axis] for k in ("sizePerThread", "threadsPerWarp", "warpsPerCTA"))
+        else:
+            spread = layout + rest
+        out.append((combine, axis, extent, spread))
+    return out
+
+
+def reduction_mismatches(rows):
+    """Pairs of compiled rows of one kernel, dtype, architecture and set of
+    constexprs (the configurations kept for one access pattern and channel
+    tile) whose reductions (``reductions``) differ: (first row, other row)."""
+    groups = collections.defaultdict(list)
+    for r in rows:
+        if r["error"] is None and r.get("reductions") is not None:
+            groups[(r["kernel"], r["dtype"], r["arch"], tuple(sorted(r["constexprs"].items())))].append(r)
+    return [(rs[0], r) for rs in groups.values() for r in rs[1:] if r["reductions"] != rs[0]["reductions"]]
+
+
+def _fmt_reduction(reduction):
+    combine, axis, extent, spread = reduction
+    if isinstance(spread, tuple):
+        return f"{extent} = {spread[0]}/{spread[1]}/{spread[2]}"
+    return f"{extent} in {spread}"
 
 
 def main_accesses(ttgir):
@@ -366,6 +468,32 @@ def evidence_rows(rows):
     return out
 
 
+def reduction_rows(rows):
+    """One line per reducing kernel, dtype and access pattern (VEC included),
+    over its channel tiles, configurations and architectures: the tiles
+    compiled, the configurations kept for each, the layouts of the reduced
+    axis, and whether every tile's configurations reduce alike."""
+    groups = collections.defaultdict(list)
+    for r in rows:
+        if r["error"] is None and r["reductions"]:
+            ce = r["constexprs"]
+            groups[(r["kernel"], r["dtype"], ce["LAYOUT"], ce["VEC"])].append(r)
+    bad = {id(b) for _, b in reduction_mismatches(rows)}
+    out = []
+    for (name, dtype, layout, vec), rs in sorted(groups.items(), key=lambda kv: (*kv[0][:2], -kv[0][2], -kv[0][3])):
+        tile = "BLOCK_C" if "BLOCK_C" in rs[0]["constexprs"] else "NB"
+        per_tile = collections.defaultdict(set)
+        for r in rs:  # other code paths take one of these configurations
+            per_tile[r["constexprs"][tile]].add(tuple(sorted(r["config"].items(), key=str)))
+        spreads = sorted({_fmt_reduction(x) for r in rs for x in r["reductions"]},
+                         key=lambda t: -int(t.split()[0]))
+        out.append(dict(kernel=name, dtype=dtype, pattern=PATTERNS[layout], vec=vec, tile=tile,
+                        tiles=", ".join(f"{t} ({len(c)})" for t, c in sorted(per_tile.items(), reverse=True)),
+                        spreads="; ".join(spreads), same=not any(id(r) in bad for r in rs)))
+    return out
+
+
+
 MARKDOWN_INTRO = """# Triton kernels: static evidence
 
 Written by `python benchmarks/triton_compile.py --write {path}`, which compiled the
@@ -389,8 +517,28 @@ counted per instruction by width (`v4.b32` is 16 bytes, `v2.b32` 8, `v1.b16` one
 16-bit element).
 `vectorised` is the `--check` verdict; "-" for the element-by-element pattern.
 Registers and spills are those of every compiled configuration; other code paths
-(beta modes, weight or none, class and bin tiles) are compiled by the check too
-and are not listed.
+(beta modes, weight or none, class and bin tiles, the GIoU backward's output mask)
+are compiled by the check too and are not listed.
+"""
+
+REDUCTION_INTRO = """
+## Reductions: the same order in every configuration kept
+
+The autotuner picks a configuration by timing, so two processes may run different
+ones. The kernels that reduce over a tile of channels (the BCDL forward's sum and
+maximum over a class tile, the DFL decode's over a tile of bins) give the same bits
+in every configuration only if each spreads the reduced axis over registers, lanes
+and warps alike, the order in which the reduction combines the values
+(`triton_ops._IN_THREAD`). The check reads every `tt.reduce` of the TTGIR and fails
+if the configurations kept for one access pattern and channel tile differ in any.
+One row per kernel, dtype and access pattern, over both targets: the channel tiles
+compiled (`BLOCK_C`, `NB`, with the number of configurations kept for each), each at
+every configuration kept: in float32 every tile the host can pass, and with locations
+contiguous also the vector widths of location counts that are not a multiple of 4;
+in bfloat16 the typical input's tile; float16, whose code is bfloat16's, at one
+configuration. Then the layouts of the reduced axes, as
+`extent = sizePerThread/threadsPerWarp/warpsPerCTA` along the axis (`4 = 1/1/1`: a
+thread holds the 4 values and combines them in order).
 """
 
 
@@ -407,15 +555,46 @@ def write_markdown(path, rows, versions, archs):
         lines.append(f"| {e['kernel']} | {DTYPES[e['dtype']]} | {e['pattern']} | {e['vec']} | sm_{e['arch']} | "
                      f"{e['configs']} | {regs} | {e['spills']} | {e['loads'] or '-'} | {e['stores'] or '-'} | "
                      f"{e['ptx_loads']} | {e['ptx_stores']} | {ok} |")
+    lines += [REDUCTION_INTRO,
+              "| kernel | dtype | pattern | VEC | channel tiles (configurations) | reduced axes | same order |",
+              "|---|---|---|---|---|---|---|"]
+    for e in reduction_rows(rows):
+        lines.append(f"| {e['kernel']} | {DTYPES[e['dtype']]} | {e['pattern']} | {e['vec']} | "
+                     f"{e['tile']} {e['tiles']} | {e['spreads']} | {'yes' if e['same'] else '**no**'} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def problems(rows):
+    """Why --check fails, one line each: compile errors, spills, main accesses
+    that are not vector wide, and configurations kept for one access pattern
+    and channel tile whose reductions differ (so that the autotuner's choice,
+    which depends on timing, would change the bits of the result)."""
+    out = []
+    for r in rows:
+        if r["error"] is not None:
+            what = r["error"]
+        elif r["spill_stores"]:
+            what = f"spills: {r['spill_stores']} local stores, {r['regs']} registers, stack {r['stack']} B"
+        elif vector_problems(r):
+            what = "not vectorised: " + "; ".join(vector_problems(r))
+        else:
+            continue
+        out.append(f"FAILED {r['kernel']} sm_{r['arch']} {r['dtype']} {r['constexprs']} {r['config']}: {what}")
+    for a, b in reduction_mismatches(rows):
+        fmt = lambda r: "; ".join(_fmt_reduction(x) for x in r["reductions"]) or "none"  # noqa: E731
+        out.append(f"FAILED {a['kernel']} sm_{a['arch']} {a['dtype']} {a['constexprs']}: the configurations "
+                   f"{a['config']} and {b['config']} reduce in different orders (extent = per thread/lanes/warps: "
+                   f"{fmt(a)} vs {fmt(b)})")
+    return out
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="compute capabilities (default 80 90)")
     parser.add_argument("--check", action="store_true",
-                        help="exit 1 on a compile error, a spill or a main access that is not vector wide")
+                        help="exit 1 on a compile error, a spill, a main access that is not vector wide or "
+                             "configurations of one pattern that reduce in different orders")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--show-layouts", action="store_true")
     parser.add_argument("--write", metavar="FILE", help="write the per-pattern evidence table as Markdown")
@@ -440,14 +619,11 @@ def main(argv=None):
     for r in rows:
         by_kernel[(r["kernel"], r["arch"])].append(r)
     print(f"{'kernel':<20} {'arch':>5} {'variants':>8} {'compiled':>8} {'registers':>10} {'spills':>6}")
-    failures = []
     for (name, arch), rs in sorted(by_kernel.items()):
         ok = [r for r in rs if r["error"] is None]
         spills = [r for r in ok if r["spill_stores"]]
         regs = f"{min(r['regs'] for r in ok)}-{max(r['regs'] for r in ok)}" if ok else "-"
         print(f"{name:<20} {'sm_' + str(arch):>5} {len(rs):>8} {len(ok):>8} {regs:>10} {len(spills):>6}")
-        failures += [r for r in rs if r["error"] is not None] + spills
-        failures += [r for r in ok if not r["spill_stores"] and vector_problems(r)]
     for arch in args.arch:
         n = sum(1 for r in rows if r["arch"] == arch and r["error"] is None)
         print(f"sm_{arch}: {n} of {sum(1 for r in rows if r['arch'] == arch)} variants compiled")
@@ -458,10 +634,13 @@ def main(argv=None):
         ok = "-" if e["vec"] == 1 else ("yes" if e["vector_ok"] else "NO")
         print(f"{e['kernel']:<20} {DTYPES[e['dtype']]:>5} {e['pattern']:<21} {e['vec']:>3} {'sm_' + str(e['arch']):>5} "
               f"{regs:>9} {e['spills']:>6} {e['ptx_loads']:<24} {e['ptx_stores']:<24} {ok}")
-    for r in failures:
-        what = r["error"] or (f"spills: {r['spill_stores']} local stores, {r['regs']} registers, stack {r['stack']} B"
-                              if r["spill_stores"] else "not vectorised: " + "; ".join(vector_problems(r)))
-        print(f"FAILED {r['kernel']} sm_{r['arch']} {r['dtype']} {r['constexprs']} {r['config']}: {what}")
+    print(f"{'kernel':<20} {'dtype':>5} {'pattern':<21} {'VEC':>3} {'tiles (configurations)':<34} same order")
+    for e in reduction_rows(rows):
+        print(f"{e['kernel']:<20} {DTYPES[e['dtype']]:>5} {e['pattern']:<21} {e['vec']:>3} "
+              f"{e['tile'] + ' ' + e['tiles']:<34} {'yes' if e['same'] else 'NO'}  {e['spreads']}")
+    failures = problems(rows)
+    for line in failures:
+        print(line)
     if args.show_layouts:
         for (name, arch), rs in sorted(by_kernel.items()):
             first = next((r for r in rs if r["ttgir"]), None)

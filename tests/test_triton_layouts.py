@@ -185,3 +185,25 @@ def test_autotune_key_is_bucketed():
     for kernel in (triton_ops._bcdl_fwd_kernel, triton_ops._bcdl_bwd_kernel, triton_ops._giou_fwd_kernel,
                    triton_ops._giou_bwd_kernel, triton_ops._dfl_fwd_kernel, triton_ops._dfl_bwd_kernel):
         assert "n_bucket" in kernel.keys and "n_loc" not in kernel.keys
+
+
+def test_reducing_kernels_tune_among_one_reduction_order():
+    """The autotune rule of the kernels that reduce over a channel tile (what a
+    GPU run keeps; under the interpreter there is one configuration): with
+    locations contiguous only configurations of one vector of locations per
+    thread, whose channel tile stays within the thread; otherwise the vector-
+    fitting ones, or a single one where none fits (which spread a tile's
+    channels alike: benchmarks/triton_compile.py --check compares them)."""
+    import triton
+
+    blocks = [(16, 4), (32, 4)]
+    configs = [triton.Config({"BLOCK_L": b}, num_warps=w) for b, w in blocks + triton_ops._IN_THREAD]
+    prune = triton_ops._vector_fit(triton_ops._bin_lanes, blocks, reduces=True)
+    for vec in (1, 2, 4):
+        kept = prune(configs, {}, LAYOUT=1, VEC=vec, NB=triton_ops._bins_block(17, 1, vec))
+        assert len(kept) == 2 and all(c.kwargs["BLOCK_L"] == vec * 32 * c.num_warps for c in kept)
+    kept = prune(configs, {}, LAYOUT=2, VEC=4, NB=32)
+    assert [(c.kwargs["BLOCK_L"], c.num_warps) for c in kept] == blocks
+    assert len(prune(configs, {}, LAYOUT=2, VEC=4, NB=8)) == 1  # 1 or 2 elements per thread: none fits
+    plain = triton_ops._vector_fit(triton_ops._bin_lanes, blocks, reduces=False)
+    assert len(plain(configs[:2], {}, LAYOUT=2, VEC=4, NB=8)) == 2
