@@ -116,28 +116,6 @@ def no_double_backward(name):
     return backward, setup
 
 
-def giou_autograd(backward_op):
-    """Gradients to the boxes that need them."""
-
-    def setup(ctx, inputs, output):
-        pred, target, eps = inputs
-        ctx.save_for_backward(pred, target)
-        ctx.eps = eps
-
-    def backward(ctx, grad):
-        pred, target = ctx.saved_tensors
-        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-            return None, None, None
-        grad_pred, grad_target = backward_op(grad, pred, target, ctx.eps)
-        return (
-            grad_pred if ctx.needs_input_grad[0] else None,
-            grad_target if ctx.needs_input_grad[1] else None,
-            None,
-        )
-
-    return backward, setup
-
-
 def dfl_autograd(backward_op):
     """Gradient to the student's regression logits only."""
 
