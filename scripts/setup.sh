@@ -16,7 +16,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q numpy pytest hypothesis matplotlib pycocotools tqdm
+.venv/bin/python -m pip install -q numpy pytest hypothesis matplotlib pycocotools tqdm pyyaml
 # Build the kernels only when what they are built from changed since the last build
 # into this .venv: csrc/, setup.py, pyproject.toml, torch's version, the build switches.
 stamp=.venv/bckd-build.stamp
