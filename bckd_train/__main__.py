@@ -33,8 +33,8 @@ def positive(text):
 
 
 def add_device(p, *, training=False):
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda (under torchrun: the "
-                                                    "LOCAL_RANK GPU) or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda (under torchrun: GPU "
+                                                    "LOCAL_RANK modulo the visible GPUs) or cuda:N")
     p.add_argument("--amp", default="none", choices=("none", "bf16"),
                    help="bf16: forward passes under torch.autocast (float32 weights and optimiser state)")
     if training:
@@ -42,6 +42,9 @@ def add_device(p, *, training=False):
                        help="data loader processes (default: 0 on the CPU, up to 8 per GPU)")
         p.add_argument("--memory-format", default=None, choices=("channels_last", "contiguous"),
                        help="the detector's layout (default: ModelConfig's per-device choice)")
+        p.add_argument("--deterministic", action="store_true",
+                       help="on a GPU: cuDNN's deterministic algorithms, no TF32, torch's deterministic ops (slower; "
+                            "what --resume and torchrun need to repeat bitwise there, docs/training.md)")
 
 
 def rank():
@@ -126,7 +129,7 @@ def train_config(args):
 
 def train_and_report(args, cfg, device, distiller=None):
     metrics = engine.train(cfg, args.out, resume=args.resume, cache=args.cache, device=device, amp=amp(args),
-                           workers=args.workers, distiller=distiller)
+                           workers=args.workers, distiller=distiller, deterministic=args.deterministic)
     if runtime.world()[0] == 0:
         _, val = engine.datasets(cfg, args.cache)
         print(engine.metrics_table(metrics, title=f"{cfg.name}: {cfg.dataset} val, {len(val.images)} images, "
@@ -148,7 +151,8 @@ def distill_command(args):
     teacher.to_device(device)
     memo = args.memo_teacher
     if args.teacher_maps and args.method != "none":
-        with runtime.local_first():  # the first process computes and writes FILE, the others read it
+        # the first process computes and writes FILE, the others read it; the maps with the run's settings
+        with runtime.local_first(), runtime.determinism(args.deterministic):
             train_set, _ = engine.datasets(cfg, args.cache)
             memo = teacher_memo(teacher, train_set, cfg.augment, path=args.teacher_maps)
     return train_and_report(args, cfg, device, Distiller(teacher, args.method, backend=args.backend, memo=memo))
@@ -161,6 +165,7 @@ def checkpoint_on_device(args):
     device = runtime.resolve_device(args.device)
     if rank() != 0:
         return None
+    runtime.bind_device(device)
     cfg, model = engine.load_checkpoint(args.ckpt, args.cache)
     if args.data and args.data != cfg.dataset:
         other = engine.with_data(cfg, args.data, args.cache)
@@ -287,10 +292,13 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        code = args.run(args)
     except UserError as exc:
         print(f"bckd_train {args.command}: {exc}", file=sys.stderr)
-        return 2
+        code = 2
+    # under torchrun: leave the process group (an unexpected error's traceback leaves as it is)
+    runtime.finish_distributed()
+    return code
 
 
 if __name__ == "__main__":

@@ -88,10 +88,16 @@ class Distiller:
 
     @torch.no_grad()
     def teacher_maps(self, images, keys=None):
-        """Teacher's (cls, reg) per level for the batch, on the images' device; keys: the
-        images' :class:`data.SampleKey` keys (or tuples of their fields), kept in the memo as
-        (index, transform). The memo lives on the host: a GPU teacher's maps are copied
-        there once, and a batch's come back through pinned memory without a wait."""
+        """Teacher's (cls, reg) per level for the batch, on the images' device, float32
+        (autocast off: under --amp bf16 the live teacher, the memo and a --teacher-maps
+        file give the same maps); keys: the images' :class:`data.SampleKey` keys (or
+        tuples of their fields), kept in the memo as (index, transform). The memo lives
+        on the host: a GPU teacher's maps are copied there once, and a batch's come back
+        through pinned memory without a wait."""
+        with torch.autocast(images.device.type, enabled=False):
+            return self._teacher_maps(images, keys)
+
+    def _teacher_maps(self, images, keys):
         keys = None if keys is None else [data.SampleKey(*k) for k in keys]
         if self.memo is None or keys is None or any(k.jitter is not None for k in keys):
             return self.teacher(images)  # a jittered input does not come back
@@ -113,11 +119,12 @@ class Distiller:
         images [B, 3, H, W], masks [B, H, W] (1 on image pixels); extras: the
         :class:`gfl.GFLExtras` of :func:`gfl.gfl_loss`; weights: BCDL's and ILDL's
         (:class:`bckd_train.config.BCKDWeights`); teacher: the teacher's (cls, reg)
-        when already computed (under the caller's autocast), else computed here.
-        Returns a dict of loss tensors (empty for "none"). The maps may be bf16:
-        BCDL and ILDL take them as they are (the kernels accumulate in float32), KD
-        and LD upcast them to float32 (plain PyTorch: a KL between nearly equal
-        distributions cancels to noise in bf16).
+        when already computed (:meth:`teacher_maps`), else computed here.
+        Returns a dict of loss tensors (empty for "none"). The student's maps may be
+        bf16: BCDL and ILDL take them as they are, the teacher's float32 maps cast to
+        bf16 beside them (the kernels accumulate in float32); KD and LD upcast the
+        student's to float32 (plain PyTorch: a KL between nearly equal distributions
+        cancels to noise in bf16).
         """
         if self.method == "none":
             return {}

@@ -311,7 +311,7 @@ def weights_sha256(state_dict):
     return h.hexdigest()
 
 
-def check_resume(ckpt, path, cfg, *, method, teacher_sha256=None):
+def check_resume(ckpt, path, cfg, *, method, teacher_sha256=None, amp=None):
     """Refuses (UserError) to resume a checkpoint with arguments that contradict it."""
     wanted = {"config": cfg.name, "seed": cfg.seed, "method": method}
     for key, value in wanted.items():
@@ -319,6 +319,10 @@ def check_resume(ckpt, path, cfg, *, method, teacher_sha256=None):
             flag = {"config": "--config", "seed": "--seed", "method": "--method"}[key]
             raise UserError(f"--resume: {path} was trained with {key} {ckpt.get(key)!r}, this run asks for "
                             f"{value!r}; pass {flag} {ckpt.get(key)} to continue it, or another --out to start anew")
+    if "amp" in ckpt and (ckpt["amp"] or "none") != (amp or "none"):
+        raise UserError(f"--resume: {path} was trained with --amp {ckpt['amp'] or 'none'}, this run asks for --amp "
+                        f"{amp or 'none'}; pass --amp {ckpt['amp'] or 'none'} to continue it, or another --out to "
+                        "start anew")
     if ckpt.get("dataset", cfg.dataset) != cfg.dataset:
         raise UserError(f"--resume: {path} was trained on data set {ckpt['dataset']!r}, this run asks for "
                         f"{cfg.dataset!r}; pass --data {ckpt['dataset']} to continue it, or another --out to start anew")
@@ -371,37 +375,56 @@ def show(model, cfg, image_path, out_path, *, score=0.3, cache=None, amp=None):
 class LossLog:
     """log.jsonl's per-iteration records. Each iteration's losses come back from the
     device in one transfer, started when they are pushed and read at the next push
-    (or flush): the host never waits for the GPU in the middle of an epoch."""
+    (or flush): the host never waits for the GPU in the middle of an epoch.
+
+    ``time`` is the iteration's seconds: on a GPU measured with CUDA events on the
+    device's stream, from before the batch's copy to the device (:meth:`start`) to
+    after its losses' copy back, so it is the step's time on the GPU, not the host's
+    time to enqueue it; on the CPU the wall time of the step."""
 
     def __init__(self, path, bar=None):
         self.path = path  # None: this process does not write (rank > 0)
         self.bar = bar
         self.pending = None
 
-    def push(self, names, values, meta):
+    def start(self, device):
+        """Marks the start of an iteration on ``device``: a CUDA event on its current
+        stream, or None (the CPU, or a process that does not write)."""
+        device = torch.device(device)
+        if self.path is None or device.type != "cuda":
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(device))
+        return event
+
+    def push(self, names, values, meta, start=None):
         """names: the losses' names; values [len(names) + 1]: the losses and their
-        total, on the device; meta: iteration, epoch, lr, time."""
+        total, on the device; meta: iteration, epoch, lr, time (the host's seconds,
+        kept on the CPU); start: :meth:`start`'s event, whose time to the losses' copy
+        replaces meta's time on a GPU."""
         if self.path is not None and values.is_cuda:
+            stream = torch.cuda.current_stream(values.device)  # the copy runs on the values' GPU, whichever is current
             values = values.to("cpu", non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
+            event = torch.cuda.Event(enable_timing=start is not None)
+            event.record(stream)
         else:
             event = None
         self.flush()
         if self.path is not None:
-            self.pending = (names, values, event, meta)
+            self.pending = (names, values, event, meta, start)
 
     def flush(self):
         if self.pending is None:
             return
-        names, values, event, meta = self.pending
+        names, values, event, meta, start = self.pending
         self.pending = None
         if event is not None:
             event.synchronize()
+        seconds = start.elapsed_time(event) / 1e3 if start is not None and event is not None else meta["time"]
         values = values.tolist()
         record = dict(zip(names, values[:-1]))
         record.update(iteration=meta["iteration"], epoch=meta["epoch"], lr=meta["lr"], loss=values[-1],
-                      time=meta["time"])
+                      time=seconds)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.bar is not None:
@@ -413,15 +436,18 @@ def step_losses(model, distiller, images, masks, targets, keys, *, cfg, amp=None
 
     images [B, 3, H, W], masks [B, H, W] and targets on the device; keys: the
     batch's :class:`data.SampleKey` keys, for the teacher's memo. Under
-    ``amp`` the student's and the teacher's forward passes run in bf16 autocast;
-    the ground-truth losses (ATSS, QFL, DFL, GIoU) take the maps upcast to float32,
-    the distillation losses the bf16 maps as they come.
+    ``amp`` the student's forward pass runs in bf16 autocast, the teacher's in
+    float32 (as ``--memo-teacher`` and ``--teacher-maps`` keep its maps, so the three
+    are one experiment); the ground-truth losses (ATSS, QFL, DFL, GIoU) take the
+    student's maps upcast to float32, the distillation losses its bf16 maps as they
+    come (BCDL and ILDL get the teacher's maps in bf16 too).
     """
     teacher = None
     with runtime.autocast(images.device, amp):
         cls, reg = model(images)
-        if distiller is not None and distiller.method != "none":
-            teacher = distiller.teacher_maps(images, keys)
+    if distiller is not None and distiller.method != "none":
+        # float32 under any --amp, as the memo and a --teacher-maps file hold them: one teacher
+        teacher = distiller.teacher_maps(images, keys)
     losses, extras = gfl.gfl_loss([c.float() for c in cls], [r.float() for r in reg], targets,
                                   strides=cfg.model.strides, reg_max=cfg.model.reg_max,
                                   num_classes=cfg.model.num_classes, avg_factor_fn=runtime.reduce_mean)
@@ -445,7 +471,7 @@ def to_device(images, masks, targets, device):
 
 
 def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", amp=None, workers=None, progress=True,
-          distiller=None):
+          distiller=None, deterministic=False):
     """Trains cfg into folder out; returns the last evaluation's metrics.
 
     device: "auto", "cpu", "cuda" (this process's LOCAL_RANK GPU under torchrun)
@@ -461,10 +487,20 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", amp=
     contradicts the arguments or has nothing left to train. The model predicts
     cfg's data set's classes (:func:`with_data`), which the checkpoint keeps. With a
     :class:`bckd_train.distill.Distiller`, its losses join the ground-truth ones
-    (the teacher is not among the optimised parameters).
+    (the teacher is not among the optimised parameters). ``deterministic``: the run
+    under :func:`runtime.determinism` (cuDNN deterministic, no TF32), the settings as
+    they were after it. The checkpoint records the device and these settings
+    (:func:`runtime.settings`); a resumed run on other ones says that it will not end
+    bitwise as an uninterrupted one.
     """
     if not cfg.classes:
         cfg = with_data(cfg, cache=cache)
+    with runtime.determinism(deterministic):
+        return _train(cfg, out, resume=resume, cache=cache, device=device, amp=amp, workers=workers,
+                      progress=progress, distiller=distiller)
+
+
+def _train(cfg, out, *, resume, cache, device, amp, workers, progress, distiller):
     run = start_run(cfg, out, cache=cache, device=device, amp=amp, workers=workers, progress=progress,
                     distiller=distiller)
     ckpt = checkpoint_to_resume(run) if resume else None
@@ -516,6 +552,7 @@ class Run:
     val_set: data.CocoDetection
     device: torch.device
     amp: object  # None or "bf16"
+    settings: dict  # runtime.settings: the device and the determinism switches, kept in checkpoints
     rank: int
     size: int
     workers: int
@@ -559,7 +596,8 @@ def start_run(cfg, out, *, cache, device, amp, workers, progress, distiller):
     return Run(cfg=cfg, files=RunFiles(out), model=model, ddp=ddp, params=params, optimizer=optimizer,
                distiller=distiller, method=method,
                teacher_sha256=weights_sha256(distiller.teacher.state_dict()) if method != "none" else None,
-               train_set=train_set, val_set=val_set, device=device, amp=amp, rank=rank, size=size,
+               train_set=train_set, val_set=val_set, device=device, amp=amp,
+               settings=runtime.settings(device, amp), rank=rank, size=size,
                workers=default_workers(device) if workers is None else workers, progress=progress)
 
 
@@ -576,7 +614,12 @@ def checkpoint_to_resume(run):
     if not os.path.exists(path):
         return None
     ckpt = read_checkpoint(path)
-    check_resume(ckpt, path, cfg, method=run.method, teacher_sha256=run.teacher_sha256)
+    check_resume(ckpt, path, cfg, method=run.method, teacher_sha256=run.teacher_sha256, amp=run.amp)
+    differ = runtime.settings_differ(ckpt.get("runtime"), run.settings)
+    if differ and run.rank == 0:
+        print(f"--resume: {path} was written with other settings ("
+              + ", ".join(f"{k} {ckpt['runtime'].get(k)!r} -> {run.settings.get(k)!r}" for k in differ)
+              + "): training goes on, but will not end bitwise as an uninterrupted run", flush=True)
     ckpt.setdefault("metrics", {})
     epoch, it = ckpt["epoch"], ckpt["iteration"]
     pending = ckpt.get("eval_pending") is not None
@@ -640,6 +683,7 @@ def run_epoch(run, position, *, first):
     for batch, (images, masks, targets) in zip(batches[first:], bar):
         lr = learning_rate(cfg, position.iteration, epoch)
         t0 = time.perf_counter()
+        start = log.start(run.device)
         losses, total = train_step(run, batch, images, masks, targets, lr=lr)
         position.iteration += 1
         position.step += 1
@@ -647,7 +691,7 @@ def run_epoch(run, position, *, first):
         values = runtime.reduce_mean(torch.stack([v.detach().float() for v in losses.values()]
                                                  + [total.detach().float()]))
         log.push(list(losses), values, dict(iteration=position.iteration, epoch=epoch, lr=lr,
-                                            time=time.perf_counter() - t0))
+                                            time=time.perf_counter() - t0), start)
         if stopped(cfg, position):
             break
     log.flush()
@@ -692,7 +736,7 @@ def end_of_epoch(run, position):
                  "iteration": position.iteration, "rng": runtime.rng_state(), "config": cfg.name,
                  "dataset": cfg.dataset, "classes": list(cfg.classes),
                  "seed": cfg.seed, "method": run.method, "teacher_sha256": run.teacher_sha256,
-                 "amp": run.amp, "metrics": position.metrics,
+                 "amp": run.amp, "runtime": run.settings, "metrics": position.metrics,
                  "eval_pending": at if due else None}  # the epoch of the evaluation still to run
         save_checkpoint(state, run.files.checkpoint)
         if due:

@@ -216,6 +216,35 @@ def test_kd_and_ld_by_hand():
     torch.testing.assert_close(distill.ld_loss(rs, rt, w, torch.tensor(2.0)), 0.25 * (per_loc * w).sum() / 2.0)
 
 
+def test_bf16_live_and_memoised_teacher_are_one_teacher():
+    """Under --amp bf16 the teacher runs in float32 (autocast off), as --memo-teacher and a
+    --teacher-maps file keep its maps: a step with the live teacher, the memo's first
+    sight and the memo's reuse give the same losses, bit for bit."""
+    from bckd_train import runtime
+
+    base = get_config("instant")
+    cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, fpn_channels=16, pretrained=False))
+    g = torch.Generator().manual_seed(0)
+    images, masks = torch.rand(2, 3, 64, 64, generator=g), torch.ones(2, 64, 64)
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 30.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "labels": torch.tensor([0])}]
+    keys = [(0, 0), (1, 1)]
+    torch.manual_seed(0)
+    teacher, student = GFL(cfg.model), GFL(cfg.model).train()
+    live, memo = distill.Distiller(teacher, "bckd"), distill.Distiller(teacher, "bckd", memo=True)
+    with runtime.autocast("cpu", "bf16"):
+        cls, reg = live.teacher_maps(images, keys)
+    with torch.no_grad():
+        cls_ref, reg_ref = teacher(images)
+    assert all(m.dtype == torch.float32 for m in cls + reg)
+    assert all(torch.equal(a, b) for a, b in zip(cls + reg, cls_ref + reg_ref))
+    runs = [engine.step_losses(student, d, images, masks, targets, keys, cfg=cfg, amp="bf16")
+            for d in (live, memo, memo)]
+    assert set(runs[0]) >= {"loss_bcdl", "loss_ildl"}
+    for other in runs[1:]:
+        assert all(torch.equal(runs[0][k], other[k]) for k in runs[0])
+
+
 def test_teacher_must_match_the_student():
     student = get_config("fashion_student")
     cli.check_teacher(student, get_config("fashion_teacher"))
@@ -247,6 +276,7 @@ def test_distill_two_processes_match_one(teacher_ckpt, tmp_path):
 
 
 @pytest.mark.data
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_memo_with_a_gpu_teacher(teacher_ckpt, batch, tmp_path):
     """A GPU teacher's maps kept on the host (by the memo and in a --teacher-maps file)
@@ -273,6 +303,7 @@ def test_memo_with_a_gpu_teacher(teacher_ckpt, batch, tmp_path):
 
 
 @pytest.mark.data
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_distill_cli_on_cuda_with_bf16(teacher_ckpt, tmp_path):
     base = [sys.executable, "-m", "bckd_train", "distill", "--config", "instant", "--teacher", teacher_ckpt,

@@ -279,6 +279,7 @@ def test_loss_path_has_no_data_dependent_ops(head_maps):
 
 
 @pytest.mark.data
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_loss_path_does_not_synchronise_on_cuda(head_maps):
     cfg, cls, reg, targets = head_maps
@@ -621,6 +622,123 @@ def test_process_group_follows_the_device(tmp_path):
         dist.destroy_process_group()
 
 
+TORCHRUN = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29599", "RANK": "1", "WORLD_SIZE": "2",
+            "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+
+
+def fake_gpus(monkeypatch, count, env=None):
+    """torch.cuda as seen with ``count`` GPUs (none need be there), and the launcher's
+    variables ``env`` (None: not under torchrun); returns the devices set_device got."""
+    for key in TORCHRUN:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    return current
+
+
+def test_resolve_device_outside_and_under_torchrun(monkeypatch):
+    """Outside torchrun "cuda" is GPU 0 and cuda:N that GPU. Under torchrun a process
+    takes GPU LOCAL_RANK modulo the GPUs it sees (so a launcher that shows each process
+    one GPU works), and with several processes a cuda:N other than that is one line."""
+    cuda = torch.device
+    fake_gpus(monkeypatch, 2)
+    assert runtime.resolve_device("cuda") == cuda("cuda", 0)
+    assert runtime.resolve_device("cuda:1") == cuda("cuda", 1)
+    with pytest.raises(UserError, match="GPU 2 asked for, 2 visible"):
+        runtime.resolve_device("cuda:2")
+    with pytest.raises(UserError, match="one of auto, cpu, cuda, cuda:N"):
+        runtime.resolve_device("cuda:x")
+    fake_gpus(monkeypatch, 2, TORCHRUN)
+    assert runtime.resolve_device("cuda") == runtime.resolve_device("cuda:1") == cuda("cuda", 1)
+    with pytest.raises(UserError) as err:
+        runtime.resolve_device("cuda:0")
+    assert "\n" not in str(err.value) and "LOCAL_RANK 1: GPU 1 of 2" in str(err.value)
+    assert str(err.value).endswith("pass --device cuda")
+    fake_gpus(monkeypatch, 1, TORCHRUN)  # each process shown its own GPU
+    assert runtime.resolve_device("cuda") == runtime.resolve_device("auto") == cuda("cuda", 0)
+    fake_gpus(monkeypatch, 2, dict(TORCHRUN, LOCAL_RANK="3", LOCAL_WORLD_SIZE="4"))
+    with pytest.raises(UserError, match="4 processes on this machine and 2 GPUs visible"):
+        runtime.resolve_device("cuda")
+    fake_gpus(monkeypatch, 2, dict(TORCHRUN, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1"))
+    assert runtime.resolve_device("cuda:1") == cuda("cuda", 1)  # one process: any GPU
+
+
+def test_every_cuda_run_sets_its_device(monkeypatch):
+    """A CUDA device becomes the current one with or without torchrun (the loss read-back's
+    event then runs on the GPU that computes); under torchrun the process group is joined
+    bound to it (device_id), with one process too."""
+    import torch.distributed as dist
+
+    joined = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: joined.append((backend, kw)))
+    current = fake_gpus(monkeypatch, 2)
+    runtime.init_distributed(torch.device("cuda", 1))
+    runtime.init_distributed(torch.device("cpu"))
+    assert current == [torch.device("cuda", 1)] and joined == []
+    current = fake_gpus(monkeypatch, 2, dict(TORCHRUN, WORLD_SIZE="1", RANK="0"))
+    runtime.init_distributed(torch.device("cuda", 1))
+    assert current == [torch.device("cuda", 1)] and joined == [("nccl", {"device_id": torch.device("cuda", 1)})]
+    runtime.init_distributed(torch.device("cpu"))
+    assert joined[1] == ("gloo", {"device_id": None})
+
+
+def test_one_process_torchrun_joins_gloo_and_trains_as_without(tiny, tmp_path, monkeypatch):
+    """Under torchrun with one process the CLI joins a process group (gloo on the CPU, NCCL
+    on a GPU), trains under DDP to bitwise the weights of a plain run, records the group
+    in the checkpoint and leaves the group at the end."""
+    import socket
+
+    import torch.distributed as dist
+
+    _, cache = imported(tiny, tmp_path)
+    common = ["train", "--config", "tiny", "--data", "pets", "--cache", cache, "--device", "cpu"]
+    assert cli.main(common + ["--out", str(tmp_path / "plain")]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(TORCHRUN, MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(common + ["--out", str(tmp_path / "torchrun")]) == 0
+    assert not dist.is_initialized()
+    ckpt = torch.load(tmp_path / "torchrun" / "checkpoint.pth", weights_only=False)
+    assert (ckpt["runtime"]["process_group"], ckpt["runtime"]["world_size"]) == ("gloo", 1)
+    plain = torch.load(tmp_path / "plain" / "checkpoint.pth", weights_only=False)
+    assert plain["runtime"]["process_group"] is None
+    assert_same_weights(tmp_path / "plain", tmp_path / "torchrun")
+
+
+def test_checkpoint_records_the_device_and_determinism(tiny, tmp_path, capsys):
+    """The checkpoint keeps the device and the determinism settings; --resume refuses
+    another --amp and says when the settings differ (the result then is not bitwise an
+    uninterrupted run's); --deterministic leaves the switches as they were after it
+    and changes nothing on the CPU."""
+    cfg, cache = imported(tiny, tmp_path)
+    before = runtime._determinism_flags()
+    engine.train(dataclasses.replace(cfg, max_iters=1), str(tmp_path / "run"), cache=cache, progress=False)
+    engine.train(cfg, str(tmp_path / "det"), cache=cache, progress=False, deterministic=True)
+    assert runtime._determinism_flags() == before
+    ckpt = torch.load(tmp_path / "det" / "checkpoint.pth", weights_only=False)
+    assert ckpt["runtime"]["deterministic_algorithms"] is True and ckpt["runtime"]["device"] == "cpu"
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=False)
+    assert ckpt["runtime"]["deterministic_algorithms"] is False
+    assert ckpt["runtime"]["threads"] == torch.get_num_threads() and ckpt["runtime"]["amp"] is None
+    with pytest.raises(UserError, match="was trained with --amp none, this run asks for --amp bf16; pass --amp none"):
+        engine.train(cfg, str(tmp_path / "run"), cache=cache, resume=True, progress=False, amp="bf16")
+    capsys.readouterr()
+    engine.train(cfg, str(tmp_path / "run"), cache=cache, resume=True, progress=False, deterministic=True)
+    note = capsys.readouterr().out
+    assert "written with other settings (deterministic_algorithms False -> True)" in note
+    assert "will not end bitwise" in note
+    assert_same_weights(tmp_path / "run", tmp_path / "det")  # on the CPU the switches change nothing
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_ddp_on_cuda_uses_nccl_and_the_gpu(tmp_path):
     import torch.distributed as dist
@@ -637,18 +755,60 @@ def test_ddp_on_cuda_uses_nccl_and_the_gpu(tmp_path):
 
 
 @pytest.mark.data
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("amp", [None, "bf16"])
 def test_instant_trains_on_cuda(amp, tmp_path):
-    """A few iterations on the GPU: finite losses; in float32, the first iteration's
-    losses agree with the CPU's (same weights, same batch)."""
+    """A few iterations on the GPU: finite losses, each iteration's time (CUDA events)
+    positive; in float32 without TF32 (--deterministic), the first iteration's losses
+    agree with the CPU's (same weights, same batch) to float32 rounding. The checkpoint
+    records the GPU and the switches."""
     cfg = dataclasses.replace(get_config("instant"), epochs=1, max_iters=4)
-    engine.train(cfg, str(tmp_path / "cuda"), device="cuda", amp=amp, progress=False)
+    engine.train(cfg, str(tmp_path / "cuda"), device="cuda", amp=amp, progress=False, deterministic=amp is None)
     curve = losses(tmp_path / "cuda")
     assert len(curve) == 4 and all(math.isfinite(x) for x in curve)
+    with open(tmp_path / "cuda" / "log.jsonl") as f:
+        times = [json.loads(line)["time"] for line in f if '"loss"' in line]
+    assert all(0 < t < 60 for t in times), times
+    recorded = torch.load(tmp_path / "cuda" / "checkpoint.pth", weights_only=False)["runtime"]
+    assert recorded["device"] == "cuda" and recorded["device_name"] == torch.cuda.get_device_name(0)
+    assert recorded["tf32_conv"] is (amp is not None) and recorded["amp"] == amp
     if amp is None:
         engine.train(dataclasses.replace(cfg, max_iters=1), str(tmp_path / "cpu"), device="cpu", progress=False)
-        assert curve[0] == pytest.approx(losses(tmp_path / "cpu")[0], rel=2e-3)
+        assert curve[0] == pytest.approx(losses(tmp_path / "cpu")[0], rel=1e-4)
+
+
+@pytest.mark.data
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_resume_on_cuda_with_deterministic_is_bitwise(tmp_path):
+    """With --deterministic, a run resumed on the same GPU ends with the weights of an
+    uninterrupted one, bit for bit (docs/training.md, what repeats bitwise where)."""
+    cfg = get_config("instant")
+    engine.train(cfg, str(tmp_path / "full"), device="cuda", progress=False, deterministic=True)
+    engine.train(dataclasses.replace(cfg, epochs=1), str(tmp_path / "split"), device="cuda", progress=False,
+                 deterministic=True)
+    engine.train(cfg, str(tmp_path / "split"), device="cuda", resume=True, progress=False, deterministic=True)
+    assert_same_weights(tmp_path / "full", tmp_path / "split")
+    assert losses(tmp_path / "full") == losses(tmp_path / "split")
+
+
+@pytest.mark.data
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_n_outside_torchrun_runs_on_that_gpu(tmp_path):
+    """--device cuda:N (the last GPU here) without torchrun: N becomes the current device
+    (the losses' read-back is recorded on its stream) and the run ends with finite losses."""
+    last = torch.cuda.device_count() - 1
+    previous = torch.cuda.current_device()
+    try:
+        assert cli.main(["train", "--config", "instant", "--max-iters", "2", "--device", f"cuda:{last}",
+                         "--out", str(tmp_path)]) == 0
+        assert torch.cuda.current_device() == last
+        assert len(losses(tmp_path)) == 2 and all(math.isfinite(x) for x in losses(tmp_path))
+        assert torch.load(tmp_path / "checkpoint.pth", weights_only=False)["runtime"]["device"] == "cuda"
+    finally:
+        torch.cuda.set_device(previous)
 
 
 UNREADABLE = {"truncated": None, "empty": b"", "foreign": None, "bytes": b"\x80\x04not a pickle"}

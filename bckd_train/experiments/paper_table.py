@@ -11,11 +11,13 @@ trained first when missing; their maps for every training input are computed onc
 and shared by the runs. Runs evaluate once, after their last epoch.
 
 A finished run leaves a record, RECORDS/{dataset}/{M}_s{S}.json (metrics, minutes,
-threads, the teacher's weight hash and the run's per-level score gap), kept with
-the results: the table is built from the records and continues from them when the
-run folders are gone. Training is deterministic at a fixed thread count, so a
-retrained teacher must hash to the recorded one; runs of another teacher are
-never mixed into one table.
+threads, the teacher's weight hash, the run's per-level score gap, and the device
+and determinism settings its checkpoint recorded), kept with the results: the
+table is built from the records and continues from them when the run folders are
+gone. Training on the CPU is deterministic at a fixed thread count, so a retrained
+teacher must hash to the recorded one; runs of another teacher are never mixed into
+one table. On a GPU a retrained teacher hashes the same only with --deterministic
+on the same GPU model and software (docs/training.md, "What repeats bitwise").
 
 Writes, under --results: paper_table.csv (one row per recorded run),
 paper_table.md (mean ± std over seeds of AP, AP50, AP75 per method, the teacher's
@@ -101,13 +103,27 @@ def launch(cmd, folder, threads):
     return minutes
 
 
+def checkpoint_runtime(folder):
+    """The device and determinism settings a run's checkpoint recorded
+    (:func:`bckd_train.runtime.settings`; None for a checkpoint written before they were kept)."""
+    import torch
+
+    path = os.path.join(folder, "checkpoint.pth")
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False).get("runtime")
+
+
 def run_record(folder, threads, teacher_sha):
-    """A finished run folder's record: its metrics, wall time and thread count."""
+    """A finished run folder's record: its metrics, wall time, thread count, and the
+    device and determinism settings it ran with (whether a retrained run can repeat it
+    bitwise depends on them: docs/training.md)."""
     with open(os.path.join(folder, "metrics.json")) as f:
         metrics = json.load(f)
     wall = os.path.join(folder, "wall.json")
     minutes = json.load(open(wall))["minutes"] if os.path.exists(wall) else None
-    return {"metrics": metrics, "minutes": minutes, "threads": threads, "teacher_sha256": teacher_sha}
+    return {"metrics": metrics, "minutes": minutes, "threads": threads, "teacher_sha256": teacher_sha,
+            "runtime": checkpoint_runtime(folder)}
 
 
 def prepare_teacher(args, dataset, py):
@@ -121,9 +137,12 @@ def prepare_teacher(args, dataset, py):
     if recorded is None:
         write_record(args.records, dataset, "teacher", run_record(folder, args.threads, sha))
     elif recorded["teacher_sha256"] != sha:
+        was, now = recorded.get("runtime") or {}, checkpoint_runtime(folder) or {}
+        where = "".join(f", {k} {was[k]!r} (now {now.get(k)!r})" for k in ("device", "device_name")
+                        if k in was and was[k] != now.get(k))
         raise SystemExit(f"the {dataset} teacher in {folder} (sha256 {sha[:12]}) is not the one the recorded runs "
                          f"distilled from ({recorded['teacher_sha256'][:12]}, trained with {recorded['threads']} "
-                         f"threads): retrain it with --threads {recorded['threads']}, or move "
+                         f"threads{where}): retrain it with --threads {recorded['threads']} on that device, or move "
                          f"{os.path.dirname(record_path(args.records, dataset, 'teacher'))} away to start a new table")
     return sha
 
