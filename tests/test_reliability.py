@@ -145,3 +145,26 @@ def test_giou_of_zero_area_and_inverted_boxes_in_low_precision(backend, dtype):
     lowp = run(lambda a, b: reference.paired_giou(a, b, upcast=False), p, t)
     for name, a, r, lp in zip(("loss", "grad_pred", "grad_target"), out, ref, lowp):
         assert_matches(a, r, lp, dtype, name)
+
+
+@needs_extension
+def test_cross_process_determinism_check_passes_and_catches_one_bit():
+    """benchmarks/gpu_determinism.py (which benchmarks/gpu_run.sh runs on a GPU over the
+    Triton and CUDA kernels): two processes hash every output and gradient; here on the
+    extension's CPU kernels it passes, a single flipped bit in the second process fails
+    it, and without a GPU its default (--device cuda) says it skipped (exit 3)."""
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                          "gpu_determinism.py")
+    base = [sys.executable, script, "--device", "cpu", "--backends", "extension", "--no-compile", "--shape", "1", "5", "7"]
+    ok = subprocess.run(base, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "10 equal across processes" in ok.stdout and ok.stdout.rstrip().endswith("passed")
+    bad = subprocess.run(base + ["--self-test-mismatch"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "FAIL bits differ between the 2 processes: bcdl extension float32 nchw" in bad.stdout
+    if not torch.cuda.is_available():
+        skip = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=300)
+        assert skip.returncode == 3 and "skipped" in skip.stdout
