@@ -90,8 +90,8 @@ def image_size(path):
         with Image.open(path) as im:
             im.load()
             return im.size
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise UserError(f"{path}: image does not decode ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 (a file PIL cannot read raises whatever its plugin raises)
+        raise UserError(f"{path}: image does not decode ({_first_line(exc)})") from None
 
 
 def clean_boxes(boxes, labels, width, height, dropped):
