@@ -369,6 +369,12 @@ def criteria(by):
             pooled = ((statistics.variance(vals) + statistics.variance(alone)) / 2) ** 0.5
             out.append(f"- {m} − alone: {diff * 100:+.2f} points; 2 × pooled std {2 * pooled * 100:.2f}: "
                        f"{'beyond' if diff > 2 * pooled else 'within'} the seed spread")
+        alone_by_seed = {r["seed"]: r["test"]["map50_95"] for r in by["alone"]}
+        paired = [(r["seed"], r["test"]["map50_95"] - alone_by_seed[r["seed"]]) for r in sorted(by[m], key=lambda r: r["seed"])
+                  if r["seed"] in alone_by_seed]
+        if paired:
+            out.append(f"- {m} − alone, seed by seed (same initialisation and data order): "
+                       + ", ".join(f"seed {s} {d * 100:+.1f}" for s, d in paired))
     if len(by["bckd"]) > 1 and len(by["feature"]) > 1:
         b, f = ([r["test"]["map50_95"] for r in by[m]] for m in ("bckd", "feature"))
         diff = statistics.mean(b) - statistics.mean(f)
