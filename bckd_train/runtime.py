@@ -187,7 +187,8 @@ def determinism(deterministic):
         _set_determinism_flags(saved)
 
 
-def _cpu_name():
+def cpu_name():
+    """The CPU's model name (/proc/cpuinfo), for records and benchmark tables."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -206,7 +207,7 @@ def settings(device, amp=None):
     cuda = device.type == "cuda"
     grouped = dist.is_available() and dist.is_initialized()
     out = {"device": device.type,
-           "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
+           "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
            "torch": torch.__version__, "threads": torch.get_num_threads(), "amp": amp,
            "world_size": world()[1], "process_group": dist.get_backend() if grouped else None,
            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}

@@ -11,6 +11,8 @@ import time
 
 import torch
 
+from bckd_train.runtime import cpu_name
+
 # Kineto logs every profiler_start/stop of the CPU memory trace at its USDT level (5),
 # above ERROR (4): only 6 keeps the trace quiet (read when a profiler starts).
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
@@ -115,7 +117,7 @@ def environment(device):
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = _cpu_name()
+        name = cpu_name()
     return {
         "device": device.type,
         "device_name": name,
@@ -125,14 +127,3 @@ def environment(device):
         "triton": triton_version,
         "commit": commit,
     }
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
