@@ -847,22 +847,23 @@ def paired_giou_triton(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tenso
     return loss
 
 
-@triton_op("bckd::_paired_giou_backward_triton", mutates_args=(),
-           schema="(Tensor grad, Tensor pred, Tensor target, float eps, bool[2] output_mask=[True, True]) "
-                  "-> (Tensor, Tensor)")
-def _paired_giou_backward_triton(grad, pred, target, eps, output_mask=(True, True)):
-    """The C++ op's rule (csrc/ops_host.h): output_mask says which of
-    (grad_pred, grad_target) to compute; an unwanted one is None, neither
-    allocated nor written, and takes no part in the access plan."""
+@triton_op("bckd::_paired_giou_backward_triton", mutates_args=())
+def _paired_giou_backward_triton(grad: Tensor, pred: Tensor, target: Tensor, eps: float,
+                                 output_mask: Optional[list[bool]] = None) -> tuple[Tensor, Tensor]:
+    """The C++ op's rule (csrc/ops_host.h): output_mask (None: both) says which of
+    (grad_pred, grad_target) to compute; an unwanted one is neither computed nor
+    written and takes no part in the access plan. It comes back as an empty
+    tensor: the schema is inferred from these annotations (torch 2.11's
+    triton_op ignores a written schema), and an inferred one returns Tensors only."""
     op = "_paired_giou_backward_triton"
     _contract.check_boxes(op, pred, target, eps, _contract.TRITON_DTYPES)
     coef = _per_location(op, grad, "grad", pred)
-    want_p, want_t = (bool(x) for x in output_mask)
-    grad_pred = torch.empty_like(pred) if want_p else None
-    grad_target = torch.empty_like(target) if want_t else None
+    want_p, want_t = (True, True) if output_mask is None else (bool(x) for x in output_mask)
+    grad_pred = torch.empty_like(pred) if want_p else pred.new_empty(0)
+    grad_target = torch.empty_like(target) if want_t else target.new_empty(0)
     n = pred.shape[0]
     if n > 0 and (want_p or want_t):
-        outputs = [g for g in (grad_pred, grad_target) if g is not None]
+        outputs = [g for g, wanted in ((grad_pred, want_p), (grad_target, want_t)) if wanted]
         layout, vec, n_vec, (ps, ts, *gs) = _box_plan(pred, target, *outputs)
         # An unwanted output's stand-in is its input (pointer and strides), never written.
         gp, gps = (grad_pred, gs[0]) if want_p else (pred, ps)
@@ -931,7 +932,7 @@ def _giou_autograd(backward_op):
         if not any(mask):
             return None, None, None
         grad_pred, grad_target = backward_op(grad, pred, target, ctx.eps, mask)
-        return grad_pred, grad_target, None
+        return grad_pred if mask[0] else None, grad_target if mask[1] else None, None
 
     return backward, setup
 
