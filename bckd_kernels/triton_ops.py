@@ -68,6 +68,8 @@ def _configs(blocks, interpret_block, maxnreg=None):
 #         first, the same for every BLOCK_L, as long as each thread's vector
 #         (sizePerThread) is the same: the configurations that give each thread
 #         VEC to 2·VEC elements (1 to 4 without vectors), or one if none does;
+#         element by element (0) one configuration always, as triton 3.6 spreads
+#         the channels differently for BLOCK_L 16 and 32 there;
 #   1     locations fastest: the lanes and warps go to the locations first, so
 #         the channels stay within one thread only when BLOCK_L = VEC · 32 ·
 #         num_warps (each thread holds one vector of locations and the tile's
@@ -101,9 +103,13 @@ def _vector_fit(lanes, blocks, reduces):
         pool = [c for c in configs if (c.kwargs["BLOCK_L"], c.num_warps) in tiled] or configs
         most = 2 * vec if vec > 1 else 4
         fit = [c for c in pool if vec <= _per_thread(c, lanes, kwargs) <= most]
-        if fit or not reduces:
+        if not reduces:
             return fit or pool
-        return [min(pool, key=lambda c: abs(math.log2(_per_thread(c, lanes, kwargs) / vec)))]
+        if fit and kwargs.get("LAYOUT") == 2:
+            return fit
+        # Element by element (LAYOUT 0), triton 3.6 spreads the channels over 2 lanes
+        # at BLOCK_L 16 and over 1 at 32, with one sizePerThread: one configuration.
+        return [min(fit or pool, key=lambda c: abs(math.log2(_per_thread(c, lanes, kwargs) / vec)))]
 
     return prune
 
