@@ -46,7 +46,7 @@ METHODS = ("alone", "feature", "bckd", "bckd_feature")
 DISTILLED = ("feature", "bckd", "bckd_feature")
 BCKD = ("bckd", "bckd_feature")
 TEACHER = "teacher"
-RECIPE = dict(epochs=15, imgsz=320, batch=8)  # every student's schedule (the teacher's: --teacher-epochs)
+RECIPE = dict(epochs=15, teacher_epochs=20, imgsz=320, batch=8)  # the students' and the teacher's schedules
 BCCD = os.path.join(os.path.dirname(ROOT), "shared", "data", "bccd")
 
 
@@ -175,7 +175,7 @@ def one_run(args, method, seed):
         "device": torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available() else "cpu",
         "threads": torch.get_num_threads(),
         "weights_sha256": sha256(os.path.join(folder, "weights", "best.pt")),
-        "teacher_sha256": None if method == TEACHER else read_record(args.records, run_name(TEACHER, 0))["weights_sha256"],
+        "teacher_sha256": read_record(args.records, run_name(TEACHER, 0))["weights_sha256"] if method in DISTILLED else None,
         "test": test_metrics(os.path.join(folder, "weights", "best.pt"), args, data),
     }
     if method in BCKD:
@@ -298,7 +298,7 @@ def load_records(records):
     teacher = [r for r in rows if r["method"] == TEACHER]
     if teacher:
         sha = teacher[0]["weights_sha256"]
-        stray = [r for r in rows if r["method"] != TEACHER and r["teacher_sha256"] != sha]
+        stray = [r for r in rows if r["method"] in DISTILLED and r["teacher_sha256"] != sha]
         if stray:
             raise SystemExit(f"{len(stray)} records were distilled from another teacher than {sha[:12]}: "
                              "move them out of the records folder")
@@ -415,7 +415,7 @@ def main(argv=None):
     parser.add_argument("--teacher-model", default="yolo11s.yaml")
     parser.add_argument("--student-model", default="yolo11n.yaml")
     parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
-    parser.add_argument("--teacher-epochs", type=int, default=RECIPE["epochs"])
+    parser.add_argument("--teacher-epochs", type=int, default=RECIPE["teacher_epochs"])
     parser.add_argument("--imgsz", type=int, default=RECIPE["imgsz"])
     parser.add_argument("--batch", type=int, default=RECIPE["batch"])
     parser.add_argument("--workers", type=int, default=0)
