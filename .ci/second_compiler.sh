@@ -15,4 +15,4 @@ if ! command -v clang++-16 >/dev/null; then
   apt-get update -qq && apt-get install -y -qq clang-16 libomp-16-dev >/dev/null
 fi
 CC=clang-16 CXX=clang++-16 BCKD_CUDA=0 bash .ci/kernels_in_copy.sh "$PWD/.venv/bin/python" \
-    "${TMPDIR:-/tmp}/bckd-clang" tests/test_bin_cls_distill.py tests/test_giou.py tests/test_reliability.py -k "not cuda" -m "not triton"
+    "${TMPDIR:-/tmp}/bckd-clang" tests/test_bin_cls_distill.py tests/test_cpu_layouts.py tests/test_giou.py tests/test_reliability.py -k "not cuda" -m "not triton"

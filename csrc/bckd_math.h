@@ -155,16 +155,25 @@ BCKD_HD void bcdl_modulator(typename M::T d, typename M::T beta,
   }
 }
 
-// Loss of one element; |d| is returned for the max_abs_diff side output.
+// The loss of one element is mod · bce; |d| is returned for the max_abs_diff
+// side output. A kernel that must add the product where another does (so that
+// a compiler contracting the two into one FMA does so in both) takes the factors.
+template <class M, int BETA_MODE>
+BCKD_HD void bcdl_loss_factors(typename M::T zs, typename M::T zt, typename M::T beta,
+                               typename M::T& mod, typename M::T& bce, typename M::T& abs_d) {
+  const BcdlPieces<M> e = bcdl_pieces<M, BETA_MODE>(zs, zt);
+  typename M::T dmod;
+  bcdl_modulator<M, BETA_MODE>(e.d, beta, mod, dmod);
+  bce = e.bce;
+  abs_d = M::abs(e.d);
+}
+
 template <class M, int BETA_MODE>
 BCKD_HD typename M::T bcdl_loss(typename M::T zs, typename M::T zt,
                                 typename M::T beta, typename M::T& abs_d) {
-  using T = typename M::T;
-  const BcdlPieces<M> e = bcdl_pieces<M, BETA_MODE>(zs, zt);
-  T mod, dmod;
-  bcdl_modulator<M, BETA_MODE>(e.d, beta, mod, dmod);
-  abs_d = M::abs(e.d);
-  return mod * e.bce;
+  typename M::T mod, bce;
+  bcdl_loss_factors<M, BETA_MODE>(zs, zt, beta, mod, bce, abs_d);
+  return mod * bce;
 }
 
 // ∂ℓ/∂zs of one element.

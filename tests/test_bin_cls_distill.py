@@ -171,7 +171,8 @@ def test_saves_only_inputs(backend):
 
 
 def test_baseline_cpu_kernels_match_vectorised():
-    """The kernels built for any CPU (ATEN_CPU_CAPABILITY=default) agree with the AVX2 build."""
+    """The kernels built for any CPU (ATEN_CPU_CAPABILITY=default) agree with the AVX2 build,
+    on NCHW and channels_last maps."""
     code = (
         "import torch, bckd_kernels\n"
         "g = torch.Generator().manual_seed(0)\n"
@@ -182,7 +183,13 @@ def test_baseline_cpu_kernels_match_vectorised():
         "rs = torch.randn(3, 68, 11, 13, generator=g, requires_grad=True)\n"
         "d = torch.ops.bckd.dfl_giou_distill(rs, torch.randn(3, 68, 11, 13, generator=g), 16, 1e-6)\n"
         "d.sum().backward()\n"
-        "torch.save([l, m, s.grad, d, rs.grad], __import__('sys').argv[1])\n"
+        "cl = lambda x: x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()\n"
+        "s2, rs2 = cl(s), cl(rs)\n"
+        "l2, m2 = torch.ops.bckd.bin_cls_distill(s2, t.contiguous(memory_format=torch.channels_last), None, 1.0)\n"
+        "l2.sum().backward()\n"
+        "d2 = torch.ops.bckd.dfl_giou_distill(rs2, cl(torch.randn(3, 68, 11, 13, generator=g)), 16, 1e-6)\n"
+        "d2.sum().backward()\n"
+        "torch.save([l, m, s.grad, d, rs.grad, l2, m2, s2.grad, d2, rs2.grad], __import__('sys').argv[1])\n"
     )
     outs = []
     for cap in ("default", "avx2"):

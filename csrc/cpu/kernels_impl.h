@@ -6,7 +6,11 @@
 // classes or bins are plain lane-wise operations (no horizontal reductions) and
 // each location's result depends on its own inputs only, in a fixed order:
 // bitwise deterministic whatever the number of threads. Unit-stride rows (head
-// maps [B, C, H, W]) load directly; other strides gather into the lanes.
+// maps [B, C, H, W]) load directly. When instead each location's channels are
+// contiguous (channels_last maps, [N, C] rows), BCDL's AVX2 build holds 8
+// classes of one location per vector (bcdl_forward_rows), and the other paths
+// read kTile channels of the run's locations as short contiguous rows and
+// transpose them in registers (load_tile); other strides gather into the lanes.
 // One pass over the inputs per direction; the backward recomputes the forward
 // pieces instead of saving anything of size [N, C].
 #pragma once
@@ -16,6 +20,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 #include "../bckd_math.h"
@@ -125,6 +130,247 @@ inline void store_lanes(const Vectorized<acc_t>& v, scalar_t* p, int64_t stride,
   for (int64_t i = 0; i < n; ++i) p[i * stride] = static_cast<scalar_t>(buf[i]);
 }
 
+// ------------------------------------------------ channel-contiguous tiles ----
+//
+// Gathering one location per lane stores Vec::size() scalars and reads them
+// back as one vector. That load cannot be forwarded from several stores: it
+// waits until they reach the cache, once per channel and map, and doubled the
+// time of channels_last maps against NCHW ones. A tile instead reads kTile
+// contiguous channels of each location and transposes them in registers.
+constexpr int kTile = 4;
+
+#if defined(CPU_CAPABILITY_AVX2)
+// Eight 16-bit floats to float and back, rounding to nearest even as c10's
+// conversions do (NaN becomes bfloat16's canonical quiet NaN).
+template <typename scalar_t>
+inline __m256 widen8(const __m128i& x) {
+  if constexpr (std::is_same_v<scalar_t, at::Half>) return _mm256_cvtph_ps(x);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(x), 16));
+}
+
+template <typename scalar_t>
+inline __m128i narrow8(const __m256& v) {
+  if constexpr (std::is_same_v<scalar_t, at::Half>) {
+    return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  } else {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    r = _mm256_packus_epi32(r, r);
+    return _mm_unpacklo_epi64(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  }
+}
+
+inline __m128i first_lanes(int kn) { return _mm_cmpgt_epi32(_mm_set1_epi32(kn), _mm_setr_epi32(0, 1, 2, 3)); }
+
+// The first kn ≤ 4 elements of a row (0 when r is null), widened to float.
+inline __m128 row4(const float* r, int kn) {
+  if (r == nullptr) return _mm_setzero_ps();
+  if (kn == 4) return _mm_loadu_ps(r);
+  return _mm_maskload_ps(r, first_lanes(kn));
+}
+
+template <typename scalar_t>
+inline __m128i row4_bits(const scalar_t* r, int kn) {
+  if (r == nullptr) return _mm_setzero_si128();
+  if (kn == 4) return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(r));
+  int64_t u = 0;
+  std::memcpy(&u, r, kn * sizeof(scalar_t));
+  return _mm_cvtsi64_si128(u);
+}
+
+// Rows lo and hi as one vector [lo | hi].
+template <typename scalar_t>
+inline __m256 row_pair(const scalar_t* lo, const scalar_t* hi, int kn) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(row4(lo, kn)), row4(hi, kn), 1);
+  } else {
+    return widen8<scalar_t>(_mm_unpacklo_epi64(row4_bits(lo, kn), row4_bits(hi, kn)));
+  }
+}
+
+// Writes [lo | hi] back to rows lo and hi (either may be null).
+template <typename scalar_t>
+inline void store_row_pair(const __m256& v, scalar_t* lo, scalar_t* hi, int kn) {
+  scalar_t* r[2] = {lo, hi};
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const __m128 h[2] = {_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)};
+    for (int i = 0; i < 2; ++i) {
+      if (r[i] == nullptr) continue;
+      if (kn == 4) {
+        _mm_storeu_ps(r[i], h[i]);
+      } else {
+        _mm_maskstore_ps(r[i], first_lanes(kn), h[i]);
+      }
+    }
+  } else {
+    const __m128i x = narrow8<scalar_t>(v);
+    const int64_t h[2] = {_mm_cvtsi128_si64(x), _mm_extract_epi64(x, 1)};
+    for (int i = 0; i < 2; ++i) {
+      if (r[i] != nullptr) std::memcpy(r[i], &h[i], kn * sizeof(scalar_t));
+    }
+  }
+}
+
+// The first kn ≤ 8 elements of a row, widened to float (0 past kn), and back.
+template <typename scalar_t>
+inline __m256 row8(const scalar_t* r, int kn) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (kn == 8) return _mm256_loadu_ps(r);
+    return _mm256_maskload_ps(r, _mm256_cmpgt_epi32(_mm256_set1_epi32(kn), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+  } else {
+    if (kn == 8) return widen8<scalar_t>(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r)));
+    __m128i x = _mm_setzero_si128();
+    std::memcpy(&x, r, kn * sizeof(scalar_t));
+    return widen8<scalar_t>(x);
+  }
+}
+
+template <typename scalar_t>
+inline void store_row8(const __m256& v, scalar_t* r, int kn) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (kn == 8) {
+      _mm256_storeu_ps(r, v);
+    } else {
+      _mm256_maskstore_ps(r, _mm256_cmpgt_epi32(_mm256_set1_epi32(kn), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), v);
+    }
+  } else {
+    const __m128i x = narrow8<scalar_t>(v);
+    if (kn == 8) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(r), x);
+    } else {
+      std::memcpy(r, &x, kn * sizeof(scalar_t));
+    }
+  }
+}
+
+// 8×8 transpose: a[i] lane j becomes a[j] lane i.
+inline void transpose8(__m256* a) {
+  __m256 t[8], s[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(a[2 * i], a[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(a[2 * i], a[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 0-3, then 4-7
+    const __m256* u = t + 4 * h;
+    s[4 * h + 0] = _mm256_shuffle_ps(u[0], u[2], 0x44);
+    s[4 * h + 1] = _mm256_shuffle_ps(u[0], u[2], 0xee);
+    s[4 * h + 2] = _mm256_shuffle_ps(u[1], u[3], 0x44);
+    s[4 * h + 3] = _mm256_shuffle_ps(u[1], u[3], 0xee);
+  }
+  for (int j = 0; j < 4; ++j) {
+    a[j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x20);
+    a[j + 4] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x31);
+  }
+}
+
+// 4×4 transposes within each 128-bit half: rows (i, i + 4) in a[i] become
+// channel j of locations 0..7 in a[j], and back.
+inline void transpose_halves(__m256* a) {
+  const __m256 t0 = _mm256_unpacklo_ps(a[0], a[1]), t1 = _mm256_unpacklo_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_unpackhi_ps(a[0], a[1]), t3 = _mm256_unpackhi_ps(a[2], a[3]);
+  a[0] = _mm256_shuffle_ps(t0, t1, 0x44);
+  a[1] = _mm256_shuffle_ps(t0, t1, 0xee);
+  a[2] = _mm256_shuffle_ps(t2, t3, 0x44);
+  a[3] = _mm256_shuffle_ps(t2, t3, 0xee);
+}
+#endif
+
+// Channels [0, kn) (kn ≤ kTile) of the n ≤ Vec::size() locations p, p + sw, …,
+// whose channels are contiguous, into out[0, kn): one vector per channel, a
+// location per lane, 0 in the lanes past n.
+template <typename acc_t, typename scalar_t>
+inline void load_tile(const scalar_t* p, int64_t sw, int64_t n, int kn, Vectorized<acc_t>* out) {
+  using Vec = Vectorized<acc_t>;
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    __m256 a[4];
+    for (int i = 0; i < 4; ++i) {
+      a[i] = row_pair(i < n ? p + i * sw : nullptr, i + 4 < n ? p + (i + 4) * sw : nullptr, kn);
+    }
+    transpose_halves(a);
+    for (int j = 0; j < kn; ++j) out[j] = a[j];
+    return;
+  }
+#endif
+  alignas(64) acc_t buf[kTile][Vec::size()] = {};
+  for (int64_t i = 0; i < n; ++i) {
+    for (int j = 0; j < kn; ++j) buf[j][i] = static_cast<acc_t>(p[i * sw + j]);
+  }
+  for (int j = 0; j < kn; ++j) out[j] = Vec::loadu(buf[j]);
+}
+
+// The inverse of load_tile: v[j] is channel j of the n locations.
+template <typename acc_t, typename scalar_t>
+inline void store_tile(const Vectorized<acc_t>* v, scalar_t* p, int64_t sw, int64_t n, int kn) {
+  using Vec = Vectorized<acc_t>;
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    __m256 a[4];
+    for (int j = 0; j < 4; ++j) a[j] = j < kn ? __m256(v[j]) : _mm256_setzero_ps();
+    transpose_halves(a);
+    for (int i = 0; i < 4; ++i) {
+      store_row_pair(a[i], i < n ? p + i * sw : nullptr, i + 4 < n ? p + (i + 4) * sw : nullptr, kn);
+    }
+    return;
+  }
+#endif
+  alignas(64) acc_t buf[kTile][Vec::size()];
+  for (int j = 0; j < kn; ++j) v[j].store(buf[j]);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int j = 0; j < kn; ++j) p[i * sw + j] = static_cast<scalar_t>(buf[j][i]);
+  }
+}
+
+// Channels [0, kn) of n locations of layout l starting at p, into out[0, kn).
+template <typename acc_t, typename scalar_t>
+inline void load_channels(const scalar_t* p, const LocLayout& l, int64_t n, int kn, Vectorized<acc_t>* out) {
+  if (l.sc == 1 && l.sw != 1) {
+    load_tile<acc_t>(p, l.sw, n, kn, out);
+  } else {
+    for (int j = 0; j < kn; ++j) out[j] = load_lanes<acc_t>(p + j * l.sc, l.sw, n);
+  }
+}
+
+template <typename acc_t, typename scalar_t>
+inline void store_channels(const Vectorized<acc_t>* v, scalar_t* p, const LocLayout& l, int64_t n, int kn) {
+  if (l.sc == 1 && l.sw != 1) {
+    store_tile<acc_t>(v, p, l.sw, n, kn);
+  } else {
+    for (int j = 0; j < kn; ++j) store_lanes(v[j], p + j * l.sc, l.sw, n);
+  }
+}
+
+// Asks for the channels [0, C) of the next run's V locations, which follow
+// p's when their channels are contiguous: a run computes for long enough to
+// hide the memory's latency, which the prefetcher does not see across the
+// V interleaved rows of a tile. Writes (for a gradient) ask for ownership.
+template <int64_t V, bool kWrite = false, typename scalar_t>
+inline void prefetch_next_run(const scalar_t* p, const LocLayout& l, int64_t C) {
+  if (l.sc != 1 || l.sw == 1) return;
+  const int64_t bytes = C * static_cast<int64_t>(sizeof(scalar_t));
+  for (int64_t i = V; i < 2 * V; ++i) {
+    const char* row = reinterpret_cast<const char*>(p + i * l.sw);
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, kWrite ? 1 : 0);
+  }
+}
+
+// Loads or stores channels [0, C) of n locations, kTile at a time.
+template <typename acc_t, typename scalar_t>
+inline void load_all_channels(const scalar_t* p, const LocLayout& l, int64_t C, int64_t n, Vectorized<acc_t>* out) {
+  for (int64_t k = 0; k < C; k += kTile) {
+    load_channels<acc_t>(p + k * l.sc, l, n, static_cast<int>(std::min<int64_t>(kTile, C - k)), out + k);
+  }
+}
+
+template <typename acc_t, typename scalar_t>
+inline void store_all_channels(const Vectorized<acc_t>* v, scalar_t* p, const LocLayout& l, int64_t C, int64_t n) {
+  for (int64_t k = 0; k < C; k += kTile) {
+    store_channels<acc_t>(v + k, p + k * l.sc, l, n, static_cast<int>(std::min<int64_t>(kTile, C - k)));
+  }
+}
+
 inline int64_t offset(const LocLayout& l, int64_t b, int64_t h, int64_t w) {
   return b * l.sb + h * l.sh + w * l.sw;
 }
@@ -149,16 +395,80 @@ void for_each_run(const LocLayout& l, int64_t work_per_location, const F& body) 
 
 // ----------------------------------------------------------------- BCDL ----
 
-// Calls f(k, zs_k, zt_k) for every class k of the n locations of a run, with
-// the student's and the teacher's logits of class k in the lanes.
+// Calls f(k, kn, zs, zt) for every block of kn ≤ kTile classes k, k + 1, …
+// of the n locations of a run, with the student's and the teacher's logits of
+// class k + j in the lanes of zs[j] and zt[j].
 template <typename acc_t, typename scalar_t, class F>
 void for_each_class(const MapPair& a, int64_t b, int64_t h, int64_t w0, int64_t n, const F& f) {
   const scalar_t* ps = static_cast<const scalar_t*>(a.student) + offset(a.ls, b, h, w0);
   const scalar_t* pt = static_cast<const scalar_t*>(a.teacher) + offset(a.lt, b, h, w0);
-  for (int64_t k = 0; k < a.ls.C; ++k) {
-    f(k, load_lanes<acc_t>(ps + k * a.ls.sc, a.ls.sw, n), load_lanes<acc_t>(pt + k * a.lt.sc, a.lt.sw, n));
+  prefetch_next_run<Vectorized<acc_t>::size()>(ps, a.ls, a.ls.C);
+  prefetch_next_run<Vectorized<acc_t>::size()>(pt, a.lt, a.lt.C);
+  for (int64_t k = 0; k < a.ls.C; k += kTile) {
+    const int kn = static_cast<int>(std::min<int64_t>(kTile, a.ls.C - k));
+    Vectorized<acc_t> zs[kTile], zt[kTile];
+    load_channels<acc_t>(ps + k * a.ls.sc, a.ls, n, kn, zs);
+    load_channels<acc_t>(pt + k * a.lt.sc, a.lt, n, kn, zt);
+    f(k, kn, zs, zt);
   }
 }
+
+inline bool classes_contiguous(const LocLayout& l) { return l.sc == 1 && l.sw != 1; }
+
+#if defined(CPU_CAPABILITY_AVX2)
+// BCDL over a run whose maps have contiguous classes (AVX2): a vector holds 8
+// classes of one location, so nothing is transposed on the way in. The
+// backward is element-wise. The forward transposes the two factors of its
+// per-class losses, so that each location adds its classes as the other paths
+// do (in order, product and sum in one expression) and gets the same bits.
+// The maximum does not depend on the order.
+template <typename scalar_t, int MODE>
+void bcdl_forward_rows(const BcdlFwdArgs& a, const scalar_t* ps, const scalar_t* pt, int64_t n,
+                       Vectorized<float>& sum, Vectorized<float>& mx) {
+  using M = VecMath<float>;
+  using Vec = Vectorized<float>;
+  const Vec beta(static_cast<float>(a.beta));
+  __m256 mrow[8];
+  for (int i = 0; i < 8; ++i) mrow[i] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < a.ls.C; k += 8) {
+    const int kn = static_cast<int>(std::min<int64_t>(8, a.ls.C - k));
+    __m256 mod[8], bce[8];
+    for (int i = 0; i < 8; ++i) {
+      if (i >= n) {
+        mod[i] = bce[i] = _mm256_setzero_ps();
+        continue;
+      }
+      Vec m, e, ad;
+      math::bcdl_loss_factors<M, MODE>(row8(ps + i * a.ls.sw + k, kn), row8(pt + i * a.lt.sw + k, kn), beta, m, e,
+                                       ad);
+      mod[i] = m;
+      bce[i] = e;
+      mrow[i] = M::max(mrow[i], ad);
+    }
+    transpose8(mod);
+    transpose8(bce);
+    for (int j = 0; j < kn; ++j) sum = sum + Vec(mod[j]) * Vec(bce[j]);
+  }
+  transpose8(mrow);
+  for (int j = 0; j < 8; ++j) mx = M::max(mx, mrow[j]);
+}
+
+template <typename scalar_t, int MODE>
+void bcdl_backward_rows(const BcdlBwdArgs& a, const scalar_t* ps, const scalar_t* pt, scalar_t* pg, int64_t n,
+                        const Vectorized<float>& c) {
+  using M = VecMath<float>;
+  using Vec = Vectorized<float>;
+  const Vec beta(static_cast<float>(a.beta));
+  for (int64_t i = 0; i < n; ++i) {
+    const Vec ci(_mm256_permutevar8x32_ps(c, _mm256_set1_epi32(static_cast<int>(i))));
+    for (int64_t k = 0; k < a.ls.C; k += 8) {
+      const int kn = static_cast<int>(std::min<int64_t>(8, a.ls.C - k));
+      const Vec g = math::bcdl_grad<M, MODE>(row8(ps + i * a.ls.sw + k, kn), row8(pt + i * a.lt.sw + k, kn), beta);
+      store_row8(g * ci, pg + i * a.lg.sw + k, kn);
+    }
+  }
+}
+#endif
 
 template <typename scalar_t, int MODE>
 void bcdl_forward_t(const BcdlFwdArgs& a) {
@@ -171,10 +481,27 @@ void bcdl_forward_t(const BcdlFwdArgs& a) {
   const Vec beta(static_cast<acc_t>(a.beta));
   for_each_run<Vec::size()>(a.ls, a.ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
     Vec sum(0), mx(0);
-    for_each_class<acc_t, scalar_t>(a, b, h, w0, n, [&](int64_t, const Vec& zs, const Vec& zt) {
-      Vec ad;
-      sum = sum + math::bcdl_loss<M, MODE>(zs, zt, beta, ad);
-      mx = M::max(mx, ad);
+#if defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (classes_contiguous(a.ls) && classes_contiguous(a.lt)) {
+        const scalar_t* ps = static_cast<const scalar_t*>(a.student) + offset(a.ls, b, h, w0);
+        const scalar_t* pt = static_cast<const scalar_t*>(a.teacher) + offset(a.lt, b, h, w0);
+        prefetch_next_run<Vec::size()>(ps, a.ls, a.ls.C);
+        prefetch_next_run<Vec::size()>(pt, a.lt, a.lt.C);
+        bcdl_forward_rows<scalar_t, MODE>(a, ps, pt, n, sum, mx);
+        if (weight != nullptr) sum = sum * load_lanes<acc_t>(weight + o, 1, n);
+        store_lanes(sum, loss + o, 1, n);
+        store_lanes(mx, mad + o, 1, n);
+        return;
+      }
+    }
+#endif
+    for_each_class<acc_t, scalar_t>(a, b, h, w0, n, [&](int64_t, int kn, const Vec* zs, const Vec* zt) {
+      for (int j = 0; j < kn; ++j) {
+        Vec ad;
+        sum = sum + math::bcdl_loss<M, MODE>(zs[j], zt[j], beta, ad);
+        mx = M::max(mx, ad);
+      }
     });
     if (weight != nullptr) sum = sum * load_lanes<acc_t>(weight + o, 1, n);
     store_lanes(sum, loss + o, 1, n);
@@ -193,10 +520,25 @@ void bcdl_backward_t(const BcdlBwdArgs& a) {
   const Vec beta(static_cast<acc_t>(a.beta));
   for_each_run<Vec::size()>(a.ls, a.ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
     scalar_t* pg = grad + offset(a.lg, b, h, w0);
+    prefetch_next_run<Vec::size(), true>(pg, a.lg, a.lg.C);
     Vec c = load_lanes<acc_t>(grad_loss + o, 1, n);
     if (weight != nullptr) c = c * load_lanes<acc_t>(weight + o, 1, n);
-    for_each_class<acc_t, scalar_t>(a, b, h, w0, n, [&](int64_t k, const Vec& zs, const Vec& zt) {
-      store_lanes(math::bcdl_grad<M, MODE>(zs, zt, beta) * c, pg + k * a.lg.sc, a.lg.sw, n);
+#if defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (classes_contiguous(a.ls) && classes_contiguous(a.lt) && classes_contiguous(a.lg)) {
+        const scalar_t* ps = static_cast<const scalar_t*>(a.student) + offset(a.ls, b, h, w0);
+        const scalar_t* pt = static_cast<const scalar_t*>(a.teacher) + offset(a.lt, b, h, w0);
+        prefetch_next_run<Vec::size()>(ps, a.ls, a.ls.C);
+        prefetch_next_run<Vec::size()>(pt, a.lt, a.lt.C);
+        bcdl_backward_rows<scalar_t, MODE>(a, ps, pt, pg, n, c);
+        return;
+      }
+    }
+#endif
+    for_each_class<acc_t, scalar_t>(a, b, h, w0, n, [&](int64_t k, int kn, const Vec* zs, const Vec* zt) {
+      Vec g[kTile];
+      for (int j = 0; j < kn; ++j) g[j] = math::bcdl_grad<M, MODE>(zs[j], zt[j], beta) * c;
+      store_channels<acc_t>(g, pg + k * a.lg.sc, a.lg, n, kn);
     });
   });
 }
@@ -276,11 +618,10 @@ void decode_edges(const scalar_t* base, const LocLayout& l, int nbins, int64_t n
                   bool keep_exp) {
   using M = VecMath<acc_t>;
   using Vec = Vectorized<acc_t>;
+  prefetch_next_run<Vec::size()>(base, l, 4 * nbins);
+  load_all_channels<acc_t>(base, l, 4 * nbins, n, bins);
   for (int e = 0; e < 4; ++e) {
     Vec* eb = bins + e * nbins;
-    for (int j = 0; j < nbins; ++j) {
-      eb[j] = load_lanes<acc_t>(base + (e * nbins + j) * l.sc, l.sw, n);
-    }
     Vec mx;
     const auto load = [&](int j) { return eb[j]; };
     if (keep_exp) {
@@ -336,15 +677,16 @@ void dfl_backward(const DflBwdArgs& a) {
       math::giou_grad<VecMath<acc_t>>(bs, bt, eps, load_lanes<acc_t>(grad_loss + o, 1, n), gs, gt, true, false);
       // box = (−l, −t, r, b)
       const Vec gd[4] = {-gs[0], -gs[1], gs[2], gs[3]};
-      scalar_t* pg = grad + offset(a.lg, b, h, w0);
       for (int e = 0; e < 4; ++e) {
         const Vec inv = Vec(1) / sum[e];
         for (int j = 0; j < nb; ++j) {
           const Vec prob = bins[e * nb + j] * inv;
-          store_lanes(gd[e] * prob * (Vec(static_cast<acc_t>(j)) - ds[e]),
-                      pg + (e * nb + j) * a.lg.sc, a.lg.sw, n);
+          bins[e * nb + j] = gd[e] * prob * (Vec(static_cast<acc_t>(j)) - ds[e]);
         }
       }
+      scalar_t* pg = grad + offset(a.lg, b, h, w0);
+      prefetch_next_run<Vec::size(), true>(pg, a.lg, 4 * nb);
+      store_all_channels<acc_t>(bins, pg, a.lg, 4 * nb, n);
     });
   });
 }
