@@ -78,10 +78,12 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 # Translation units compiled with an instruction set of their own, the way
 # PyTorch builds its per-capability CPU kernels: flags for that file only,
 # never a target pragma over library headers (GCC 13 and clang refuse it).
-# ops_cpu.cpp picks the AVX2 kernels at run time when the processor has them.
+# ops_cpu.cpp picks the AVX-512 or AVX2 kernels at run time when the processor has them.
 ISA_FLAGS = {}
 if platform.machine().lower() in ("x86_64", "amd64") and os.name != "nt":
     ISA_FLAGS[os.path.join("csrc", "cpu", "kernels_avx2.cpp")] = ["-mavx2", "-mfma", "-mf16c"]
+    ISA_FLAGS[os.path.join("csrc", "cpu", "kernels_avx512.cpp")] = [
+        "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"]
 
 
 class BuildWithIsaFlags(BuildExtension):

@@ -5,6 +5,10 @@ strides (gathered lanes). Each path computes the same maths in the same order,
 so the same values give the same bits in every layout, forward and backward,
 including the class and location counts that leave a vector part full."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import make
@@ -97,3 +101,14 @@ def test_bcdl_nonfinite_logits_in_every_layout():
     assert_same_bits(outs, "BCDL non-finite")
     loss, mad, _ = outs[0][1]
     assert loss[0].isnan() and mad[0].isnan() and loss[1:].isfinite().sum() >= 7
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
+def test_every_build_same_bits_in_every_layout(cap):
+    """This file's layout tests under each of the builds the extension holds (ATEN_CPU_CAPABILITY
+    picks one; a processor without it runs its best one below)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__),
+         "-k", "not every_build"],
+        env=dict(os.environ, ATEN_CPU_CAPABILITY=cap), capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]

@@ -1,5 +1,5 @@
 // CPU kernels, compiled once per instruction set (kernels_default.cpp,
-// kernels_avx2.cpp) and picked at run time by ops_cpu.cpp. They take raw
+// kernels_avx2.cpp, kernels_avx512.cpp) and picked at run time by ops_cpu.cpp. They take raw
 // pointers and layouts, no tensors: checks and allocation stay in ops_host.h.
 #pragma once
 
@@ -20,6 +20,9 @@ namespace DEFAULT {
 BCKD_CPU_KERNELS
 }
 namespace AVX2 {
+BCKD_CPU_KERNELS
+}
+namespace AVX512 {
 BCKD_CPU_KERNELS
 }
 

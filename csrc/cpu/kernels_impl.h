@@ -74,6 +74,40 @@ inline Vectorized<float> fast_log1p_unit(const Vectorized<float>& ev) {
   s = _mm256_fmadd_ps(s, u, _mm256_set1_ps(1.0f));
   return _mm256_mul_ps(_mm256_add_ps(t, t), s);
 }
+#elif defined(CPU_CAPABILITY_AVX512)
+// The same two functions, 16 lanes wide: lane for lane the same operations.
+inline Vectorized<float> fast_exp_neg(const Vectorized<float>& xv) {
+  const __m512 x = _mm512_max_ps(_mm512_set1_ps(-87.0f), xv);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+
+// log1p(e) for e in [0, 1]: log1p(e) = 2·atanh(t) with t = e / (2 + e) ≤ 1/3,
+// whose odd series in t² has its first dropped term below 1.5e−8 relative.
+inline Vectorized<float> fast_log1p_unit(const Vectorized<float>& ev) {
+  const __m512 e = ev;
+  const __m512 t = _mm512_div_ps(e, _mm512_add_ps(e, _mm512_set1_ps(2.0f)));
+  const __m512 u = _mm512_mul_ps(t, t);
+  __m512 s = _mm512_set1_ps(1.0f / 13.0f);
+  s = _mm512_fmadd_ps(s, u, _mm512_set1_ps(1.0f / 11.0f));
+  s = _mm512_fmadd_ps(s, u, _mm512_set1_ps(1.0f / 9.0f));
+  s = _mm512_fmadd_ps(s, u, _mm512_set1_ps(1.0f / 7.0f));
+  s = _mm512_fmadd_ps(s, u, _mm512_set1_ps(1.0f / 5.0f));
+  s = _mm512_fmadd_ps(s, u, _mm512_set1_ps(1.0f / 3.0f));
+  s = _mm512_fmadd_ps(s, u, _mm512_set1_ps(1.0f));
+  return _mm512_mul_ps(_mm512_add_ps(t, t), s);
+}
 #endif
 
 template <typename acc_t>
@@ -82,13 +116,13 @@ struct VecMath {
   using Scalar = acc_t;
   using Mask = Vectorized<acc_t>;
   static T exp_neg(const T& x) {
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
     if constexpr (std::is_same_v<acc_t, float>) return fast_exp_neg(x);
 #endif
     return x.exp();
   }
   static T log1p_unit(const T& x) {
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
     if constexpr (std::is_same_v<acc_t, float>) return fast_log1p_unit(x);
 #endif
     return x.log1p();
@@ -139,17 +173,63 @@ inline void store_lanes(const Vectorized<acc_t>& v, scalar_t* p, int64_t stride,
 // contiguous channels of each location and transposes them in registers.
 constexpr int kTile = 4;
 
-#if defined(CPU_CAPABILITY_AVX2)
-// Eight 16-bit floats to float and back, rounding to nearest even as c10's
-// conversions do (NaN becomes bfloat16's canonical quiet NaN).
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+#define BCKD_CPU_SIMD 1
+// Shared by both instruction sets: the first kn ≤ 4 elements of a row (0 when
+// r is null), as floats or as their 16-bit patterns.
+inline __m128i first_lanes(int kn) { return _mm_cmpgt_epi32(_mm_set1_epi32(kn), _mm_setr_epi32(0, 1, 2, 3)); }
+
+inline __m128 row4(const float* r, int kn) {
+  if (r == nullptr) return _mm_setzero_ps();
+  if (kn == 4) return _mm_loadu_ps(r);
+  return _mm_maskload_ps(r, first_lanes(kn));
+}
+
 template <typename scalar_t>
-inline __m256 widen8(const __m128i& x) {
+inline int64_t row4_bits(const scalar_t* r, int kn) {
+  int64_t u = 0;
+  if (r != nullptr) std::memcpy(&u, r, kn * sizeof(scalar_t));
+  return u;
+}
+
+inline void store_row4(const __m128& v, float* r, int kn) {
+  if (r == nullptr) return;
+  if (kn == 4) {
+    _mm_storeu_ps(r, v);
+  } else {
+    _mm_maskstore_ps(r, first_lanes(kn), v);
+  }
+}
+
+template <typename scalar_t>
+inline void store_row4_bits(int64_t u, scalar_t* r, int kn) {
+  if (r != nullptr) std::memcpy(r, &u, kn * sizeof(scalar_t));
+}
+#endif
+
+// Per instruction set, with Native the register of one Vectorized<float>
+// (kLanes floats):
+//   widen / narrow: kLanes 16-bit floats to float and back, rounding to
+//     nearest even as c10's conversions do (NaN: bfloat16's quiet NaN);
+//   row_lanes / store_row_lanes: the first kn ≤ kLanes elements of a row;
+//   transpose_lanes: kLanes × kLanes, a[i] lane j to a[j] lane i;
+//   broadcast_lane: lane i of v in every lane;
+//   tile_rows / store_tile_rows: rows i, i + 4, … of a tile (4 channels of
+//     kLanes locations) in the 128-bit blocks of one register, and back;
+//   transpose_tile: 4 × 4 within each 128-bit block, so that tile_rows' a[i]
+//     become channel i of the kLanes locations.
+#if defined(CPU_CAPABILITY_AVX2)
+using Native = __m256;
+constexpr int kLanes = 8;
+
+template <typename scalar_t>
+inline __m256 widen(const __m128i& x) {
   if constexpr (std::is_same_v<scalar_t, at::Half>) return _mm256_cvtph_ps(x);
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(x), 16));
 }
 
 template <typename scalar_t>
-inline __m128i narrow8(const __m256& v) {
+inline __m128i narrow(const __m256& v) {
   if constexpr (std::is_same_v<scalar_t, at::Half>) {
     return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   } else {
@@ -162,81 +242,32 @@ inline __m128i narrow8(const __m256& v) {
   }
 }
 
-inline __m128i first_lanes(int kn) { return _mm_cmpgt_epi32(_mm_set1_epi32(kn), _mm_setr_epi32(0, 1, 2, 3)); }
-
-// The first kn ≤ 4 elements of a row (0 when r is null), widened to float.
-inline __m128 row4(const float* r, int kn) {
-  if (r == nullptr) return _mm_setzero_ps();
-  if (kn == 4) return _mm_loadu_ps(r);
-  return _mm_maskload_ps(r, first_lanes(kn));
+inline __m256i first_lanes8(int kn) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(kn), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 template <typename scalar_t>
-inline __m128i row4_bits(const scalar_t* r, int kn) {
-  if (r == nullptr) return _mm_setzero_si128();
-  if (kn == 4) return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(r));
-  int64_t u = 0;
-  std::memcpy(&u, r, kn * sizeof(scalar_t));
-  return _mm_cvtsi64_si128(u);
-}
-
-// Rows lo and hi as one vector [lo | hi].
-template <typename scalar_t>
-inline __m256 row_pair(const scalar_t* lo, const scalar_t* hi, int kn) {
+inline __m256 row_lanes(const scalar_t* r, int kn) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    return _mm256_insertf128_ps(_mm256_castps128_ps256(row4(lo, kn)), row4(hi, kn), 1);
+    return kn == 8 ? _mm256_loadu_ps(r) : _mm256_maskload_ps(r, first_lanes8(kn));
   } else {
-    return widen8<scalar_t>(_mm_unpacklo_epi64(row4_bits(lo, kn), row4_bits(hi, kn)));
-  }
-}
-
-// Writes [lo | hi] back to rows lo and hi (either may be null).
-template <typename scalar_t>
-inline void store_row_pair(const __m256& v, scalar_t* lo, scalar_t* hi, int kn) {
-  scalar_t* r[2] = {lo, hi};
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    const __m128 h[2] = {_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)};
-    for (int i = 0; i < 2; ++i) {
-      if (r[i] == nullptr) continue;
-      if (kn == 4) {
-        _mm_storeu_ps(r[i], h[i]);
-      } else {
-        _mm_maskstore_ps(r[i], first_lanes(kn), h[i]);
-      }
-    }
-  } else {
-    const __m128i x = narrow8<scalar_t>(v);
-    const int64_t h[2] = {_mm_cvtsi128_si64(x), _mm_extract_epi64(x, 1)};
-    for (int i = 0; i < 2; ++i) {
-      if (r[i] != nullptr) std::memcpy(r[i], &h[i], kn * sizeof(scalar_t));
-    }
-  }
-}
-
-// The first kn ≤ 8 elements of a row, widened to float (0 past kn), and back.
-template <typename scalar_t>
-inline __m256 row8(const scalar_t* r, int kn) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (kn == 8) return _mm256_loadu_ps(r);
-    return _mm256_maskload_ps(r, _mm256_cmpgt_epi32(_mm256_set1_epi32(kn), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
-  } else {
-    if (kn == 8) return widen8<scalar_t>(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r)));
+    if (kn == 8) return widen<scalar_t>(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r)));
     __m128i x = _mm_setzero_si128();
     std::memcpy(&x, r, kn * sizeof(scalar_t));
-    return widen8<scalar_t>(x);
+    return widen<scalar_t>(x);
   }
 }
 
 template <typename scalar_t>
-inline void store_row8(const __m256& v, scalar_t* r, int kn) {
+inline void store_row_lanes(const __m256& v, scalar_t* r, int kn) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (kn == 8) {
       _mm256_storeu_ps(r, v);
     } else {
-      _mm256_maskstore_ps(r, _mm256_cmpgt_epi32(_mm256_set1_epi32(kn), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), v);
+      _mm256_maskstore_ps(r, first_lanes8(kn), v);
     }
   } else {
-    const __m128i x = narrow8<scalar_t>(v);
+    const __m128i x = narrow<scalar_t>(v);
     if (kn == 8) {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(r), x);
     } else {
@@ -245,8 +276,7 @@ inline void store_row8(const __m256& v, scalar_t* r, int kn) {
   }
 }
 
-// 8×8 transpose: a[i] lane j becomes a[j] lane i.
-inline void transpose8(__m256* a) {
+inline void transpose_lanes(__m256* a) {
   __m256 t[8], s[8];
   for (int i = 0; i < 4; ++i) {
     t[2 * i] = _mm256_unpacklo_ps(a[2 * i], a[2 * i + 1]);
@@ -265,15 +295,161 @@ inline void transpose8(__m256* a) {
   }
 }
 
-// 4×4 transposes within each 128-bit half: rows (i, i + 4) in a[i] become
-// channel j of locations 0..7 in a[j], and back.
-inline void transpose_halves(__m256* a) {
+inline __m256 broadcast_lane(const __m256& v, int i) { return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(i)); }
+
+template <typename scalar_t>
+inline __m256 tile_rows(const scalar_t* p, int64_t sw, int64_t n, int kn, int i) {
+  const scalar_t* lo = i < n ? p + i * sw : nullptr;
+  const scalar_t* hi = i + 4 < n ? p + (i + 4) * sw : nullptr;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(row4(lo, kn)), row4(hi, kn), 1);
+  } else {
+    return widen<scalar_t>(_mm_set_epi64x(row4_bits(hi, kn), row4_bits(lo, kn)));
+  }
+}
+
+template <typename scalar_t>
+inline void store_tile_rows(const __m256& v, scalar_t* p, int64_t sw, int64_t n, int kn, int i) {
+  scalar_t* lo = i < n ? p + i * sw : nullptr;
+  scalar_t* hi = i + 4 < n ? p + (i + 4) * sw : nullptr;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    store_row4(_mm256_castps256_ps128(v), lo, kn);
+    store_row4(_mm256_extractf128_ps(v, 1), hi, kn);
+  } else {
+    const __m128i x = narrow<scalar_t>(v);
+    store_row4_bits(_mm_cvtsi128_si64(x), lo, kn);
+    store_row4_bits(_mm_extract_epi64(x, 1), hi, kn);
+  }
+}
+
+inline void transpose_tile(__m256* a) {
   const __m256 t0 = _mm256_unpacklo_ps(a[0], a[1]), t1 = _mm256_unpacklo_ps(a[2], a[3]);
   const __m256 t2 = _mm256_unpackhi_ps(a[0], a[1]), t3 = _mm256_unpackhi_ps(a[2], a[3]);
   a[0] = _mm256_shuffle_ps(t0, t1, 0x44);
   a[1] = _mm256_shuffle_ps(t0, t1, 0xee);
   a[2] = _mm256_shuffle_ps(t2, t3, 0x44);
   a[3] = _mm256_shuffle_ps(t2, t3, 0xee);
+}
+#elif defined(CPU_CAPABILITY_AVX512)
+using Native = __m512;
+constexpr int kLanes = 16;
+
+template <typename scalar_t>
+inline __m512 widen(const __m256i& x) {
+  if constexpr (std::is_same_v<scalar_t, at::Half>) return _mm512_cvtph_ps(x);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
+}
+
+template <typename scalar_t>
+inline __m256i narrow(const __m512& v) {
+  if constexpr (std::is_same_v<scalar_t, at::Half>) {
+    return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  } else {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7fc0));
+    return _mm512_cvtepi32_epi16(r);
+  }
+}
+
+inline __mmask16 first_lanes16(int kn) { return static_cast<__mmask16>((1u << kn) - 1u); }
+
+template <typename scalar_t>
+inline __m512 row_lanes(const scalar_t* r, int kn) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return kn == 16 ? _mm512_loadu_ps(r) : _mm512_maskz_loadu_ps(first_lanes16(kn), r);
+  } else {
+    return widen<scalar_t>(kn == 16 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r))
+                                    : _mm256_maskz_loadu_epi16(first_lanes16(kn), r));
+  }
+}
+
+template <typename scalar_t>
+inline void store_row_lanes(const __m512& v, scalar_t* r, int kn) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (kn == 16) {
+      _mm512_storeu_ps(r, v);
+    } else {
+      _mm512_mask_storeu_ps(r, first_lanes16(kn), v);
+    }
+  } else {
+    const __m256i x = narrow<scalar_t>(v);
+    if (kn == 16) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(r), x);
+    } else {
+      _mm256_mask_storeu_epi16(r, first_lanes16(kn), x);
+    }
+  }
+}
+
+// Within 128-bit blocks as the AVX2 transpose, then the 4 × 4 grid of blocks.
+inline void transpose_lanes(__m512* a) {
+  __m512 t[16], s[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {  // rows 4g .. 4g + 3
+    const __m512* u = t + 4 * g;
+    s[4 * g + 0] = _mm512_shuffle_ps(u[0], u[2], 0x44);
+    s[4 * g + 1] = _mm512_shuffle_ps(u[0], u[2], 0xee);
+    s[4 * g + 2] = _mm512_shuffle_ps(u[1], u[3], 0x44);
+    s[4 * g + 3] = _mm512_shuffle_ps(u[1], u[3], 0xee);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 x0 = _mm512_shuffle_f32x4(s[c], s[4 + c], 0x44), x1 = _mm512_shuffle_f32x4(s[c], s[4 + c], 0xee);
+    const __m512 y0 = _mm512_shuffle_f32x4(s[8 + c], s[12 + c], 0x44);
+    const __m512 y1 = _mm512_shuffle_f32x4(s[8 + c], s[12 + c], 0xee);
+    a[c] = _mm512_shuffle_f32x4(x0, y0, 0x88);
+    a[4 + c] = _mm512_shuffle_f32x4(x0, y0, 0xdd);
+    a[8 + c] = _mm512_shuffle_f32x4(x1, y1, 0x88);
+    a[12 + c] = _mm512_shuffle_f32x4(x1, y1, 0xdd);
+  }
+}
+
+inline __m512 broadcast_lane(const __m512& v, int i) { return _mm512_permutexvar_ps(_mm512_set1_epi32(i), v); }
+
+template <typename scalar_t>
+inline __m512 tile_rows(const scalar_t* p, int64_t sw, int64_t n, int kn, int i) {
+  const scalar_t* r[4];
+  for (int q = 0; q < 4; ++q) r[q] = i + 4 * q < n ? p + (i + 4 * q) * sw : nullptr;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    __m512 v = _mm512_castps128_ps512(row4(r[0], kn));
+    v = _mm512_insertf32x4(v, row4(r[1], kn), 1);
+    v = _mm512_insertf32x4(v, row4(r[2], kn), 2);
+    return _mm512_insertf32x4(v, row4(r[3], kn), 3);
+  } else {
+    return widen<scalar_t>(
+        _mm256_set_epi64x(row4_bits(r[3], kn), row4_bits(r[2], kn), row4_bits(r[1], kn), row4_bits(r[0], kn)));
+  }
+}
+
+template <typename scalar_t>
+inline void store_tile_rows(const __m512& v, scalar_t* p, int64_t sw, int64_t n, int kn, int i) {
+  scalar_t* r[4];
+  for (int q = 0; q < 4; ++q) r[q] = i + 4 * q < n ? p + (i + 4 * q) * sw : nullptr;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    store_row4(_mm512_castps512_ps128(v), r[0], kn);
+    store_row4(_mm512_extractf32x4_ps(v, 1), r[1], kn);
+    store_row4(_mm512_extractf32x4_ps(v, 2), r[2], kn);
+    store_row4(_mm512_extractf32x4_ps(v, 3), r[3], kn);
+  } else {
+    const __m256i x = narrow<scalar_t>(v);
+    store_row4_bits(_mm256_extract_epi64(x, 0), r[0], kn);
+    store_row4_bits(_mm256_extract_epi64(x, 1), r[1], kn);
+    store_row4_bits(_mm256_extract_epi64(x, 2), r[2], kn);
+    store_row4_bits(_mm256_extract_epi64(x, 3), r[3], kn);
+  }
+}
+
+inline void transpose_tile(__m512* a) {
+  const __m512 t0 = _mm512_unpacklo_ps(a[0], a[1]), t1 = _mm512_unpacklo_ps(a[2], a[3]);
+  const __m512 t2 = _mm512_unpackhi_ps(a[0], a[1]), t3 = _mm512_unpackhi_ps(a[2], a[3]);
+  a[0] = _mm512_shuffle_ps(t0, t1, 0x44);
+  a[1] = _mm512_shuffle_ps(t0, t1, 0xee);
+  a[2] = _mm512_shuffle_ps(t2, t3, 0x44);
+  a[3] = _mm512_shuffle_ps(t2, t3, 0xee);
 }
 #endif
 
@@ -283,13 +459,11 @@ inline void transpose_halves(__m256* a) {
 template <typename acc_t, typename scalar_t>
 inline void load_tile(const scalar_t* p, int64_t sw, int64_t n, int kn, Vectorized<acc_t>* out) {
   using Vec = Vectorized<acc_t>;
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(BCKD_CPU_SIMD)
   if constexpr (std::is_same_v<acc_t, float>) {
-    __m256 a[4];
-    for (int i = 0; i < 4; ++i) {
-      a[i] = row_pair(i < n ? p + i * sw : nullptr, i + 4 < n ? p + (i + 4) * sw : nullptr, kn);
-    }
-    transpose_halves(a);
+    Native a[kTile];
+    for (int i = 0; i < kTile; ++i) a[i] = tile_rows(p, sw, n, kn, i);
+    transpose_tile(a);
     for (int j = 0; j < kn; ++j) out[j] = a[j];
     return;
   }
@@ -305,14 +479,12 @@ inline void load_tile(const scalar_t* p, int64_t sw, int64_t n, int kn, Vectoriz
 template <typename acc_t, typename scalar_t>
 inline void store_tile(const Vectorized<acc_t>* v, scalar_t* p, int64_t sw, int64_t n, int kn) {
   using Vec = Vectorized<acc_t>;
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(BCKD_CPU_SIMD)
   if constexpr (std::is_same_v<acc_t, float>) {
-    __m256 a[4];
-    for (int j = 0; j < 4; ++j) a[j] = j < kn ? __m256(v[j]) : _mm256_setzero_ps();
-    transpose_halves(a);
-    for (int i = 0; i < 4; ++i) {
-      store_row_pair(a[i], i < n ? p + i * sw : nullptr, i + 4 < n ? p + (i + 4) * sw : nullptr, kn);
-    }
+    Native a[kTile];
+    for (int j = 0; j < kTile; ++j) a[j] = j < kn ? Native(v[j]) : Native(Vec(0));
+    transpose_tile(a);
+    for (int i = 0; i < kTile; ++i) store_tile_rows(a[i], p, sw, n, kn, i);
     return;
   }
 #endif
@@ -415,8 +587,8 @@ void for_each_class(const MapPair& a, int64_t b, int64_t h, int64_t w0, int64_t 
 
 inline bool classes_contiguous(const LocLayout& l) { return l.sc == 1 && l.sw != 1; }
 
-#if defined(CPU_CAPABILITY_AVX2)
-// BCDL over a run whose maps have contiguous classes (AVX2): a vector holds 8
+#if defined(BCKD_CPU_SIMD)
+// BCDL over a run whose maps have contiguous classes: a vector holds kLanes
 // classes of one location, so nothing is transposed on the way in. The
 // backward is element-wise. The forward transposes the two factors of its
 // per-class losses, so that each location adds its classes as the other paths
@@ -428,29 +600,29 @@ void bcdl_forward_rows(const BcdlFwdArgs& a, const scalar_t* ps, const scalar_t*
   using M = VecMath<float>;
   using Vec = Vectorized<float>;
   const Vec beta(static_cast<float>(a.beta));
-  __m256 mrow[8];
-  for (int i = 0; i < 8; ++i) mrow[i] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < a.ls.C; k += 8) {
-    const int kn = static_cast<int>(std::min<int64_t>(8, a.ls.C - k));
-    __m256 mod[8], bce[8];
-    for (int i = 0; i < 8; ++i) {
+  Native mrow[kLanes];
+  for (int i = 0; i < kLanes; ++i) mrow[i] = Vec(0);
+  for (int64_t k = 0; k < a.ls.C; k += kLanes) {
+    const int kn = static_cast<int>(std::min<int64_t>(kLanes, a.ls.C - k));
+    Native mod[kLanes], bce[kLanes];
+    for (int i = 0; i < kLanes; ++i) {
       if (i >= n) {
-        mod[i] = bce[i] = _mm256_setzero_ps();
+        mod[i] = bce[i] = Vec(0);
         continue;
       }
       Vec m, e, ad;
-      math::bcdl_loss_factors<M, MODE>(row8(ps + i * a.ls.sw + k, kn), row8(pt + i * a.lt.sw + k, kn), beta, m, e,
-                                       ad);
+      math::bcdl_loss_factors<M, MODE>(row_lanes(ps + i * a.ls.sw + k, kn), row_lanes(pt + i * a.lt.sw + k, kn),
+                                       beta, m, e, ad);
       mod[i] = m;
       bce[i] = e;
       mrow[i] = M::max(mrow[i], ad);
     }
-    transpose8(mod);
-    transpose8(bce);
+    transpose_lanes(mod);
+    transpose_lanes(bce);
     for (int j = 0; j < kn; ++j) sum = sum + Vec(mod[j]) * Vec(bce[j]);
   }
-  transpose8(mrow);
-  for (int j = 0; j < 8; ++j) mx = M::max(mx, mrow[j]);
+  transpose_lanes(mrow);
+  for (int j = 0; j < kLanes; ++j) mx = M::max(mx, mrow[j]);
 }
 
 template <typename scalar_t, int MODE>
@@ -460,11 +632,12 @@ void bcdl_backward_rows(const BcdlBwdArgs& a, const scalar_t* ps, const scalar_t
   using Vec = Vectorized<float>;
   const Vec beta(static_cast<float>(a.beta));
   for (int64_t i = 0; i < n; ++i) {
-    const Vec ci(_mm256_permutevar8x32_ps(c, _mm256_set1_epi32(static_cast<int>(i))));
-    for (int64_t k = 0; k < a.ls.C; k += 8) {
-      const int kn = static_cast<int>(std::min<int64_t>(8, a.ls.C - k));
-      const Vec g = math::bcdl_grad<M, MODE>(row8(ps + i * a.ls.sw + k, kn), row8(pt + i * a.lt.sw + k, kn), beta);
-      store_row8(g * ci, pg + i * a.lg.sw + k, kn);
+    const Vec ci(broadcast_lane(c, static_cast<int>(i)));
+    for (int64_t k = 0; k < a.ls.C; k += kLanes) {
+      const int kn = static_cast<int>(std::min<int64_t>(kLanes, a.ls.C - k));
+      const Vec g =
+          math::bcdl_grad<M, MODE>(row_lanes(ps + i * a.ls.sw + k, kn), row_lanes(pt + i * a.lt.sw + k, kn), beta);
+      store_row_lanes(g * ci, pg + i * a.lg.sw + k, kn);
     }
   }
 }
@@ -481,7 +654,7 @@ void bcdl_forward_t(const BcdlFwdArgs& a) {
   const Vec beta(static_cast<acc_t>(a.beta));
   for_each_run<Vec::size()>(a.ls, a.ls.C, [&](int64_t b, int64_t h, int64_t w0, int64_t n, int64_t o) {
     Vec sum(0), mx(0);
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(BCKD_CPU_SIMD)
     if constexpr (std::is_same_v<acc_t, float>) {
       if (classes_contiguous(a.ls) && classes_contiguous(a.lt)) {
         const scalar_t* ps = static_cast<const scalar_t*>(a.student) + offset(a.ls, b, h, w0);
@@ -523,7 +696,7 @@ void bcdl_backward_t(const BcdlBwdArgs& a) {
     prefetch_next_run<Vec::size(), true>(pg, a.lg, a.lg.C);
     Vec c = load_lanes<acc_t>(grad_loss + o, 1, n);
     if (weight != nullptr) c = c * load_lanes<acc_t>(weight + o, 1, n);
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(BCKD_CPU_SIMD)
     if constexpr (std::is_same_v<acc_t, float>) {
       if (classes_contiguous(a.ls) && classes_contiguous(a.lt) && classes_contiguous(a.lg)) {
         const scalar_t* ps = static_cast<const scalar_t*>(a.student) + offset(a.ls, b, h, w0);
@@ -563,10 +736,8 @@ void load_boxes(const BoxPair& a, int64_t b, int64_t h, int64_t w0, int64_t n, V
                 Vectorized<acc_t>* t) {
   const scalar_t* pp = static_cast<const scalar_t*>(a.pred) + offset(a.lp, b, h, w0);
   const scalar_t* pt = static_cast<const scalar_t*>(a.target) + offset(a.lt, b, h, w0);
-  for (int j = 0; j < 4; ++j) {
-    p[j] = load_lanes<acc_t>(pp + j * a.lp.sc, a.lp.sw, n);
-    t[j] = load_lanes<acc_t>(pt + j * a.lt.sc, a.lt.sw, n);
-  }
+  load_channels<acc_t>(pp, a.lp, n, 4, p);
+  load_channels<acc_t>(pt, a.lt, n, 4, t);
 }
 
 void giou_forward(const GiouFwdArgs& a) {
@@ -598,11 +769,11 @@ void giou_backward(const GiouBwdArgs& a) {
                                       grad_pred != nullptr, grad_target != nullptr);
       if (grad_pred != nullptr) {
         scalar_t* gpp = grad_pred + offset(a.lgp, b, h, w0);
-        for (int j = 0; j < 4; ++j) store_lanes(gp[j], gpp + j * a.lgp.sc, a.lgp.sw, n);
+        store_channels<acc_t>(gp, gpp, a.lgp, n, 4);
       }
       if (grad_target != nullptr) {
         scalar_t* gpt = grad_target + offset(a.lgt, b, h, w0);
-        for (int j = 0; j < 4; ++j) store_lanes(gt[j], gpt + j * a.lgt.sc, a.lgt.sw, n);
+        store_channels<acc_t>(gt, gpt, a.lgt, n, 4);
       }
     });
   });
