@@ -31,8 +31,10 @@ Bytes are those the loss must move (e = bytes per input element, L = locations):
 (the 4-byte terms: per-location loss, mask / ω and upstream gradient). The
 bandwidth floor is a plain tensor copy moving the same number of bytes,
 timed in the same run; pct_bw = 100 · floor / time. On a GPU the run ends
-with the issue's targets, as ratios measured in this run: CUDA and Triton at
-least 1.5x torch.compile(reference), BCDL at least 70% of copy bandwidth. Peak extra memory is the allocator's peak above what
+with the GPU targets, as ratios measured in this run: CUDA and Triton at
+least 1.5x torch.compile(reference), BCDL at least 70% of copy bandwidth. On
+the CPU it ends with the CPU targets: the extension at least 1.5x
+torch.compile in every layout, and within 1.15x of its NCHW time. Peak extra memory is the allocator's peak above what
 was allocated before the call (inputs included there), from the CUDA caching
 allocator on GPU and from the profiler's CPU allocation trace on CPU.
 """
@@ -270,9 +272,8 @@ def main(argv=None):
                               f"{med:9.3f} ms", flush=True)
     print()
     print(format_table(rows))
-    if device.type == "cuda":
-        print()
-        print("\n".join(targets(rows)))
+    print()
+    print("\n".join(targets(rows) if device.type == "cuda" else cpu_targets(rows)))
     if args.csv:
         write_csv(rows, args.csv)
         print(f"\nappended {len(rows)} rows to {args.csv}")
@@ -302,7 +303,7 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-# The issue's GPU targets, forward+backward: (loss, minimum speed-up over
+# The GPU targets, forward+backward: (loss, minimum speed-up over
 # torch.compile(reference), minimum % of copy bandwidth or None).
 TARGETS = {"bcdl": (1.5, 70.0), "ildl": (1.5, None), "giou": (1.5, None), "bckd": (1.5, None)}
 
@@ -325,6 +326,38 @@ def targets(rows):
             if bw is not None:
                 pct = case[p]["pct_bw"]
                 text += f", {pct:5.1f}% copy bw ({'met' if pct >= bw else 'MISSED'}, >= {bw:.0f}%)"
+            lines.append(text)
+    return lines
+
+
+# The CPU targets, forward+backward, in every layout: the extension at least
+# CPU_SPEEDUP x torch.compile(reference), and within CPU_LAYOUT_SLOWDOWN x its
+# own NCHW time.
+CPU_SPEEDUP = 1.5
+CPU_LAYOUT_SLOWDOWN = 1.15
+
+
+def cpu_targets(rows):
+    """One line per loss, layout and size: the extension against torch.compile and against NCHW."""
+    by_case = {}
+    for r in rows:
+        if r["mode"] == "forward+backward" and r["provider"] in ("extension", "torch_compile"):
+            by_case.setdefault((r["loss"], r["dtype"], r["locations"]), {}).setdefault(r["layout"], {})[r["provider"]] = r
+    lines = [f"targets (forward+backward, ratios measured in this run): extension >= {CPU_SPEEDUP}x torch.compile, "
+             f"<= {CPU_LAYOUT_SLOWDOWN}x its NCHW time"]
+    for (loss, dtype, n), by_layout in by_case.items():
+        nchw = by_layout.get("nchw", {}).get("extension")
+        for layout, case in by_layout.items():
+            if "extension" not in case:
+                continue
+            ext = case["extension"]["median_ms"]
+            text = f"  {loss:5s} {dtype:8s} {layout:5s} N={n:7d}"
+            if "torch_compile" in case:
+                ratio = case["torch_compile"]["median_ms"] / ext
+                text += f" {ratio:5.2f}x torch.compile ({'met' if ratio >= CPU_SPEEDUP else 'MISSED'})"
+            if nchw is not None and layout != "nchw":
+                slow = ext / nchw["median_ms"]
+                text += f", {slow:5.2f}x NCHW ({'met' if slow <= CPU_LAYOUT_SLOWDOWN else 'MISSED'})"
             lines.append(text)
     return lines
 

@@ -36,8 +36,8 @@ std::vector<at::Tensor> forward_with_grad(const at::Tensor& zs_t, const at::Tens
     float* pg = g + offset(l[2], b, h, w0);
     Vec sum(0), mx(0);
     for (int64_t k = 0; k < l[0].C; ++k) {
-      const auto e = math::bcdl_pieces<M>(load_lanes<float>(ps + k * l[0].sc, l[0].sw, n),
-                                          load_lanes<float>(pt + k * l[1].sc, l[1].sw, n));
+      const auto e = math::bcdl_pieces<M, 1>(load_lanes<float>(ps + k * l[0].sc, l[0].sw, n),
+                                             load_lanes<float>(pt + k * l[1].sc, l[1].sw, n));
       Vec mod, dmod;
       math::bcdl_modulator<M, 1>(e.d, beta, mod, dmod);
       sum = sum + mod * e.bce;
