@@ -20,6 +20,8 @@ from mmengine.registry import DefaultScope, Registry  # noqa: E402
 import bckd_kernels  # noqa: E402
 import bckd_kernels.mm  # noqa: E402  (registers the "bckd" scope)
 
+pytestmark = pytest.mark.kernels
+
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT_DIR, "docs", "openmmlab", "bckd_gfl_r101_gfl_r50_1x_coco.py")
 MODULES = (bckd_kernels.BCDLLoss, bckd_kernels.GIoULoss, bckd_kernels.ILDLLoss)

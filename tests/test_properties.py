@@ -19,7 +19,8 @@ from bckd_kernels import triton_ops  # noqa: E402,F401
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not bckd_kernels.HAS_EXTENSION, reason="the bckd extension did not load")
+pytestmark = [pytest.mark.kernels,
+              pytest.mark.skipif(not bckd_kernels.HAS_EXTENSION, reason="the bckd extension did not load")]
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 EXTREMES = [math.nan, math.inf, -math.inf, 0.0, 40.0, -40.0]

@@ -22,6 +22,8 @@ from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 import bckd_kernels  # noqa: E402
 from bckd_kernels.yolo import head_maps, teacher_soft_count, yolo_bckd_loss  # noqa: E402
 
+pytestmark = pytest.mark.kernels
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NC = 5
 IMAGES = torch.rand(2, 3, 32, 64, generator=torch.Generator().manual_seed(0))  # levels 4x8, 2x4, 1x2
