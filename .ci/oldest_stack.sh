@@ -18,4 +18,5 @@ fi
 [ "$STEP" = install ] && exit 0
 BCKD_CUDA=1 bash .ci/kernels_in_copy.sh "$PWD/$VENV/bin/python" "${TMPDIR:-/tmp}/bckd-oldest"  \
     tests/test_bin_cls_distill.py tests/test_giou.py tests/test_functional.py tests/test_triton.py \
-    tests/test_triton_compile.py tests/test_bad_input.py tests/test_reliability.py
+    tests/test_triton_compile.py tests/test_bad_input.py tests/test_reliability.py tests/test_cpu_layouts.py \
+    tests/test_vector_paths.py
