@@ -72,17 +72,63 @@ def short_name(mangled, cache={}):
 
 
 def parse_ptxas(report):
-    """{(kernel, arch): dict(regs, stack, spill_st, spill_ld)}"""
-    out = {}
-    pattern = re.compile(
-        r"Compiling entry function '(\S+)' for '(sm_\d+)'.*?Function properties for \S+\n\s*(\d+) bytes stack frame, "
-        r"(\d+) bytes spill stores, (\d+) bytes spill loads\n.*?Used (\d+) registers",
-        re.S,
-    )
-    for m in pattern.finditer(report):
-        out[(m.group(1), m.group(2))] = dict(stack=int(m.group(3)), spill_st=int(m.group(4)),
-                                            spill_ld=int(m.group(5)), regs=int(m.group(6)))
+    """{(kernel, arch): dict(regs, stack, spill_st, spill_ld)}, read function by function:
+    each entry's registers from the "Used" line of its own block, its stack and spills from
+    the "Function properties" line that names it (a callee's properties name the callee)."""
+    out, props, entry = {}, {}, None
+    lines = report.splitlines()
+    for i, line in enumerate(lines):
+        m = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+)'", line)
+        if m:
+            entry = m.groups()
+            continue
+        m = re.search(r"Function properties for (\S+)", line)
+        if m and i + 1 < len(lines):
+            n = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", lines[i + 1])
+            if n and entry is not None:
+                props[(m.group(1), entry[1])] = dict(stack=int(n.group(1)), spill_st=int(n.group(2)),
+                                                     spill_ld=int(n.group(3)))
+            continue
+        m = re.search(r"Used (\d+) registers", line)
+        if m and entry is not None and entry in props:
+            out[entry] = dict(props[entry], regs=int(m.group(1)))
+            entry = None
     return out
+
+
+# Bytes per element of each dtype as short_name writes it.
+SIZE = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8}
+
+
+def expected_vectors(name):
+    """The least count of each vector access a kernel variant must show in its machine code,
+    from its template arguments (short_name): a vector variant that fell back to narrower
+    accesses fails the check. {} for the scalar variants."""
+    m = re.fullmatch(r"void bcdl_(forward|backward)_(?:loc|chan)<(\w+), \d+, (\d+)>", name)
+    if m:
+        if int(m.group(3)) == 1:
+            return {}
+        return {"ldg128": 1, **({"stg128": 1} if m.group(1) == "backward" else {})}
+    m = re.fullmatch(r"void dfl_chan<(\w+), (\d+), ([TF])>", name)
+    if m:
+        width = int(m.group(2)) * SIZE[m.group(1)]
+        backward = m.group(3) == "T"
+        if width == 16:
+            return {"ldg128": 1, **({"stg128": 1} if backward else {})}
+        return {"ldg64": 1} if width == 8 else {}
+    m = re.fullmatch(r"void giou_(forward|backward)_kernel<(\w+), T>", name)
+    if m:
+        box = 4 * SIZE[m.group(2)]  # one box's bytes, read as 16- or 8-byte words
+        loads = {"ldg128": 2 * box // 16} if box >= 16 else {"ldg64": 2}
+        stores = {"stg128": box // 16} if m.group(1) == "backward" and box >= 16 else {}
+        return {**loads, **stores}
+    return {}
+
+
+def vector_problems(name, counts):
+    """What a kernel's counts miss of expected_vectors(name), one line each."""
+    return [f"{name}: {counts.get(k, 0)} {k.upper().replace('128', '.128').replace('64', '.64')}, expected >= {n}"
+            for k, n in expected_vectors(name).items() if counts.get(k, 0) < n]
 
 
 def parse_sass(cuobjdump, obj, arch):
@@ -165,6 +211,7 @@ def main(argv=None):
                         continue
                     if r["spill_st"] or r["spill_ld"] or r["stack"] or c["local"]:
                         problems.append(f"local memory in {short_name(kernel)} sm_{arch}")
+                    problems += [f"{p} (sm_{arch})" for p in vector_problems(short_name(kernel), c)]
                     lines.append(
                         f"| {short_name(kernel)} | sm_{arch} | {r['regs']} | {r['spill_st']}/{r['spill_ld']} | "
                         f"{r['stack']} | {c['ldg128']} | {c['ldg64']} | {c['ldg']} | {c['stg128']} | {c['local']} |"
