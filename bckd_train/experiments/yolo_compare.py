@@ -379,7 +379,12 @@ def criteria(by):
         b, f = ([r["test"]["map50_95"] for r in by[m]] for m in ("bckd", "feature"))
         diff = statistics.mean(b) - statistics.mean(f)
         pooled = ((statistics.variance(b) + statistics.variance(f)) / 2) ** 0.5
-        out.append(f"- bckd − feature: {diff * 100:+.2f} points; 2 × pooled std {2 * pooled * 100:.2f}")
+        out.append(f"- bckd − feature: {diff * 100:+.2f} points; 2 × pooled std {2 * pooled * 100:.2f}: "
+                   f"{'beyond' if diff > 2 * pooled else 'within'} the seed spread")
+        feature_by_seed = {r["seed"]: r["test"]["map50_95"] for r in by["feature"]}
+        paired = [(r["seed"], r["test"]["map50_95"] - feature_by_seed[r["seed"]])
+                  for r in sorted(by["bckd"], key=lambda r: r["seed"]) if r["seed"] in feature_by_seed]
+        out.append("- bckd − feature, seed by seed: " + ", ".join(f"seed {s} {d * 100:+.1f}" for s, d in paired))
     return [""] + out if out else []
 
 
