@@ -22,8 +22,11 @@ memory stores, in the machine code; ``cuobjdump``). For the vector patterns it
 also reads, from the TTGIR, the ``#blocked`` layout of every load of the main
 inputs and store of the main outputs (``order`` must put the contiguous
 dimension first, ``sizePerThread`` along it must be the vector width: 16 bytes,
-8 for bfloat16/float16 rows of 68 channels), and counts the global loads and
-stores of the PTX by width (``ld.global.v4.b32`` is 16 bytes). Pointers are
+8 for bfloat16/float16 rows of 68 channels), and, in the PTX, traces the
+address of every global load and store back to the pointer argument it is
+built from: each main input's loads and each gradient's stores must all be
+that wide (``ld.global.v4.b32`` is 16 bytes), by themselves, so a scalar main
+load cannot hide behind a vector load of the per-location weights. Pointers are
 compiled as 16-byte aligned, as Triton specialises them at run time for fresh
 tensors; integer arguments as unspecialised (the kernels pass the sizes that
 must be multiples of the vector width themselves). ``--check`` exits non-zero
@@ -284,7 +287,7 @@ def compile_one(job):
     ce = dict(constexprs, **config.kwargs)
     row = dict(kernel=name, dtype=dtype, arch=arch, config=dict(config.kwargs, num_warps=config.num_warps, maxnreg=config.maxnreg),
                constexprs=constexprs, vector_check=vector_check, error=None, regs=None, stack=None, spill_stores=None, ttgir=None, access=None,
-               ptx_loads=None, ptx_stores=None, reductions=None)
+               ptx_loads=None, ptx_stores=None, ptx_by_arg=None, reductions=None)
     start = time.perf_counter()
     try:
         aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(tuner.fn.arg_names) if n.endswith("_ptr")}
@@ -299,6 +302,8 @@ def compile_one(job):
         row["reductions"] = reductions(row["ttgir"])
         row["ptx_loads"] = global_accesses(compiled.asm["ptx"], "ld")
         row["ptx_stores"] = global_accesses(compiled.asm["ptx"], "st")
+        params = [n for n, p in zip(tuner.fn.arg_names, tuner.fn.params) if not p.is_constexpr]
+        row["ptx_by_arg"] = accesses_by_argument(compiled.asm["ptx"], params)
     except Exception as exc:  # a compile error is a result to report, not a crash of the check
         row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     row["seconds"] = time.perf_counter() - start
@@ -407,6 +412,46 @@ def global_accesses(ptx, op):
     return dict(counts)
 
 
+def accesses_by_argument(ptx, params):
+    """{argument: {"load" or "store": {width: count}}}: each PTX global access
+    under the pointer argument its address comes from, traced back through the
+    64-bit registers that build it to the kernel parameter it was loaded from
+    (params: the kernel's parameters in order)."""
+    entry = re.search(r"\.entry (\w+)\(", ptx).group(1)
+    defs = collections.defaultdict(list)
+    for line in ptx.splitlines():
+        m = re.match(r"\s*(?:@!?%p\w+\s+)?([a-z][\w.]*)\s+(%rd\d+),\s*([^;]*);", line)
+        if m:
+            defs[m.group(2)].append((m.group(1), m.group(3)))
+
+    def pointer_params(reg, seen):
+        if reg in seen:
+            return set()
+        seen.add(reg)
+        found = set()
+        for op, operands in defs.get(reg, []):
+            param = re.search(rf"{entry}_param_(\d+)", operands) if op.startswith("ld.param") else None
+            if param:
+                i = int(param.group(1))
+                if i < len(params) and params[i].endswith("_ptr"):
+                    found.add(params[i])
+            else:
+                for source in re.findall(r"%rd\d+", operands):
+                    found |= pointer_params(source, seen)
+        return found
+
+    out = {}
+    for m in re.finditer(r"\b(ld|st)\.global((?:\.[a-z]+\d*)*?)(\.v\d)?\.(b\d+|[uf]\d+)\s+([^;]*);", ptx):
+        address = re.search(r"\[\s*(%rd\d+)", m.group(5))
+        if address is None:
+            continue
+        width = ((m.group(3) or ".v1") + "." + m.group(4))[1:]
+        for arg in pointer_params(address.group(1), set()):
+            counts = out.setdefault(arg, {}).setdefault("load" if m.group(1) == "ld" else "store", {})
+            counts[width] = counts.get(width, 0) + 1
+    return out
+
+
 def _bytes(width):
     """Bytes of one PTX access, from its width key ("v4.b32" → 16)."""
     v, b = width.split(".")
@@ -432,11 +477,13 @@ def vector_problems(row):
         elif per[contiguous] < vec:
             problems.append(f"{kind} of {arg}: sizePerThread {per} gives fewer than {vec} contiguous elements")
     want = vec * ELEMENT_BYTES[DTYPES[row["dtype"]]]
-    for kind, counts in (("load", row["ptx_loads"]), ("store", row["ptx_stores"])):
-        n_main = sum(1 for k, *_ in row["access"] if k == kind)
-        n_vec = sum(n for w, n in counts.items() if _bytes(w) >= want)
-        if n_vec < n_main:
-            problems.append(f"PTX: {n_vec} global {kind}s of {want} bytes or more for {n_main} main {kind}s")
+    for kind, arg in sorted({(kind, arg) for kind, arg, *_ in row["access"]}):
+        counts = (row["ptx_by_arg"] or {}).get(arg, {}).get(kind, {})
+        narrow = {w: n for w, n in counts.items() if _bytes(w) < want}
+        if not counts:
+            problems.append(f"PTX: no global {kind} traced to {arg}")
+        elif narrow:
+            problems.append(f"PTX: {kind}s of {arg} narrower than {want} bytes: {narrow}")
     return problems
 
 
@@ -514,7 +561,9 @@ contiguous) and NCHW (locations contiguous) memory format, and 358,400 boxes
 `sizePerThread` along the first must be `VEC`. PTX global accesses (of the row's
 first configuration, per-location weights, gradients and losses included) are
 counted per instruction by width (`v4.b32` is 16 bytes, `v2.b32` 8, `v1.b16` one
-16-bit element).
+16-bit element); the check itself traces each access's address to its pointer
+argument and requires every access of each main input and gradient to be `VEC`
+wide by itself.
 `vectorised` is the `--check` verdict; "-" for the element-by-element pattern.
 Registers and spills are those of every compiled configuration; other code paths
 (beta modes, weight or none, class and bin tiles, the GIoU backward's output mask)

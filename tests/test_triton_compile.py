@@ -72,3 +72,45 @@ def test_compile_check_fails_configurations_that_reduce_in_different_orders():
     assert check.problems([a, same]) == []
     other = dict(b, constexprs={"LAYOUT": 1, "VEC": 4, "BLOCK_C": 8})  # another tile: compared apart
     assert check.problems([a, other]) == []
+
+
+# A BCDL backward's PTX as Triton writes it: the student's logits read 16 bytes at
+# a time through a register built from parameter 0, the teacher's (parameter 1)
+# WIDTH, and the per-location upstream gradient (parameter 2) one word at a time.
+PTX = """.visible .entry _bcdl_bwd_kernel(
+	.param .u64 .ptr .global .align 1 _bcdl_bwd_kernel_param_0,
+	.param .u64 .ptr .global .align 1 _bcdl_bwd_kernel_param_1,
+	.param .u64 .ptr .global .align 1 _bcdl_bwd_kernel_param_2,
+	.param .u32 _bcdl_bwd_kernel_param_3
+)
+{
+	ld.param.b64 	%rd1, [_bcdl_bwd_kernel_param_0];
+	ld.param.b64 	%rd2, [_bcdl_bwd_kernel_param_1];
+	ld.param.b64 	%rd3, [_bcdl_bwd_kernel_param_2];
+	ld.param.s32 	%rd4, [_bcdl_bwd_kernel_param_3];
+	mad.wide.s32 	%rd5, %r1, 4, %rd1;
+	add.s64 	%rd6, %rd2, %rd4;
+	mov.b64 	%rd7, %rd6;
+	mad.wide.s32 	%rd8, %r2, 4, %rd3;
+	@%p1 ld.global.v4.b32 { %r3, %r4, %r5, %r6 }, [ %rd5 + 0 ];
+	@%p1 ld.global.WIDTH, [ %rd7 + 0 ];
+	@%p1 ld.global.b32 { %r11 }, [ %rd8 + 0 ];
+}
+"""
+
+
+def test_compile_check_fails_a_main_load_that_is_not_vector_wide():
+    """Each main load is checked by itself: the teacher's scalar reads fail the check even
+    though the student's and the per-location vector give as many 16-byte loads."""
+    check = _compile_check_module()
+    params = ["zs_ptr", "zt_ptr", "gl_ptr", "n"]
+    row = dict(kernel="_bcdl_bwd_kernel", dtype="float32", constexprs={"LAYOUT": 1, "VEC": 4}, error=None,
+               vector_check=True, access=[("load", "zs_ptr", "f32", [64, 16], {"order": [0, 1], "sizePerThread": [4, 1]}),
+                                          ("load", "zt_ptr", "f32", [64, 16], {"order": [0, 1], "sizePerThread": [4, 1]})])
+    wide = check.accesses_by_argument(PTX.replace("WIDTH", "v4.b32 { %r7, %r8, %r9, %r10 }"), params)
+    assert wide == {"zs_ptr": {"load": {"v4.b32": 1}}, "zt_ptr": {"load": {"v4.b32": 1}},
+                    "gl_ptr": {"load": {"v1.b32": 1}}}
+    assert check.vector_problems(dict(row, ptx_by_arg=wide)) == []
+    scalar = check.accesses_by_argument(PTX.replace("WIDTH", "b32 { %r7 }"), params)
+    assert check.vector_problems(dict(row, ptx_by_arg=scalar)) == [
+        "PTX: loads of zt_ptr narrower than 16 bytes: {'v1.b32': 1}"]
