@@ -42,9 +42,9 @@ import time
 
 from ..sources import ROOT, default_cache
 
-METHODS = ("alone", "feature", "bckd", "bckd_feature")
-DISTILLED = ("feature", "bckd", "bckd_feature")
-BCKD = ("bckd", "bckd_feature")
+METHODS = ("alone", "feature", "bckd", "bckd_feature", "bckd_both")
+DISTILLED = ("feature", "bckd", "bckd_feature", "bckd_both")
+BCKD = ("bckd", "bckd_feature", "bckd_both")  # bckd_both: both branches of an end-to-end (YOLO26) student
 TEACHER = "teacher"
 RECIPE = dict(epochs=15, teacher_epochs=20, imgsz=320, batch=8)  # the students' and the teacher's schedules
 BCCD = os.path.join(os.path.dirname(ROOT), "shared", "data", "bccd")
@@ -119,6 +119,8 @@ def train_kwargs(args, method, seed, data):
         kw["distill_model"] = teacher_weights(args)
     if method == "bckd_feature":
         kw["bckd_feature"] = True
+    if method == "bckd_both":
+        kw["bckd_branch"] = "both"
     return kw
 
 
@@ -413,7 +415,8 @@ def plot_curves(args, by):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bckd_train.experiments.yolo_compare",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "bckd_both"], choices=METHODS,
+                        help="bckd_both needs an end-to-end student (--student-model yolo26n.yaml)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--data", default=None, help="an Ultralytics data YAML with train, val and test splits")
     parser.add_argument("--voc", default=BCCD, help="the VOC data set converted when --data is not given")
