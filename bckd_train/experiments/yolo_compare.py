@@ -158,8 +158,11 @@ def one_run(args, method, seed):
 
         bckd = {"trainer": BCKDTrainer}
     model_yaml = args.teacher_model if method == TEACHER else args.student_model
+    epochs = args.teacher_epochs if method == TEACHER else args.epochs
     start = time.time()
-    if os.path.exists(last):
+    if os.path.exists(os.path.join(folder, "results.csv")) and len(val_curve(folder)[0]) >= epochs:
+        pass  # trained to the end, stopped before its record: only the record is left to write
+    elif os.path.exists(last):
         YOLO(last).train(resume=True, **bckd)
     else:
         YOLO(model_yaml).train(**train_kwargs(args, method, seed, data), **bckd)
@@ -252,9 +255,10 @@ def step_share(student_weights, teacher_path, data, args, repeats=7):
     preds = student(batch["img"])
     criterion.criterion(preds, batch)  # the assigner's normaliser and positives, as in training
     assigned = criterion.assigned["one2many"]
-    sizes = [f.shape[2] * f.shape[3] for f in preds["feats"]]
+    outputs = preds["one2many"] if "one2many" in preds else preds  # end-to-end heads: the branch always distilled
+    sizes = [f.shape[2] * f.shape[3] for f in outputs["feats"]]
     positives = torch.stack([m.sum() for m in assigned.fg_mask.split(sizes, dim=1)])
-    leaves = {k: v.detach().requires_grad_() for k, v in preds.items() if k in ("scores", "boxes")}
+    leaves = {k: v.detach().requires_grad_() for k, v in outputs.items() if k in ("scores", "boxes")}
 
     def bckd_losses():
         out = yolo_bckd_loss(leaves, teacher_preds, avg_factor=assigned.target_scores_sum, pos_per_level=positives,
