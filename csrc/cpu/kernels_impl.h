@@ -7,10 +7,11 @@
 // each location's result depends on its own inputs only, in a fixed order:
 // bitwise deterministic whatever the number of threads. Unit-stride rows (head
 // maps [B, C, H, W]) load directly. When instead each location's channels are
-// contiguous (channels_last maps, [N, C] rows), BCDL's AVX2 build holds 8
-// classes of one location per vector (bcdl_forward_rows), and the other paths
-// read kTile channels of the run's locations as short contiguous rows and
-// transpose them in registers (load_tile); other strides gather into the lanes.
+// contiguous (channels_last maps, [N, C] rows), BCDL's AVX2 and AVX-512 builds
+// hold 8 or 16 classes of one location per vector (bcdl_forward_rows), and the
+// other paths read kTile channels of the run's locations as short contiguous
+// rows and transpose them in registers (load_tile); other strides gather into
+// the lanes.
 // One pass over the inputs per direction; the backward recomputes the forward
 // pieces instead of saving anything of size [N, C].
 #pragma once
@@ -495,10 +496,13 @@ inline void store_tile(const Vectorized<acc_t>* v, scalar_t* p, int64_t sw, int6
   }
 }
 
+// Each location's channels are contiguous, and its neighbours are not.
+inline bool classes_contiguous(const LocLayout& l) { return l.sc == 1 && l.sw != 1; }
+
 // Channels [0, kn) of n locations of layout l starting at p, into out[0, kn).
 template <typename acc_t, typename scalar_t>
 inline void load_channels(const scalar_t* p, const LocLayout& l, int64_t n, int kn, Vectorized<acc_t>* out) {
-  if (l.sc == 1 && l.sw != 1) {
+  if (classes_contiguous(l)) {
     load_tile<acc_t>(p, l.sw, n, kn, out);
   } else {
     for (int j = 0; j < kn; ++j) out[j] = load_lanes<acc_t>(p + j * l.sc, l.sw, n);
@@ -507,7 +511,7 @@ inline void load_channels(const scalar_t* p, const LocLayout& l, int64_t n, int 
 
 template <typename acc_t, typename scalar_t>
 inline void store_channels(const Vectorized<acc_t>* v, scalar_t* p, const LocLayout& l, int64_t n, int kn) {
-  if (l.sc == 1 && l.sw != 1) {
+  if (classes_contiguous(l)) {
     store_tile<acc_t>(v, p, l.sw, n, kn);
   } else {
     for (int j = 0; j < kn; ++j) store_lanes(v[j], p + j * l.sc, l.sw, n);
@@ -520,7 +524,7 @@ inline void store_channels(const Vectorized<acc_t>* v, scalar_t* p, const LocLay
 // V interleaved rows of a tile. Writes (for a gradient) ask for ownership.
 template <int64_t V, bool kWrite = false, typename scalar_t>
 inline void prefetch_next_run(const scalar_t* p, const LocLayout& l, int64_t C) {
-  if (l.sc != 1 || l.sw == 1) return;
+  if (!classes_contiguous(l)) return;
   const int64_t bytes = C * static_cast<int64_t>(sizeof(scalar_t));
   for (int64_t i = V; i < 2 * V; ++i) {
     const char* row = reinterpret_cast<const char*>(p + i * l.sw);
@@ -584,8 +588,6 @@ void for_each_class(const MapPair& a, int64_t b, int64_t h, int64_t w0, int64_t 
     f(k, kn, zs, zt);
   }
 }
-
-inline bool classes_contiguous(const LocLayout& l) { return l.sc == 1 && l.sw != 1; }
 
 #if defined(BCKD_CPU_SIMD)
 // BCDL over a run whose maps have contiguous classes: a vector holds kLanes
