@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import bckd_kernels
+from bckd_kernels.functional import reduce_loss
 
 from . import data, engine, gfl
 from .errors import UserError
@@ -40,12 +41,13 @@ def kd_loss(student_logits, teacher_logits, positive, avg_factor, *, T=2.0, loss
     """Softmax KD over the C classes of each positive location.
 
     student_logits, teacher_logits [N, C]; positive [N] bool; avg_factor a tensor.
-    ``loss_weight / A · Σ_pos T² · mean_k KL(softmax(zt/T) ‖ softmax(zs/T))_k``.
+    ``loss_weight / (A + ε) · Σ_pos T² · mean_k KL(softmax(zt/T) ‖ softmax(zs/T))_k``,
+    reduced as the BCKD losses are.
     With C = 1 the softmax is constant: the loss and its gradient are 0.
     """
     kl = F.kl_div(F.log_softmax(student_logits / T, 1), F.softmax(teacher_logits / T, 1), reduction="none")
     per_location = kl.mean(1) * (T * T)  # [N]
-    return loss_weight * (per_location * positive).sum() / avg_factor
+    return loss_weight * reduce_loss(per_location * positive, avg_factor)
 
 
 def ld_loss(student_reg, teacher_reg, weight, weight_avg, *, reg_max=16, T=10.0, loss_weight=0.25):

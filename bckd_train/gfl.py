@@ -191,7 +191,7 @@ def gfl_loss(cls_maps, reg_maps, targets, *, strides, reg_max, num_classes, avg_
         "loss_qfl": loss_qfl,
         "loss_dfl": 0.25 * loss_dfl / weight_avg,
         "loss_giou": 2.0 * loss_giou / weight_avg,
-    }, GFLExtras(avg_factor=avg + EPS, positive=positive, pos_per_level=pos_per_level, num_pos=n_pos,
+    }, GFLExtras(avg_factor=avg, positive=positive, pos_per_level=pos_per_level, num_pos=n_pos,
                  weight_avg=weight_avg)
 
 
