@@ -2,9 +2,9 @@
 
 Every function takes ``backend``:
 
-- ``"auto"``: the backend of the ``_AUTO`` table below for the inputs' device,
-  layout and dtype (today the extension's op everywhere: C++ on CPU, CUDA on
-  GPU), or the reference when the extension is missing;
+- ``"auto"``: the extension's op (C++ on CPU, CUDA on GPU), or the reference
+  when the extension is missing. No GPU has timed the current kernels against
+  Triton yet; until a measurement says otherwise, ``"auto"`` never picks Triton;
 - ``"cpu"`` / ``"cuda"``: the extension's op, whose inputs must be on that device;
 - ``"triton"``: the Triton ops of :mod:`bckd_kernels.triton_ops` (CUDA tensors,
   or CPU tensors under ``TRITON_INTERPRET=1``);
@@ -22,72 +22,35 @@ import torch
 
 from . import _contract, _ops, reference
 
-__all__ = ["bcdl_loss", "giou_loss", "ildl_loss", "bckd_loss", "bckd_loss_levels", "BACKENDS", "LOSSES"]
+__all__ = ["bcdl_loss", "giou_loss", "ildl_loss", "ildl_weight", "bckd_loss", "bckd_loss_levels", "BACKENDS", "LOSSES"]
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 _EPS = torch.finfo(torch.float32).eps
 
 
-class _Backends(NamedTuple):
-    """What each backend runs for one op."""
+class _Implementations(NamedTuple):
+    """What runs one op, for each implementation a backend resolves to."""
 
     reference: Callable  # bckd_kernels.reference
     extension: str  # torch.ops.bckd.<name>: the C++ or CUDA kernel, as the tensors' device key picks
-    triton: str  # torch.ops.bckd.<name>, defined by bckd_kernels.triton_ops
+    triton: str  # torch.ops.bckd.<name>, defined by the Triton package
 
 
 _OPS = {
-    "bin_cls_distill": _Backends(reference.bin_cls_distill, "bin_cls_distill", "bin_cls_distill_triton"),
-    "paired_giou": _Backends(reference.paired_giou, "paired_giou", "paired_giou_triton"),
-    "dfl_giou_distill": _Backends(reference.dfl_giou_distill, "dfl_giou_distill", "dfl_giou_distill_triton"),
-}
-
-# backend="auto": what runs, per device type and layout of the first input, in columns
-# per dtype. The only GPU timings on record (an H200, 2026-11-26) measured the kernels
-# before the current ones: Triton led on channels-last BCDL maps, the CUDA kernels
-# elsewhere. The choice can depend on all three, hence the table.
-# - cpu: benchmarks/results/bench_cpu.csv (commit cc83574, float32, 22,400 to 358,400
-#   locations): the C++ kernels run 1.3-8x faster than the reference in every row,
-#   2.3-5.6x forward+backward; Triton runs on a CPU only through its interpreter.
-# - cuda: no GPU measurement of the current kernels exists, so every entry is the
-#   extension's CUDA op until benchmarks/bench_losses.py measures them on a GPU.
-# Devices, layouts and dtypes not in the table get the extension's op (on meta tensors,
-# its fake kernel); without the extension, every entry is the reference.
-_AUTO_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-_AUTO = {  # (device type, layout): the backend for each of _AUTO_DTYPES, in that order
-    ("cpu", "rows"): ("extension", "extension", "extension", "extension"),
-    ("cpu", "nchw"): ("extension", "extension", "extension", "extension"),
-    ("cpu", "channels_last"): ("extension", "extension", "extension", "extension"),
-    ("cuda", "rows"): ("extension", "extension", "extension", "extension"),
-    ("cuda", "nchw"): ("extension", "extension", "extension", "extension"),
-    ("cuda", "channels_last"): ("extension", "extension", "extension", "extension"),
+    "bin_cls_distill": _Implementations(reference.bin_cls_distill, "bin_cls_distill", "bin_cls_distill_triton"),
+    "paired_giou": _Implementations(reference.paired_giou, "paired_giou", "paired_giou_triton"),
+    "dfl_giou_distill": _Implementations(reference.dfl_giou_distill, "dfl_giou_distill", "dfl_giou_distill_triton"),
 }
 
 
-def _layout(x):
-    """The layout of ``x``: "rows" ([N, C] or boxes), "channels_last" or "nchw" (a [B, C, H, W] head map)."""
-    if x.dim() != 4:
-        return "rows"
-    return "channels_last" if x.stride(1) == 1 and x.shape[1] > 1 else "nchw"
-
-
-def _auto(x):
-    if not _ops.HAS_EXTENSION:
-        return "reference"
-    row = _AUTO.get((x.device.type, _layout(x)))
-    if row is None or x.dtype not in _AUTO_DTYPES:
-        return "extension"
-    return row[_AUTO_DTYPES.index(x.dtype)]
-
-
-def _resolve(backend, x):
-    """The backend that runs: "reference", "extension" or "triton"."""
+def _implementation(backend, x):
+    """The implementation ``backend`` runs for inputs like ``x``: "reference", "extension" or "triton"."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend in ("reference", "triton"):
         return backend
     if backend == "auto":
-        return _auto(x)
+        return "extension" if _ops.HAS_EXTENSION else "reference"
     if not _ops.HAS_EXTENSION:
         raise RuntimeError(f"backend={backend!r} needs the bckd extension, which failed to load: {_ops.LOAD_ERROR}")
     if x.device.type != backend:
@@ -97,11 +60,11 @@ def _resolve(backend, x):
 
 def _op(name, backend, x):
     """The function that computes op ``name`` on ``backend`` for inputs like ``x``."""
-    kind = _resolve(backend, x)
-    impl = getattr(_OPS[name], kind)
-    if kind == "reference":
+    implementation = _implementation(backend, x)
+    impl = getattr(_OPS[name], implementation)
+    if implementation == "reference":
         return impl
-    if kind == "triton":
+    if implementation == "triton":
         _load_triton()
     return getattr(torch.ops.bckd, impl)
 
@@ -212,6 +175,22 @@ def ildl_loss(
     return loss_weight * reduce_loss(_weighted("ildl_loss", loss, weight), avg_factor, reduction)
 
 
+def _omega(max_abs_diff, valid):
+    """ILDL's per-location weight ω = valid · max_k |σ(zt) − σ(zs)| (docs/method.md section 2)."""
+    return max_abs_diff if valid is None else max_abs_diff * valid
+
+
+def ildl_weight(student_cls, teacher_cls, valid=None, *, backend="auto"):
+    """ILDL's weight ω from the classification logits alone, without gradient.
+
+    For callers that compute ILDL apart from BCDL (a loss that receives only recorded
+    tensors): this reads the classification maps once more, where :func:`bckd_loss`
+    takes ω from its BCDL pass. ``valid``: the per-location mask, or None.
+    """
+    _, mad = _op("bin_cls_distill", backend, student_cls)(student_cls.detach(), teacher_cls.detach(), None, 1.0)
+    return _omega(mad, valid)
+
+
 LOSSES = ("bcdl", "ildl")
 
 
@@ -232,8 +211,7 @@ def _level_losses(student_cls, teacher_cls, student_reg, teacher_reg, valid, los
                                return_max_abs_diff=True, backend=backend)
     out = {"loss_bcdl": loss_bcdl} if "bcdl" in losses else {}
     if "ildl" in losses:
-        omega = mad if valid is None else mad * valid
-        out["loss_ildl"] = ildl_loss(student_reg, teacher_reg, omega, reg_max=reg_max, avg_factor=avg_factor,
+        out["loss_ildl"] = ildl_loss(student_reg, teacher_reg, _omega(mad, valid), reg_max=reg_max, avg_factor=avg_factor,
                                      loss_weight=loc_weight, backend=backend)
     return out
 

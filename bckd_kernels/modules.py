@@ -103,15 +103,7 @@ class ILDLLoss(_Loss):
         if (student_cls is None) != (teacher_cls is None):
             raise ValueError("student_cls and teacher_cls must be given together")
         if student_cls is not None:
-            # ω carries no gradient: detached inputs keep autograd from recording the BCDL pass.
-            _, mad = F.bcdl_loss(
-                student_cls.detach(),
-                teacher_cls.detach(),
-                reduction="none",
-                return_max_abs_diff=True,
-                backend=self.backend,
-            )
-            weight = mad if weight is None else mad * weight
+            weight = F.ildl_weight(student_cls, teacher_cls, weight, backend=self.backend)
         return F.ildl_loss(
             student_reg,
             teacher_reg,

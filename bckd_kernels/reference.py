@@ -38,10 +38,6 @@ def _rows(x):
     raise ValueError(f"expected [N, C] or [B, C, H, W], got shape {tuple(x.shape)}")
 
 
-def _out_dtype(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def bin_cls_distill(student, teacher, weight=None, beta=1.0, *, upcast=True):
     """Binary classification distillation loss (docs/method.md section 1), per location.
 
@@ -71,7 +67,7 @@ def bin_cls_distill(student, teacher, weight=None, beta=1.0, *, upcast=True):
         max_abs_diff = zs.new_zeros(zs.shape[:-1])
     else:
         max_abs_diff = d.detach().abs().amax(-1)
-    out = _out_dtype(student)
+    out = _contract.loss_dtype(student)
     return loss.to(out), max_abs_diff.to(out)
 
 
@@ -100,7 +96,7 @@ def paired_giou(pred, target, eps=1e-6, *, upcast=True):
     eh = _clamp_min(torch.maximum(py2, ty2) - torch.minimum(py1, ty1), 0)
     enclose = _clamp_min(ew * eh, eps)
     loss = 1 - inter / union + (enclose - union) / enclose
-    return loss.to(_out_dtype(pred))
+    return loss.to(_contract.loss_dtype(pred))
 
 
 def dfl_giou_distill(student_reg, teacher_reg, reg_max=16, eps=1e-6, *, upcast=True):
@@ -120,4 +116,4 @@ def dfl_giou_distill(student_reg, teacher_reg, reg_max=16, eps=1e-6, *, upcast=T
     dt = dfl_decode(rt.reshape(-1, rt.shape[-1]), reg_max)
     origin = ds.new_zeros(ds.shape[0], 2)
     loss = paired_giou(distance_to_box(origin, ds), distance_to_box(origin, dt), eps, upcast=upcast)
-    return loss.reshape(shape).to(_out_dtype(student_reg))
+    return loss.reshape(shape).to(_contract.loss_dtype(student_reg))
