@@ -4,13 +4,12 @@ import sys
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, ROOT
 
 import bckd_kernels
 from bckd_kernels import functional as F
 from bckd_kernels import reference
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.kernels
 
 

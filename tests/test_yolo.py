@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from conftest import ROOT
 from torch.utils._python_dispatch import TorchDispatchMode
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # no network probe at import
@@ -24,7 +25,6 @@ from bckd_kernels.yolo import head_maps, teacher_soft_count, yolo_bckd_loss  # n
 
 pytestmark = pytest.mark.kernels
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NC = 5
 IMAGES = torch.rand(2, 3, 32, 64, generator=torch.Generator().manual_seed(0))  # levels 4x8, 2x4, 1x2
 ANCHORS = 4 * 8 + 2 * 4 + 1 * 2
