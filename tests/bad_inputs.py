@@ -70,7 +70,7 @@ CASES = [
     ("bcdl-student-int", "bcdl", "student",
      _bcdl(student=lambda d, _: torch.ones(4, 80, dtype=torch.int32, device=d), weight=None)),
     ("bcdl-map-teacher-other-h", "bcdl", "teacher", _bcdl(shape=(2, 80, 5, 6), teacher_shape=(2, 80, 4, 6))),
-    ("bcdl-map-weight-nc", "bcdl", "weight", _bcdl(shape=(2, 80, 5, 6), weight=lambda d: torch.ones(60, device=d))),
+    ("bcdl-map-weight-flat", "bcdl", "weight", _bcdl(shape=(2, 80, 5, 6), weight=lambda d: torch.ones(60, device=d))),
     ("giou-boxes-4x5", "giou", "pred", _giou(pred_shape=(4, 5))),
     ("giou-target-3-for-4", "giou", "target", _giou(target_shape=(3, 4))),
     ("giou-target-half", "giou", "target", _giou(target_dtype=torch.float16)),

@@ -123,16 +123,17 @@ def assert_compiles(fn, a, b):
 def as_layout(x, layout):
     """Returns x (same values) in the given memory layout.
 
-    nc / nchw: contiguous; *_strided: a non-contiguous view of a larger
-    buffer; nchw_last: channels-last; nc_t: column-major.
+    rows / nchw: contiguous; rows_transposed: column-major [N, C];
+    channels_last: [B, C, H, W] with channels contiguous; rows_strided /
+    nchw_strided: a non-contiguous view of a larger buffer.
     """
-    if layout in ("nc", "nchw"):
+    if layout in ("rows", "nchw"):
         return x.contiguous()
-    if layout == "nc_t":
+    if layout == "rows_transposed":
         return x.t().contiguous().t()
-    if layout == "nchw_last":
+    if layout == "channels_last":
         return x.contiguous(memory_format=torch.channels_last)
-    if layout in ("nc_strided", "nchw_strided"):
+    if layout in ("rows_strided", "nchw_strided"):
         pad = list(x.shape)
         pad[-1] = pad[-1] * 2 + 1
         big = torch.zeros(pad, dtype=x.dtype, device=x.device)

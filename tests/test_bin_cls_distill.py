@@ -33,11 +33,11 @@ def check_against_reference(op, s, t, w, beta, gout, dtype):
 
 
 LAYOUTS = {
-    "nc": (37, 13),
-    "nc_t": (37, 13),
-    "nc_strided": (37, 13),
+    "rows": (37, 13),
+    "rows_transposed": (37, 13),
+    "rows_strided": (37, 13),
     "nchw": (2, 11, 5, 7),
-    "nchw_last": (2, 11, 5, 7),
+    "channels_last": (2, 11, 5, 7),
     "nchw_strided": (2, 11, 5, 7),
 }
 
@@ -65,7 +65,7 @@ def test_matches_reference(backend, dtype, layout, beta, weighted):
     "shape", [(1, 80), (50, 1), (19, 7), (1, 1), (1, 3, 1, 1), (3, 1, 2, 9), (1, 80, 3, 3), (2, 9, 1, 13)]
 )
 def test_awkward_shapes(backend, dtype, shape):
-    layout = "nc" if len(shape) == 2 else "nchw"
+    layout = "rows" if len(shape) == 2 else "nchw"
     s, t, w, gout = make(shape, layout, dtype, backend.device, seed=1)
     check_against_reference(backend.op("bin_cls_distill"), s, t, w, 1.0, gout, dtype)
 
@@ -108,10 +108,10 @@ def test_extreme_logits(backend, dtype):
 
 
 @pytest.mark.parametrize("beta", [1.0, 2.0, 1.5])
-@pytest.mark.parametrize("layout", ["nc", "nchw_strided"])
+@pytest.mark.parametrize("layout", ["rows", "nchw_strided"])
 def test_gradcheck(backend, beta, layout):
     backend.require(torch.float64)
-    shape = (6, 5) if layout == "nc" else (2, 5, 3, 2)
+    shape = (6, 5) if layout == "rows" else (2, 5, 3, 2)
     s, t, w, _ = make(shape, layout, torch.float64, backend.device, scale=2.0)
     s.requires_grad_()
     op = backend.op("bin_cls_distill")
@@ -148,7 +148,7 @@ def test_compile_fullgraph(backend):
     torch.testing.assert_close(s1.grad, s2.grad)
 
 
-@pytest.mark.parametrize("layout, shape", [("nc", (4099, 80)), ("nchw", (2, 80, 37, 41)), ("nchw", (4, 80, 100, 140))])
+@pytest.mark.parametrize("layout, shape", [("rows", (4099, 80)), ("nchw", (2, 80, 37, 41)), ("nchw", (4, 80, 100, 140))])
 def test_deterministic(backend, layout, shape):
     if backend.interpreted:
         pytest.skip("the Triton interpreter runs one program instance after another: there is no race to test")

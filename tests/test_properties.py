@@ -33,9 +33,10 @@ BACKENDS = {
 @st.composite
 def rows(draw, channels):
     """(student, teacher) of one random layout and dtype, a few special values."""
-    layout = draw(st.sampled_from(["nc", "nc_t", "nc_strided", "nchw", "nchw_last", "nchw_strided"]))
+    layout = draw(st.sampled_from(["rows", "rows_transposed", "rows_strided", "nchw", "channels_last",
+                                   "nchw_strided"]))
     dtype = draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
-    if layout.startswith("nc_") or layout == "nc":
+    if layout.startswith("rows"):
         shape = (draw(st.integers(1, 24)), channels)
     else:
         shape = (draw(st.integers(1, 2)), channels, draw(st.integers(1, 4)), draw(st.integers(1, 5)))
