@@ -51,7 +51,7 @@ def test_matches_reference(backend, dtype, layout, beta, weighted):
     s, t, w, gout = make(LAYOUTS[layout], layout, dtype, backend.device)
     w = w if weighted else None
     out = check_against_reference(backend.op("bin_cls_distill"), s, t, w, beta, gout, dtype)
-    if backend.kind == "triton" and bckd_kernels.HAS_EXTENSION:
+    if backend.implementation == "triton" and bckd_kernels.HAS_EXTENSION:
         # The extension's kernels hold the maths of record (csrc/bckd_math.h). A float16 or
         # bfloat16 gradient may round one step apart.
         fused = run(torch.ops.bckd.bin_cls_distill, s, t, w, beta, gout)
