@@ -2,12 +2,12 @@
 
     python benchmarks/bench_losses.py            # full run on the default device
     python benchmarks/bench_losses.py --quick    # one COCO-like batch, about a minute on 2 cores
-    python benchmarks/bench_losses.py --layout nhwc --dtype bfloat16
+    python benchmarks/bench_losses.py --layout channels_last --dtype bfloat16
 
-Layouts of the head maps (--layout, comma-separated; default nchw,nhwc, and
-nchw alone with --quick): nchw = contiguous [B, C, H, W], nhwc = channels_last
-(what bckd_train's detector produces), nc = [N, C] rows. Paired GIoU always
-takes [N, 4] boxes. Dtypes (--dtype): float32 and bfloat16 on a GPU, float32
+Layouts of the head maps (--layout, comma-separated; default nchw,channels_last,
+and nchw alone with --quick): nchw = contiguous [B, C, H, W], channels_last =
+[B, C, H, W] with channels contiguous (what bckd_train's detector produces),
+rows = [N, C] rows. Paired GIoU always takes [N, 4] boxes ("boxes"). Dtypes (--dtype): float32 and bfloat16 on a GPU, float32
 on the CPU by default.
 
 Providers, side by side in one run:
@@ -64,14 +64,14 @@ MODES = ("forward", "backward", "forward+backward")
 # ----------------------------------------------------------------- inputs ----
 
 
-LAYOUTS = ("nchw", "nhwc", "nc")
+LAYOUTS = ("nchw", "channels_last", "rows")
 
 
 def in_layout(x, layout):
     """A [B, C, H, W] map as the given layout: contiguous, channels_last, or [B·H·W, C] rows."""
     if layout == "nchw":
         return x.contiguous()
-    if layout == "nhwc":
+    if layout == "channels_last":
         return x.contiguous(memory_format=torch.channels_last)
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).contiguous()
 
@@ -88,7 +88,7 @@ def make_inputs(loss, n, device, dtype, layout="nchw", seed=0):
         return (torch.randn(shape, generator=g) * 2).to(device=device, dtype=dtype)
 
     def per_location(v):
-        return v.reshape(-1) if layout == "nc" else v
+        return v.reshape(-1) if layout == "rows" else v
 
     x = {"avg_factor": torch.tensor(float(max(b * 20, 1)), device=device)}
     x["valid"] = per_location(torch.ones(b, h, w, device=device))
@@ -217,7 +217,7 @@ def main(argv=None):
                         help="comma-separated float32, float16, bfloat16 (default: float32,bfloat16 on a GPU, "
                              "float32 on the CPU)")
     parser.add_argument("--layout", default=None,
-                        help=f"comma-separated head-map layouts from {LAYOUTS} (default: nchw,nhwc; nchw with --quick)")
+                        help=f"comma-separated head-map layouts from {LAYOUTS} (default: nchw,channels_last; nchw with --quick)")
     parser.add_argument("--quick", action="store_true", help="one COCO-like batch (4 images) and a short sweep")
     parser.add_argument("--losses", default="bcdl,giou,ildl,bckd")
     parser.add_argument("--csv", default=None, help="append the rows to this CSV")
@@ -226,7 +226,7 @@ def main(argv=None):
 
     device = torch.device(args.device)
     dtypes = (args.dtype or ("float32,bfloat16" if device.type == "cuda" else "float32")).split(",")
-    layouts = (args.layout or ("nchw" if args.quick else "nchw,nhwc")).split(",")
+    layouts = (args.layout or ("nchw" if args.quick else "nchw,channels_last")).split(",")
     for name in dtypes:
         if name not in ("float32", "float16", "bfloat16"):
             parser.error(f"--dtype: {name!r} is not float32, float16 or bfloat16")
@@ -268,7 +268,7 @@ def main(argv=None):
                                  bytes=nbytes, gbps=nbytes / med / 1e6, floor_ms=floor, x_floor=med / floor,
                                  pct_bw=100 * floor / med, peak_extra_bytes=peak)
                         )
-                        print(f"  {loss:5s} {dtype_name:8s} {layout:5s} N={n:7d} {mode:16s} {provider:13s} "
+                        print(f"  {loss:5s} {dtype_name:8s} {layout:13s} N={n:7d} {mode:16s} {provider:13s} "
                               f"{med:9.3f} ms", flush=True)
     print()
     print(format_table(rows))
@@ -321,7 +321,7 @@ def targets(rows):
             if p not in case or "torch_compile" not in case:
                 continue
             ratio = case["torch_compile"]["median_ms"] / case[p]["median_ms"]
-            text = f"  {loss:5s} {dtype:8s} {layout:5s} N={n:7d} {p:9s} {ratio:5.2f}x torch.compile " \
+            text = f"  {loss:5s} {dtype:8s} {layout:13s} N={n:7d} {p:9s} {ratio:5.2f}x torch.compile " \
                    f"({'met' if ratio >= speedup else 'MISSED'}, >= {speedup}x)"
             if bw is not None:
                 pct = case[p]["pct_bw"]
@@ -351,7 +351,7 @@ def cpu_targets(rows):
             if "extension" not in case:
                 continue
             ext = case["extension"]["median_ms"]
-            text = f"  {loss:5s} {dtype:8s} {layout:5s} N={n:7d}"
+            text = f"  {loss:5s} {dtype:8s} {layout:13s} N={n:7d}"
             if "torch_compile" in case:
                 ratio = case["torch_compile"]["median_ms"] / ext
                 text += f" {ratio:5.2f}x torch.compile ({'met' if ratio >= CPU_SPEEDUP else 'MISSED'})"

@@ -1,13 +1,24 @@
 # What benchmarks/gpu_run.sh and benchmarks/gpu_train_smoke.sh share (sourced, not run).
-# Before sourcing: SUMMARY (the summary file), LOG (the file for the helpers' own
-# output), WORK (an absolute scratch folder outside the returned files), BUDGET
-# (seconds for the whole script). Every step's result is one line of SUMMARY: PASS, FAIL or NOTE; a
+# Before sourcing: DIR (the folder of the files the script returns), OUTPUTS (the names
+# of those files, removed here so that none is left from an earlier run), SUMMARY (the
+# summary file) and LOG (the file for the helpers' own output), both in DIR, WORK (an
+# absolute scratch folder outside DIR, emptied here), BUDGET (seconds for the whole
+# script). Every step's result is one line of SUMMARY: PASS, FAIL or NOTE; a
 # prerequisite that is missing is a FAIL, never a skip.
 
 PY=${PYTHON:-python3}
 T0=$SECONDS
 FAILS=0
+mkdir -p "$DIR"
+for name in "${OUTPUTS[@]}"; do
+    rm -f "${DIR:?}/$name"
+done
+rm -rf "$WORK"
 mkdir -p "$WORK"
+: >"$SUMMARY"
+: >"$LOG"
+# The kernels are built in place, not installed: benchmarks/*.py and bckd_train import them from here.
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 # Seconds of the budget left.
 left() { echo $((BUDGET - (SECONDS - T0))); }

@@ -29,16 +29,11 @@ DIR=${1:-${OUT:-benchmarks/results/gpu_smoke}}
 WORK=${BCKD_SMOKE_WORK:-/tmp/bckd_smoke}
 BUDGET=${BCKD_SMOKE_BUDGET:-200}
 ITERS=${BCKD_SMOKE_ITERS:-125}
-mkdir -p "$DIR"
-rm -f "$DIR/summary.md" "$DIR/smoke.log"
-rm -rf "$WORK"
+OUTPUTS=(summary.md smoke.log)
 SUMMARY=$DIR/summary.md
 LOG=$DIR/smoke.log
-: >"$SUMMARY"
-: >"$LOG"
 # shellcheck source=benchmarks/gpu_common.sh
 source benchmarks/gpu_common.sh
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 finish() {
     say "RESULT: $([ "$FAILS" = 0 ] && echo PASS || echo "FAIL ($FAILS FAIL lines)") in $((SECONDS - T0)) s of $BUDGET"

@@ -1,11 +1,13 @@
 """Invalid arguments for every bckd operator, forward and backward, and a runner
-that calls them on one backend and prints one JSON line per case.
+that calls one implementation's operators on one device and prints one JSON line
+per case.
 
-test_bad_input.py runs each backend in its own process, so that a crash (a
-kernel reading past a buffer) fails that backend's test and names the case
-it died in, instead of ending the test run.
+test_bad_input.py runs each implementation in its own process, so that a crash
+(a kernel reading past a buffer) fails that implementation's test and names the
+case it died in, instead of ending the test run.
 
-    python tests/bad_inputs.py BACKEND    # cpu, cuda, triton, triton-cuda, meta, reference
+    python tests/bad_inputs.py IMPLEMENTATION DEVICE
+    # extension cpu|cuda|meta (meta: the fake kernels), triton cpu|cuda (cpu: the interpreter), reference cpu
 """
 
 import json
@@ -70,7 +72,7 @@ CASES = [
     ("bcdl-student-int", "bcdl", "student",
      _bcdl(student=lambda d, _: torch.ones(4, 80, dtype=torch.int32, device=d), weight=None)),
     ("bcdl-map-teacher-other-h", "bcdl", "teacher", _bcdl(shape=(2, 80, 5, 6), teacher_shape=(2, 80, 4, 6))),
-    ("bcdl-map-weight-nc", "bcdl", "weight", _bcdl(shape=(2, 80, 5, 6), weight=lambda d: torch.ones(60, device=d))),
+    ("bcdl-map-weight-flat", "bcdl", "weight", _bcdl(shape=(2, 80, 5, 6), weight=lambda d: torch.ones(60, device=d))),
     ("giou-boxes-4x5", "giou", "pred", _giou(pred_shape=(4, 5))),
     ("giou-target-3-for-4", "giou", "target", _giou(target_shape=(3, 4))),
     ("giou-target-half", "giou", "target", _giou(target_dtype=torch.float16)),
@@ -100,14 +102,14 @@ GRAD_CASES = [
 FORWARD = {"bcdl": "bin_cls_distill", "giou": "paired_giou", "dfl": "dfl_giou_distill"}
 
 
-def _ops(backend):
-    """{family: (forward, backward or None)} of one backend."""
+def _ops(implementation):
+    """{family: (forward, backward or None)} of one implementation."""
     ops = torch.ops.bckd
-    if backend == "reference":
+    if implementation == "reference":
         from bckd_kernels import reference
 
         return {f: (getattr(reference, name), None) for f, name in FORWARD.items()}
-    if backend.startswith("triton"):
+    if implementation == "triton":
         from bckd_kernels import triton_ops  # noqa: F401  (registers the *_triton ops)
 
         return {f: (getattr(ops, name + "_triton"), getattr(ops, f"_{name}_backward_triton"))
@@ -115,16 +117,11 @@ def _ops(backend):
     return {f: (getattr(ops, name), getattr(ops, f"_{name}_backward")) for f, name in FORWARD.items()}
 
 
-def _device(backend):
-    return {"cuda": "cuda", "triton-cuda": "cuda", "meta": "meta"}.get(backend, "cpu")
-
-
-def calls(backend):
-    """(case id, argument name, zero-argument call) for every case of a backend."""
-    device = _device(backend)
-    # Triton takes no float64; float32 exercises the checks on every backend.
+def calls(implementation, device):
+    """(case id, argument name, zero-argument call) for every case of an implementation."""
+    # Triton takes no float64; float32 exercises the checks of every implementation.
     dtype = torch.float32
-    ops = _ops(backend)
+    ops = _ops(implementation)
     out = []
     for case, family, arg, build in CASES:
         forward, backward = ops[family]
@@ -146,12 +143,12 @@ def _grad_for(args):
     return torch.ones(x.shape[0], device=x.device)
 
 
-def run(backend):
-    if backend == "triton":
+def run(implementation, device):
+    if implementation == "triton" and device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import bckd_kernels  # noqa: F401  (loads the extension's operators)
 
-    for case, arg, call in calls(backend):
+    for case, arg, call in calls(implementation, device):
         print(json.dumps({"case": case, "arg": arg, "started": True}), flush=True)
         try:
             call()
@@ -162,4 +159,4 @@ def run(backend):
 
 
 if __name__ == "__main__":
-    run(sys.argv[1])
+    run(*sys.argv[1:3])

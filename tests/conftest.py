@@ -11,10 +11,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import bckd_kernels  # noqa: E402
+from bckd_kernels.functional import BACKENDS  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+# A test or parameter that needs a CUDA GPU carries the cuda marker (benchmarks/gpu_run.sh
+# selects it); without a GPU it is skipped (pytest_collection_modifyitems below).
+needs_cuda = pytest.mark.cuda
 needs_extension = pytest.mark.skipif(not bckd_kernels.HAS_EXTENSION, reason="the bckd extension did not load")
 
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
@@ -23,25 +27,26 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
-    """One implementation of the operators: the extension's C++ kernels on the CPU or
-    its CUDA kernels, or the Triton kernels (on CUDA tensors with a GPU, through the
+    """A backend of bckd_kernels' functional losses whose kernels the tests check
+    against the reference: "cpu" and "cuda" run the extension's C++ and CUDA
+    kernels, "triton" the Triton kernels (on CUDA tensors with a GPU, through the
     interpreter on CPU tensors without one)."""
 
-    kind: str  # "extension" or "triton"
-    device: str
+    functional: str  # the backend argument of the functional losses, one of BACKENDS
+    device: str  # where the tests put its tensors
+
+    @property
+    def implementation(self):
+        """What runs: "extension" (the C++ or CUDA kernels) or "triton"."""
+        return "triton" if self.functional == "triton" else "extension"
 
     @property
     def interpreted(self):
-        return self.kind == "triton" and self.device == "cpu"
-
-    @property
-    def functional(self):
-        """The ``backend`` argument of bckd_kernels' functional losses."""
-        return "triton" if self.kind == "triton" else self.device
+        return self.implementation == "triton" and self.device == "cpu"
 
     def op(self, name):
         """torch.ops.bckd.<name> (forward or backward op), or its Triton twin <name>_triton."""
-        if self.kind == "extension":
+        if self.implementation == "extension":
             return getattr(torch.ops.bckd, name)
         from bckd_kernels import triton_ops  # noqa: F401  (registers the *_triton ops)
 
@@ -62,22 +67,48 @@ class Backend:
 
     def require(self, dtype):
         """Skips where the backend does not take dtype."""
-        if self.kind == "triton" and dtype == torch.float64:
+        if self.implementation == "triton" and dtype == torch.float64:
             pytest.skip("the Triton kernels take float32, float16 and bfloat16, not float64")
 
 
-BACKENDS = [
-    pytest.param(Backend("extension", "cpu"), id="extension-cpu", marks=needs_extension),
-    pytest.param(Backend("extension", "cuda"), id="extension-cuda", marks=[needs_extension, needs_cuda]),
-    pytest.param(Backend("triton", "cuda" if HAS_CUDA else "cpu"), id="triton",
-                 marks=[pytest.mark.triton, pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")]),
+needs_triton = [pytest.mark.triton, pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")]
+_KERNEL_BACKEND = {  # functional backend: (device, marks)
+    "cpu": ("cpu", [needs_extension]),
+    "cuda": ("cuda", [needs_extension, needs_cuda]),
+    "triton": ("cuda" if HAS_CUDA else "cpu", needs_triton),
+}
+# The backends of bckd_kernels' functional losses (BACKENDS) whose kernels are checked:
+# all but "auto", which picks one of them, and "reference", what they are checked against.
+KERNEL_BACKENDS = [
+    pytest.param(Backend(name, _KERNEL_BACKEND[name][0]), id=name, marks=_KERNEL_BACKEND[name][1])
+    for name in BACKENDS if name not in ("auto", "reference")
+]
+# Those whose tensors are on a CUDA GPU (the Triton kernels' too on a machine that has one).
+CUDA_KERNEL_BACKENDS = [p for p in KERNEL_BACKENDS if p.values[0].device == "cuda"]
+# Each implementation of the operators on the device it runs on, as (implementation,
+# device), for the tests that call the operators themselves: the kernel backends'
+# implementations, the extension's fake kernels on meta tensors, and the reference.
+IMPLEMENTATIONS = [
+    *(pytest.param(p.values[0].implementation, p.values[0].device, id=p.id, marks=p.marks) for p in KERNEL_BACKENDS),
+    pytest.param("extension", "meta", id="meta", marks=needs_extension),
+    pytest.param("reference", "cpu", id="reference"),
 ]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=KERNEL_BACKENDS)
 def backend(request):
-    """Each test that takes it runs once per backend of the operators."""
+    """Each test that takes it runs once per kernel backend."""
     return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without a CUDA GPU, tests and parameters marked cuda are skipped."""
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 # Floor of the error allowed against the float64 reference, relative to the
@@ -122,16 +153,17 @@ def assert_compiles(fn, a, b):
 def as_layout(x, layout):
     """Returns x (same values) in the given memory layout.
 
-    nc / nchw: contiguous; *_strided: a non-contiguous view of a larger
-    buffer; nchw_last: channels-last; nc_t: column-major.
+    rows / nchw: contiguous; rows_transposed: column-major [N, C];
+    channels_last: [B, C, H, W] with channels contiguous; rows_strided /
+    nchw_strided: a non-contiguous view of a larger buffer.
     """
-    if layout in ("nc", "nchw"):
+    if layout in ("rows", "nchw"):
         return x.contiguous()
-    if layout == "nc_t":
+    if layout == "rows_transposed":
         return x.t().contiguous().t()
-    if layout == "nchw_last":
+    if layout == "channels_last":
         return x.contiguous(memory_format=torch.channels_last)
-    if layout in ("nc_strided", "nchw_strided"):
+    if layout in ("rows_strided", "nchw_strided"):
         pad = list(x.shape)
         pad[-1] = pad[-1] * 2 + 1
         big = torch.zeros(pad, dtype=x.dtype, device=x.device)

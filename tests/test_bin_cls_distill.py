@@ -33,11 +33,11 @@ def check_against_reference(op, s, t, w, beta, gout, dtype):
 
 
 LAYOUTS = {
-    "nc": (37, 13),
-    "nc_t": (37, 13),
-    "nc_strided": (37, 13),
+    "rows": (37, 13),
+    "rows_transposed": (37, 13),
+    "rows_strided": (37, 13),
     "nchw": (2, 11, 5, 7),
-    "nchw_last": (2, 11, 5, 7),
+    "channels_last": (2, 11, 5, 7),
     "nchw_strided": (2, 11, 5, 7),
 }
 
@@ -51,7 +51,7 @@ def test_matches_reference(backend, dtype, layout, beta, weighted):
     s, t, w, gout = make(LAYOUTS[layout], layout, dtype, backend.device)
     w = w if weighted else None
     out = check_against_reference(backend.op("bin_cls_distill"), s, t, w, beta, gout, dtype)
-    if backend.kind == "triton" and bckd_kernels.HAS_EXTENSION:
+    if backend.implementation == "triton" and bckd_kernels.HAS_EXTENSION:
         # The extension's kernels hold the maths of record (csrc/bckd_math.h). A float16 or
         # bfloat16 gradient may round one step apart.
         fused = run(torch.ops.bckd.bin_cls_distill, s, t, w, beta, gout)
@@ -65,7 +65,7 @@ def test_matches_reference(backend, dtype, layout, beta, weighted):
     "shape", [(1, 80), (50, 1), (19, 7), (1, 1), (1, 3, 1, 1), (3, 1, 2, 9), (1, 80, 3, 3), (2, 9, 1, 13)]
 )
 def test_awkward_shapes(backend, dtype, shape):
-    layout = "nc" if len(shape) == 2 else "nchw"
+    layout = "rows" if len(shape) == 2 else "nchw"
     s, t, w, gout = make(shape, layout, dtype, backend.device, seed=1)
     check_against_reference(backend.op("bin_cls_distill"), s, t, w, 1.0, gout, dtype)
 
@@ -108,10 +108,10 @@ def test_extreme_logits(backend, dtype):
 
 
 @pytest.mark.parametrize("beta", [1.0, 2.0, 1.5])
-@pytest.mark.parametrize("layout", ["nc", "nchw_strided"])
+@pytest.mark.parametrize("layout", ["rows", "nchw_strided"])
 def test_gradcheck(backend, beta, layout):
     backend.require(torch.float64)
-    shape = (6, 5) if layout == "nc" else (2, 5, 3, 2)
+    shape = (6, 5) if layout == "rows" else (2, 5, 3, 2)
     s, t, w, _ = make(shape, layout, torch.float64, backend.device, scale=2.0)
     s.requires_grad_()
     op = backend.op("bin_cls_distill")
@@ -148,7 +148,7 @@ def test_compile_fullgraph(backend):
     torch.testing.assert_close(s1.grad, s2.grad)
 
 
-@pytest.mark.parametrize("layout, shape", [("nc", (4099, 80)), ("nchw", (2, 80, 37, 41)), ("nchw", (4, 80, 100, 140))])
+@pytest.mark.parametrize("layout, shape", [("rows", (4099, 80)), ("nchw", (2, 80, 37, 41)), ("nchw", (4, 80, 100, 140))])
 def test_deterministic(backend, layout, shape):
     if backend.interpreted:
         pytest.skip("the Triton interpreter runs one program instance after another: there is no race to test")
@@ -170,6 +170,13 @@ def test_saves_only_inputs(backend):
     assert saved and all(x.data_ptr() in ptrs for x in saved)
 
 
+# The processor's best build of ATen's CPU kernels (unless ATEN_CPU_CAPABILITY lowers it).
+CPU_CAPABILITY = torch.backends.cpu.get_cpu_capability()
+
+
+@pytest.mark.skipif(CPU_CAPABILITY not in ("AVX2", "AVX512"),
+                    reason=f"the processor has no AVX2 (its build: {CPU_CAPABILITY}): every build would run the "
+                           "default one, compared with itself")
 def test_baseline_cpu_kernels_match_vectorised():
     """The kernels built for any CPU (ATEN_CPU_CAPABILITY=default) agree with the AVX2 build,
     on NCHW and channels_last maps, and the AVX-512 build gives the AVX2 build's bits (lane

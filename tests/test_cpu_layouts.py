@@ -36,7 +36,7 @@ def layouts(x):
         ("rows", rows.contiguous()),
         ("rows, 3 channels apart", padded[:, 1:C + 1]),
         ("channels_last, columns sliced", wide[..., 1:W + 1]),
-        ("rows, column-major", rows.t().contiguous().t()),
+        ("rows_transposed", rows.t().contiguous().t()),
     ]
 
 

@@ -7,7 +7,8 @@ kernel with nvcc: a benchmark run, not a CI test.)"""
 import importlib.util
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 _spec = importlib.util.spec_from_file_location("cuda_static", os.path.join(ROOT, "benchmarks", "cuda_static.py"))
 cuda_static = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cuda_static)

@@ -10,13 +10,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 from bckd_train import __main__ as cli
 from bckd_train import distill, engine, gfl
 from bckd_train.config import get_config
 from bckd_train.model import GFL
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 
 from bckd_train import __main__ as cli
@@ -17,7 +18,6 @@ from bckd_train import config, data, engine, formats
 from bckd_train.errors import UserError
 from bckd_train.model import GFL, ModelConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BCCD = os.path.join(ROOT, "..", "shared", "data", "bccd", "BCCD")
 W, H = 64, 48
 CLASSES = ("cat", "dog")

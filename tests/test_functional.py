@@ -1,16 +1,14 @@
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, ROOT, needs_cuda
 
 import bckd_kernels
 from bckd_kernels import functional as F
 from bckd_kernels import reference
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.kernels
 
 
@@ -163,7 +161,7 @@ def test_setup_without_torch_explains():
     assert "PyTorch is not installed" in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_cuda
 def test_no_host_sync_on_cuda():
     s, t, rs, rt, valid = maps("cuda")
     s.requires_grad_()

@@ -36,7 +36,7 @@ def test_hand_computed(backend, pred, target, expected):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", ["nc", "nc_t", "nc_strided"])
+@pytest.mark.parametrize("layout", ["rows", "rows_transposed", "rows_strided"])
 def test_paired_matches_reference(backend, dtype, layout):
     backend.require(dtype)
     device = backend.device
@@ -128,12 +128,12 @@ def dfl_grads(fn, s, t, gout, reg_max):
 @pytest.mark.parametrize(
     "layout, shape, reg_max",
     [
-        ("nc", (29, 68), 16),
-        ("nc_t", (29, 68), 16),
-        ("nc_strided", (29, 32), 7),
-        ("nc", (9, 164), 40),
+        ("rows", (29, 68), 16),
+        ("rows_transposed", (29, 68), 16),
+        ("rows_strided", (29, 32), 7),
+        ("rows", (9, 164), 40),
         ("nchw", (2, 68, 5, 7), 16),
-        ("nchw_last", (2, 68, 5, 7), 16),
+        ("channels_last", (2, 68, 5, 7), 16),
         ("nchw_strided", (2, 68, 3, 5), 16),
     ],
 )
@@ -164,7 +164,7 @@ def test_dfl_equals_paired_giou_on_decoded_boxes(backend):
 @pytest.mark.parametrize("shape, reg_max", [((5, 20), 4), ((1, 68, 2, 3), 16)])
 def test_dfl_gradcheck(backend, shape, reg_max):
     backend.require(torch.float64)
-    s, t, _ = make_reg(shape, "nc" if len(shape) == 2 else "nchw", torch.float64, backend.device, seed=4)
+    s, t, _ = make_reg(shape, "rows" if len(shape) == 2 else "nchw", torch.float64, backend.device, seed=4)
     s.requires_grad_()
     dfl = backend.op("dfl_giou_distill")
     assert torch.autograd.gradcheck(lambda x: dfl(x, t, reg_max, 1e-6), (s,))

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT as ROOT_DIR
 
 pytest.importorskip("mmengine")
 from mmengine import Config  # noqa: E402
@@ -22,7 +23,6 @@ import bckd_kernels.mm  # noqa: E402  (registers the "bckd" scope)
 
 pytestmark = pytest.mark.kernels
 
-ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT_DIR, "docs", "openmmlab", "bckd_gfl_r101_gfl_r50_1x_coco.py")
 MODULES = (bckd_kernels.BCDLLoss, bckd_kernels.GIoULoss, bckd_kernels.ILDLLoss)
 

@@ -13,9 +13,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.data
 
 

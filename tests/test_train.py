@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 from bckd_kernels.decode import dfl_decode, distance_to_box
 from bckd_train import __main__ as cli
@@ -860,9 +861,6 @@ def test_checkpoint_of_another_preset_is_refused_as_teacher(full_run, tmp_path, 
     err = capsys.readouterr().err
     assert f"the teacher's classes {list(data.FASHION_CLASSES)} (dataset 'fashion') are not the student's ['tree'] " \
            "(dataset 'forest')" in err
-
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.data

@@ -38,7 +38,7 @@ def test_functional_compile_fullgraph_cuda(loss):
     assert_compiles(fn, a, b)
 
 
-@pytest.mark.parametrize("layout", ["nc", "nc_t"])
+@pytest.mark.parametrize("layout", ["rows", "rows_transposed"])
 @pytest.mark.parametrize("mask", [(True, False), (False, True), (False, False)])
 def test_giou_backward_output_mask(layout, mask):
     """The Triton GIoU backward's output_mask, the C++ op's rule: a wanted

@@ -11,9 +11,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 pytest.importorskip("triton")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_triton_kernel_compiles_for_sm80_and_sm90_without_spills(capsys):

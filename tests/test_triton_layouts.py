@@ -24,16 +24,16 @@ def _values(shape, dtype, device, seed, scale=2.0):
 
 
 def in_layout(x, layout):
-    """x (same values) as: nchw / nc (contiguous), last (channels_last), nc_t
-    (column-major rows), or a view that is none of them: strided (every other
+    """x (same values) as: nchw / rows (contiguous), channels_last,
+    rows_transposed (column-major rows), or a view that is none of them: strided (every other
     location of a wider buffer: no pattern applies), sliced (a channel slice of
     a wider map: the pattern of its layout, with the wider map's image stride),
     offset (contiguous from an element that is not 16-byte aligned)."""
-    if layout in ("nchw", "nc"):
+    if layout in ("nchw", "rows"):
         return x.contiguous()
-    if layout == "last":
+    if layout == "channels_last":
         return x.contiguous(memory_format=torch.channels_last)
-    if layout == "nc_t":
+    if layout == "rows_transposed":
         return x.t().contiguous().t()
     if layout == "strided":
         big = torch.zeros((*x.shape[:-1], 2 * x.shape[-1]), dtype=x.dtype, device=x.device)
@@ -79,11 +79,11 @@ MAP_CASES = [
     # layout, shape, the pattern the plan must pick (for float32 inputs)
     ("nchw", (2, 80, 4, 8), 1),
     ("nchw", (2, 11, 5, 7), 1),
-    ("last", (2, 80, 3, 5), 2),
-    ("last", (1, 13, 3, 3), 2),
-    ("nc", (37, 80), 2),
-    ("nc_t", (40, 80), 1),
-    ("nc_t", (37, 13), 1),
+    ("channels_last", (2, 80, 3, 5), 2),
+    ("channels_last", (1, 13, 3, 3), 2),
+    ("rows", (37, 80), 2),
+    ("rows_transposed", (40, 80), 1),
+    ("rows_transposed", (37, 13), 1),
     ("strided", (2, 6, 3, 4), 0),
     ("sliced", (2, 80, 3, 4), 1),
     ("offset", (2, 80, 4, 8), 1),
@@ -106,11 +106,11 @@ def test_bin_cls_distill_layouts(device, dtype, layout, shape, pattern):
 
 DFL_CASES = [
     ("nchw", (2, 68, 4, 8), 16, 1),
-    ("last", (2, 68, 3, 5), 16, 2),
-    ("nc", (37, 68), 16, 2),
-    ("nc", (5, 164), 40, 2),
-    ("nc_t", (40, 68), 16, 1),
-    ("last", (1, 8, 2, 3), 1, 2),
+    ("channels_last", (2, 68, 3, 5), 16, 2),
+    ("rows", (37, 68), 16, 2),
+    ("rows", (5, 164), 40, 2),
+    ("rows_transposed", (40, 68), 16, 1),
+    ("channels_last", (1, 8, 2, 3), 1, 2),
     ("strided", (2, 68, 2, 3), 16, 0),
 ]
 
@@ -139,8 +139,8 @@ def _boxes(n, dtype, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout, n, pattern", [("nc", 300, 2), ("nc", 301, 2), ("nc", 1, 2), ("nc_t", 300, 1),
-                                                ("nc_t", 257, 1), ("strided", 300, 0), ("offset", 300, 2)])
+@pytest.mark.parametrize("layout, n, pattern", [("rows", 300, 2), ("rows", 301, 2), ("rows", 1, 2), ("rows_transposed", 300, 1),
+                                                ("rows_transposed", 257, 1), ("strided", 300, 0), ("offset", 300, 2)])
 def test_paired_giou_layouts(device, dtype, layout, n, pattern):
     p, t = (in_layout(x, layout) for x in _boxes(n, dtype, device))
     assert triton_ops._box_plan(p, t)[0] == pattern

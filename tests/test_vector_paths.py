@@ -6,7 +6,7 @@ misaligned views, tail sizes, the DFL shared-memory switch and GIoU's boxes."""
 
 import pytest
 import torch
-from conftest import HAS_CUDA
+from conftest import CUDA_KERNEL_BACKENDS, needs_cuda
 
 from bckd_kernels import reference
 
@@ -173,10 +173,9 @@ def test_giou_views(backend, view):
 # ------------------------------------------------------- devices and streams ----
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@needs_cuda
+@pytest.mark.parametrize("backend", CUDA_KERNEL_BACKENDS)
 def test_non_default_stream(backend):
-    if backend.device != "cuda":
-        pytest.skip("a CUDA stream")
     s, t = (randn((2, 80, 8, 8), torch.float32, "cuda", seed) for seed in (0, 1))
     expected = backend.op("bin_cls_distill")(s, t, None, 1.0)
     stream = torch.cuda.Stream()
@@ -188,10 +187,10 @@ def test_non_default_stream(backend):
         assert torch.equal(a, b)
 
 
-@pytest.mark.skipif(not HAS_CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@needs_cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("backend", CUDA_KERNEL_BACKENDS)
 def test_inputs_on_another_device(backend):
-    if backend.device != "cuda":
-        pytest.skip("two CUDA devices")
     s, t = (randn((2, 80, 8, 8), torch.float32, "cuda:1", seed) for seed in (0, 1))
     with torch.cuda.device(0):
         loss, _ = backend.op("bin_cls_distill")(s, t, None, 1.0)

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from conftest import ROOT
 from torch.utils._python_dispatch import TorchDispatchMode
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # no network probe at import
@@ -24,15 +25,14 @@ from bckd_kernels.yolo import head_maps, teacher_soft_count, yolo_bckd_loss  # n
 
 pytestmark = pytest.mark.kernels
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NC = 5
+NUM_CLASSES = 5
 IMAGES = torch.rand(2, 3, 32, 64, generator=torch.Generator().manual_seed(0))  # levels 4x8, 2x4, 1x2
 ANCHORS = 4 * 8 + 2 * 4 + 1 * 2
 
 
 def build(cfg, seed):
     torch.manual_seed(seed)
-    return DetectionModel(cfg, nc=NC, verbose=False)
+    return DetectionModel(cfg, nc=NUM_CLASSES, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def student(request):
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for seq in model.model[-1].cv3:
-            seq[-1].bias.copy_(torch.randn(NC, generator=g) * 2)
+            seq[-1].bias.copy_(torch.randn(NUM_CLASSES, generator=g) * 2)
     return model
 
 
@@ -72,11 +72,11 @@ def legacy(model, preds):
 
 def test_output_format(student, student_preds, teacher_preds):
     assert isinstance(student_preds, dict) and isinstance(teacher_preds, tuple)
-    assert student_preds["scores"].shape == (2, NC, ANCHORS)
+    assert student_preds["scores"].shape == (2, NUM_CLASSES, ANCHORS)
     assert student_preds["boxes"].shape == (2, 64, ANCHORS)
     assert student.model[-1].reg_max == 16
     [(scores, boxes)] = head_maps(student_preds)
-    assert scores.shape == (2, NC, 1, ANCHORS) and boxes.shape == (2, 64, 1, ANCHORS)
+    assert scores.shape == (2, NUM_CLASSES, 1, ANCHORS) and boxes.shape == (2, 64, 1, ANCHORS)
     assert scores.data_ptr() == student_preds["scores"].data_ptr()
     assert boxes.data_ptr() == student_preds["boxes"].data_ptr()
     [(_, teacher_boxes)] = head_maps(teacher_preds)
@@ -236,7 +236,7 @@ def test_example_distill_step(student, teacher):
     before = [w.detach().clone() for w in finals]
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     g = torch.Generator().manual_seed(6)
-    batch = example.synthetic_batch(batch_size=2, imgsz=32, num_classes=NC, generator=g)
+    batch = example.synthetic_batch(batch_size=2, imgsz=32, num_classes=NUM_CLASSES, generator=g)
     items = example.distill_step(student=model, teacher=teacher, batch=batch, optimizer=optimizer)
     assert set(items) == {"box_loss", "cls_loss", "dfl_loss", "loss_bcdl", "loss_ildl"}
     assert all(math.isfinite(v) for v in items.values()) and items["loss_bcdl"] > 0 and items["loss_ildl"] > 0

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 _omp = os.environ.get("OMP_NUM_THREADS")
@@ -21,7 +22,6 @@ from bckd_kernels._yolo_trainer import OPTIONS  # noqa: E402
 from bckd_kernels.yolo import BCKDTrainer  # noqa: E402
 from bckd_train.formats import read_voc, write_yolo  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BCCD = os.path.join(os.path.dirname(ROOT), "shared", "data", "bccd")
 pytestmark = pytest.mark.skipif(not os.path.isdir(BCCD), reason=f"BCCD is not at {BCCD}")
 
