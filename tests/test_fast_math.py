@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from bckd_kernels import reference
-from conftest import BACKENDS
 
 pytestmark = pytest.mark.kernels
 
