@@ -22,7 +22,7 @@ class BCKDWeights:
 class TrainConfig:
     name: str
     dataset: str  # "forest", "fashion" or a data set prepared by `python -m bckd_train data --name`
-    model: ModelConfig  # its num_classes is replaced by the data set's class count (engine.with_data)
+    model: ModelConfig  # its num_classes is replaced by the data set's class count (loading.with_data)
     epochs: int
     batch_size: int  # global: split across processes under torchrun
     lr: float = 0.01
@@ -45,7 +45,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations; 0: only after the last
     bckd: BCKDWeights = BCKDWeights()  # methods bcdl, ildl and bckd of bckd_train.distill
     # The data set's class names in label order: () in the presets, filled from the data
-    # set by engine.with_data (and from the checkpoint by engine.load_checkpoint).
+    # set by loading.with_data (and from the checkpoint by checkpoints.load_checkpoint).
     classes: tuple = ()
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import bckd_kernels
 from bckd_kernels.functional import reduce_loss
 
-from . import data, engine, gfl
+from . import checkpoints, data, gfl, loading
 from .errors import UserError
 
 METHODS = ("none", "kd", "ld", "bcdl", "ildl", "bckd")
@@ -186,13 +186,13 @@ def teacher_memo(teacher, dataset, augment, *, path=None, batch_size=16):
     memo = {}
     for start in range(0, len(keys), batch_size):
         chunk = keys[start : start + batch_size]
-        images, _, _ = engine.load_batch(dataset, chunk)
+        images, _, _ = loading.load_batch(dataset, chunk)
         cls, reg = teacher(images.to(device))
         cls, reg = [c.cpu() for c in cls], [r.cpu() for r in reg]
         for j, key in enumerate(chunk):
             memo[key] = ([c[j] for c in cls], [r[j] for r in reg])
     if path is not None:
-        engine.save_atomic(lambda f: torch.save(memo, f), path)
+        checkpoints.save_atomic(lambda f: torch.save(memo, f), path)
     return memo
 
 

@@ -26,7 +26,7 @@ import time
 import torch
 from timing import environment, peak_extra_bytes
 
-from bckd_train import distill, engine, gfl
+from bckd_train import distill, gfl, loading
 from bckd_train.config import get_config
 from bckd_train.model import GFL
 
@@ -39,8 +39,8 @@ def setup(dataset, device):
     torch.manual_seed(0)
     student = GFL(dataclasses.replace(cfg.model, pretrained=False)).to(device)
     teacher = GFL(dataclasses.replace(t_cfg.model, pretrained=False)).to(device).eval()
-    train, _ = engine.datasets(cfg)
-    images, masks, targets = engine.load_batch(train, [(i, 0) for i in range(cfg.batch_size)])
+    train, _ = loading.datasets(cfg)
+    images, masks, targets = loading.load_batch(train, [(i, 0) for i in range(cfg.batch_size)])
     return cfg, student, teacher, images.to(device), masks.to(device), targets
 
 

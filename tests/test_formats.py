@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from bckd_train import __main__ as cli
-from bckd_train import config, data, engine, formats
+from bckd_train import checkpoints, config, data, formats
 from bckd_train.errors import UserError
 from bckd_train.model import GFL, ModelConfig
 
@@ -427,6 +427,6 @@ def test_checkpoint_without_classes_is_a_builtin_sets(tiny, tmp_path):
     """Checkpoints written before classes were kept load with their built-in set's classes."""
     model = GFL(dataclasses.replace(tiny.model, num_classes=10))
     torch.save({"model": model.state_dict(), "config": "tiny", "seed": 0}, tmp_path / "old.pth")
-    cfg, loaded = engine.load_checkpoint(str(tmp_path / "old.pth"))
+    cfg, loaded = checkpoints.load_checkpoint(str(tmp_path / "old.pth"))
     assert cfg.dataset == "fashion" and cfg.classes == data.FASHION_CLASSES and cfg.model.num_classes == 10
     assert loaded.head.cls_out.out_channels == 10

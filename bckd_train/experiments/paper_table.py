@@ -79,12 +79,12 @@ def finished(folder):
 
 
 def weights_sha256(ckpt):
-    """Hash of a checkpoint's weights (:func:`bckd_train.engine.weights_sha256`)."""
+    """Hash of a checkpoint's weights (:func:`bckd_train.checkpoints.weights_sha256`)."""
     import torch
 
-    from .. import engine
+    from .. import checkpoints
 
-    return engine.weights_sha256(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+    return checkpoints.weights_sha256(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
 
 
 def launch(cmd, folder, threads):
@@ -150,7 +150,7 @@ def prepare_teacher(args, dataset, py):
 def train_all(args):
     import torch
 
-    from .. import distill, engine, runtime
+    from .. import checkpoints, distill, loading, runtime
     from ..config import get_config
 
     py = [sys.executable, "-m", "bckd_train"]
@@ -166,14 +166,14 @@ def train_all(args):
         sha = prepare_teacher(args, dataset, py)
         t_ckpt = os.path.join(teacher_dir(args.out, dataset), "checkpoint.pth")
         maps = os.path.join(teacher_dir(args.out, dataset), "maps.pt")
-        t_cfg, teacher = engine.load_checkpoint(t_ckpt)
+        t_cfg, teacher = checkpoints.load_checkpoint(t_ckpt)
         teacher.to_device(device)
         if any(m != "none" for m, _ in todo) and not os.path.exists(maps):
             print(f"computing the {dataset} teacher's maps", flush=True)
             s_cfg = get_config(f"{dataset}_student")
-            train_set, _ = engine.datasets(s_cfg)
+            train_set, _ = loading.datasets(s_cfg)
             distill.teacher_memo(teacher, train_set, s_cfg.augment, path=maps)
-        _, val = engine.datasets(t_cfg)
+        _, val = loading.datasets(t_cfg)
         teachers[dataset] = (teacher, val, sha)
         for method, seed in todo:
             cmd = py + ["distill", "--config", f"{dataset}_student", "--teacher", t_ckpt, "--method", method,
@@ -188,7 +188,7 @@ def train_all(args):
             launch(cmd, folder, threads)
         teacher, val, sha = teachers[dataset]
         record = run_record(folder, threads, sha)
-        _, student = engine.load_checkpoint(os.path.join(folder, "checkpoint.pth"))
+        _, student = checkpoints.load_checkpoint(os.path.join(folder, "checkpoint.pth"))
         record["score_gap"] = distill.score_gap(student.to_device(device), teacher, val, device=device)
         write_record(args.records, dataset, f"{method}_s{seed}", record)
         print(f"{dataset} {method}_s{seed}: AP {100 * record['metrics']['AP']:.1f}, {record['minutes'] or 0:.1f} min",
