@@ -150,7 +150,7 @@ def distill_command(args):
     check_teacher(cfg, t_cfg)
     teacher.to_device(device)
     memo = args.memo_teacher
-    if args.teacher_maps and args.method != "none":
+    if args.teacher_maps and METHODS[args.method].uses_teacher:
         # the first process computes and writes FILE, the others read it; the maps with the run's settings
         with runtime.local_first(), runtime.determinism(args.deterministic):
             train_set, _ = loading.datasets(cfg, args.cache)

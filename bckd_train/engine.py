@@ -138,9 +138,10 @@ def start_run(cfg, out, *, cache, device, amp, workers, progress, distiller):
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     ddp = runtime.wrap_ddp(model, device)
     method = distiller.method if distiller is not None else "none"
+    distilled = distiller is not None and distiller.uses_teacher
     return Run(cfg=cfg, files=RunFiles(out), model=model, ddp=ddp, params=params, optimizer=optimizer,
                distiller=distiller, method=method,
-               teacher_sha256=checkpoints.weights_sha256(distiller.teacher.state_dict()) if method != "none" else None,
+               teacher_sha256=checkpoints.weights_sha256(distiller.teacher.state_dict()) if distilled else None,
                train_set=train_set, val_set=val_set, device=device, amp=amp,
                settings=runtime.settings(device, amp), rank=rank, size=size,
                workers=loading.default_workers(device) if workers is None else workers, progress=progress)
@@ -288,7 +289,7 @@ def step_losses(model, distiller, images, masks, targets, keys, *, cfg, amp=None
     teacher = None
     with runtime.autocast(images.device, amp):
         cls, reg = model(images)
-    if distiller is not None and distiller.method != "none":
+    if distiller is not None and distiller.uses_teacher:
         # float32 under any --amp, as the memo and a --teacher-maps file hold them: one teacher
         teacher = distiller.teacher_maps(images, keys)
     losses, extras = gfl.gfl_loss([c.float() for c in cls], [r.float() for r in reg], targets,

@@ -70,12 +70,12 @@ def make_losses(cfg, student, teacher, images, masks, targets, backend):
                              num_classes=cfg.model.num_classes)
     leaves = [x.detach().requires_grad_() for x in cls + reg]
     n = len(cls)
-    d = distill.Distiller(teacher, "bckd", backend=backend)
 
     def losses():
         s_cls, s_reg = leaves[:n], leaves[n:]
-        out = d.bckd_losses(masks, s_cls, s_reg, t_cls, t_reg, extras, strides=cfg.model.strides,
-                            reg_max=cfg.model.reg_max, weights=cfg.bckd)
+        out = distill.METHODS["bckd"].losses(distill.Maps(
+            s_cls, s_reg, t_cls, t_reg, masks=masks, extras=extras, strides=cfg.model.strides,
+            reg_max=cfg.model.reg_max, weights=cfg.bckd, backend=backend))
         sum(out.values()).backward()
         for x in leaves:
             x.grad = None

@@ -268,11 +268,10 @@ def test_loss_path_has_no_data_dependent_ops(head_maps):
     targets_m = [dict(t, boxes=t["boxes"].to("meta"), labels=t["labels"].to("meta")) for t in targets]
     kw = dict(strides=cfg.model.strides, reg_max=16)
     losses, extras = gfl.gfl_loss(cls_m, reg_m, targets_m, num_classes=10, **kw)
-    d = distill.Distiller(None, "none")
-    d.method = "bckd"
     masks = torch.ones(4, 128, 128, device="meta")
-    losses.update(d.bckd_losses(masks, cls_m, reg_m, [c.detach() for c in cls_m], [r.detach() for r in reg_m],
-                                extras, weights=cfg.bckd, **kw))
+    maps = distill.Maps(cls_m, reg_m, [c.detach() for c in cls_m], [r.detach() for r in reg_m], masks=masks,
+                        extras=extras, weights=cfg.bckd, backend="auto", **kw)
+    losses.update(distill.METHODS["bckd"].losses(maps))
     assert set(losses) == {"loss_qfl", "loss_dfl", "loss_giou", "loss_bcdl", "loss_ildl"}
     sum(losses.values()).backward()
     assert all(t.grad.shape == t.shape for t in meta)
