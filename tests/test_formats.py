@@ -15,6 +15,7 @@ from PIL import Image
 from bckd_train import __main__ as cli
 from bckd_train import checkpoints, config, data, formats
 from bckd_train.errors import UserError
+from bckd_train.formats import writers
 from bckd_train.model import GFL, ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -324,7 +325,7 @@ def test_killed_write_leaves_no_half_data_set(tmp_path, monkeypatch, capsys):
     one; a stale temporary folder of a killed earlier run is removed by the next write;
     a second import replaces the first whole."""
     path = make_voc(tmp_path / "voc")
-    real, calls = formats.shutil.copyfile, []
+    real, calls = writers.shutil.copyfile, []
 
     def copyfile(src, dst):
         calls.append(src)
@@ -332,11 +333,11 @@ def test_killed_write_leaves_no_half_data_set(tmp_path, monkeypatch, capsys):
             raise KeyboardInterrupt  # as a Ctrl-C midway
         return real(src, dst)
 
-    monkeypatch.setattr(formats.shutil, "copyfile", copyfile)
+    monkeypatch.setattr(writers.shutil, "copyfile", copyfile)
     with pytest.raises(KeyboardInterrupt):
         cli.main(data_argv("voc", path, tmp_path))
     assert os.listdir(tmp_path / "cache" / "data") == []
-    monkeypatch.setattr(formats.shutil, "copyfile", real)
+    monkeypatch.setattr(writers.shutil, "copyfile", real)
     stale = tmp_path / "cache" / "data" / ".pets.tmp-999999999"  # no such process: a killed writer's
     live = tmp_path / "cache" / "data" / f".pets.tmp-{os.getppid()}"  # a running process's: another writer's
     stale.mkdir()
