@@ -21,12 +21,11 @@ editable) or with the repository root on PYTHONPATH.
 import argparse
 import dataclasses
 import statistics
-import time
 
 import torch
 from timing import environment, peak_extra_bytes
 
-from bckd_train import distill, gfl, loading
+from bckd_train import distill, gfl, loading, runtime
 from bckd_train.config import get_config
 from bckd_train.model import GFL
 
@@ -83,16 +82,6 @@ def make_losses(cfg, student, teacher, images, masks, targets, backend):
     return losses
 
 
-def timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["fashion", "forest"])
@@ -112,7 +101,7 @@ def main(argv=None):
             times = {b: [] for b in BACKENDS}
             for i in range(args.repeat + 2):
                 for b in BACKENDS:  # alternating: both see the same machine state
-                    ms = timed(fns[b], device)
+                    ms = runtime.timed(fns[b], device) * 1e3
                     if i >= 2:
                         times[b].append(ms)
             peaks = {b: peak_extra_bytes(fns[b], device) / 2**20 for b in BACKENDS}
