@@ -261,8 +261,8 @@ def build_parser():
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N epochs and after the last (0: only after the last)")
     p.add_argument("--backend", default="auto", help="bckd_kernels backend for BCDL/ILDL (auto, reference, ...)")
     p.add_argument("--memo-teacher", action="store_true",
-                   help="reuse the teacher's maps when an (image, flip) comes back (exact: flips are the only "
-                        "augmentation; saves the teacher's forward pass after the first time)")
+                   help="reuse the teacher's maps when an (image, flip or rotation) comes back (exact: a jittered "
+                        "input is never kept; saves the teacher's forward pass after the first time)")
     p.add_argument("--teacher-maps", default=None, metavar="FILE",
                    help="the teacher's maps for every training input, computed into FILE when it does not exist "
                         "and read from it after (runs with one teacher share one teacher pass); implies --memo-teacher")
