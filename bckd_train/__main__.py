@@ -6,7 +6,7 @@ import os
 import re
 import sys
 
-from . import data, engine, formats, runtime
+from . import checkpoints, data, engine, evaluation, formats, loading, runtime
 from .config import get_config
 from .distill import METHODS, Distiller, teacher_memo
 from .errors import UserError
@@ -124,15 +124,15 @@ def train_config(args):
     cfg = get_config(args.config, **overrides)
     if args.memory_format:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, memory_format=args.memory_format))
-    return engine.with_data(cfg, args.data, args.cache)
+    return loading.with_data(cfg, args.data, args.cache)
 
 
 def train_and_report(args, cfg, device, distiller=None):
     metrics = engine.train(cfg, args.out, resume=args.resume, cache=args.cache, device=device, amp=amp(args),
                            workers=args.workers, distiller=distiller, deterministic=args.deterministic)
     if runtime.world()[0] == 0:
-        _, val = engine.datasets(cfg, args.cache)
-        print(engine.metrics_table(metrics, title=f"{cfg.name}: {cfg.dataset} val, {len(val.images)} images, "
+        _, val = loading.datasets(cfg, args.cache)
+        print(evaluation.metrics_table(metrics, title=f"{cfg.name}: {cfg.dataset} val, {len(val.images)} images, "
                                                   f"{args.out}/metrics.json"))
     return 0
 
@@ -146,14 +146,14 @@ def distill_command(args):
     device = runtime.resolve_device(args.device)
     runtime.init_distributed(device)  # under torchrun: the teacher maps' pass once per machine
     cfg = train_config(args)
-    t_cfg, teacher = engine.load_checkpoint(args.teacher, args.cache)
+    t_cfg, teacher = checkpoints.load_checkpoint(args.teacher, args.cache)
     check_teacher(cfg, t_cfg)
     teacher.to_device(device)
     memo = args.memo_teacher
-    if args.teacher_maps and args.method != "none":
+    if args.teacher_maps and METHODS[args.method].uses_teacher:
         # the first process computes and writes FILE, the others read it; the maps with the run's settings
         with runtime.local_first(), runtime.determinism(args.deterministic):
-            train_set, _ = engine.datasets(cfg, args.cache)
+            train_set, _ = loading.datasets(cfg, args.cache)
             memo = teacher_memo(teacher, train_set, cfg.augment, path=args.teacher_maps)
     return train_and_report(args, cfg, device, Distiller(teacher, args.method, backend=args.backend, memo=memo))
 
@@ -166,9 +166,9 @@ def checkpoint_on_device(args):
     if rank() != 0:
         return None
     runtime.bind_device(device)
-    cfg, model = engine.load_checkpoint(args.ckpt, args.cache)
+    cfg, model = checkpoints.load_checkpoint(args.ckpt, args.cache)
     if args.data and args.data != cfg.dataset:
-        other = engine.with_data(cfg, args.data, args.cache)
+        other = loading.with_data(cfg, args.data, args.cache)
         if other.classes != cfg.classes:
             raise UserError(f"--data {args.data}: its classes {list(other.classes)} are not the checkpoint's "
                             f"{list(cfg.classes)} (data set {cfg.dataset!r})")
@@ -181,14 +181,14 @@ def eval_command(args):
     if loaded is None:
         return 0
     cfg, model, device = loaded
-    dataset = engine.split_set(cfg, args.split, args.cache)
-    metrics = engine.evaluate(model, dataset, device=device, amp=amp(args))
+    dataset = loading.split_set(cfg, args.split, args.cache)
+    metrics = evaluation.evaluate(model, dataset, device=device, amp=amp(args))
     name = "eval" if args.split == "val" else f"eval_{args.split}"
     if args.data:
         name = f"eval_{cfg.dataset}_{args.split}"
     out = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"{name}.json")
-    engine.save_json(metrics, out)
-    print(engine.metrics_table(metrics, title=f"{cfg.name}: {cfg.dataset} {args.split}, {len(dataset.images)} images, "
+    checkpoints.save_json(metrics, out)
+    print(evaluation.metrics_table(metrics, title=f"{cfg.name}: {cfg.dataset} {args.split}, {len(dataset.images)} images, "
                                               f"{args.ckpt}, {out}"))
     return 0
 
@@ -198,7 +198,7 @@ def show_command(args):
     if loaded is None:
         return 0
     cfg, model, _ = loaded
-    n, top = engine.show(model, cfg, args.image, args.out, score=args.score, cache=args.cache, amp=amp(args))
+    n, top = evaluation.show(model, cfg, args.image, args.out, score=args.score, cache=args.cache, amp=amp(args))
     if n == 0:
         best = "no detection at all" if top is None else f"the highest scores {top:.3f}"
         print(f"0 detections above score {args.score} ({best}); {args.out} shows the image without boxes")
@@ -261,8 +261,8 @@ def build_parser():
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N epochs and after the last (0: only after the last)")
     p.add_argument("--backend", default="auto", help="bckd_kernels backend for BCDL/ILDL (auto, reference, ...)")
     p.add_argument("--memo-teacher", action="store_true",
-                   help="reuse the teacher's maps when an (image, flip) comes back (exact: flips are the only "
-                        "augmentation; saves the teacher's forward pass after the first time)")
+                   help="reuse the teacher's maps when an (image, flip or rotation) comes back (exact: a jittered "
+                        "input is never kept; saves the teacher's forward pass after the first time)")
     p.add_argument("--teacher-maps", default=None, metavar="FILE",
                    help="the teacher's maps for every training input, computed into FILE when it does not exist "
                         "and read from it after (runs with one teacher share one teacher pass); implies --memo-teacher")

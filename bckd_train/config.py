@@ -22,7 +22,7 @@ class BCKDWeights:
 class TrainConfig:
     name: str
     dataset: str  # "forest", "fashion" or a data set prepared by `python -m bckd_train data --name`
-    model: ModelConfig  # its num_classes is replaced by the data set's class count (engine.with_data)
+    model: ModelConfig  # its num_classes is replaced by the data set's class count (loading.with_data)
     epochs: int
     batch_size: int  # global: split across processes under torchrun
     lr: float = 0.01
@@ -45,139 +45,68 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations; 0: only after the last
     bckd: BCKDWeights = BCKDWeights()  # methods bcdl, ildl and bckd of bckd_train.distill
     # The data set's class names in label order: () in the presets, filled from the data
-    # set by engine.with_data (and from the checkpoint by engine.load_checkpoint).
+    # set by loading.with_data (and from the checkpoint by checkpoints.load_checkpoint).
     classes: tuple = ()
 
 
+def teacher_of(student, *, input_scale=1, **changes):
+    """A student preset's teacher: EfficientNet-Lite2, a wider FPN and a deeper head,
+    on the student's data and schedule but for ``changes``."""
+    model = replace(student.model, backbone="efficientnet_lite2", fpn_channels=128, head_convs=4,
+                    input_scale=input_scale)
+    return replace(student, name=student.name.replace("_student", "_teacher"), model=model, **changes)
+
+
+# A few iterations on a small real subset: the test suite's smoke run.
+INSTANT = TrainConfig(name="instant", dataset="fashion", epochs=2, batch_size=8, lr=0.01, warmup_iters=5,
+                      model=ModelConfig(num_classes=10, fpn_channels=32, head_convs=1),
+                      max_train_images=48, max_val_images=16)
+FASHION_STUDENT = TrainConfig(name="fashion_student", dataset="fashion", model=ModelConfig(num_classes=10), epochs=6,
+                              batch_size=16, warmup_iters=100, lr_steps=(4, 5))
+# README's quickstart, teacher and student alike: the student's detector on 640 fashion
+# scenes for 80 iterations, evaluated once on 100 val scenes.
+QUICKSTART = replace(FASHION_STUDENT, name="quickstart", epochs=2, warmup_iters=20, lr_steps=(),
+                     max_train_images=640, max_val_images=100, eval_every=0)
+# The forest teacher's lr and clipping: the paper's lr 0.01 (docs/method.md section 3)
+# at a quarter of its batch collapsed the classification branch here (docs/results.md
+# section 6).
+FOREST_STUDENT = TrainConfig(name="forest_student", dataset="forest", model=ModelConfig(num_classes=1), epochs=24,
+                             batch_size=4, lr=0.005, warmup_iters=100, lr_steps=(16, 22), grad_clip=35.0)
+# At lr 0.01 it diverged (docs/results.md section 6): hence lr 0.005 and mmdetection's
+# usual gradient clipping, which the student shares. 41 tiles are few, so it sees all 8
+# flips/rotations of each tile (aerial views have no "up"), for 36 epochs.
+FOREST_TEACHER = teacher_of(FOREST_STUDENT, epochs=36, lr_steps=(26, 33), augment="dihedral")
+# BCCD (blood-smear photographs, 640x480, VOC layout with train/val/test splits),
+# prepared with `python -m bckd_train data --name bccd --format voc --path
+# ../shared/data/bccd/BCCD` (the repository never holds it). Trained on train, compared
+# on val (evaluated every 4 epochs and after the last), reported on test (`eval
+# --split test`). Images at their own 640x480, never shrunk: the Platelets (median
+# side 39 px, vs 102 px RBC and 188 px WBC) then span about 5 stride-8 cells, and
+# ATSS matches them to the 64-px P3 anchors (IoU about 0.37). Cells have no "up":
+# left-right and top-bottom flips, without the transposes that would pad 640x480
+# batches to 640x640. The forest presets' lr and clipping (a small data set at a small
+# batch). 25 iterations an epoch. Not trained yet: the schedule is a first guess.
+BCCD_STUDENT = replace(FOREST_STUDENT, name="bccd_student", dataset="bccd", model=ModelConfig(num_classes=3),
+                       batch_size=8, augment="flips", eval_every=4)
+
 PRESETS = {
-    # A few iterations on a small real subset: the test suite's smoke run.
-    "instant": TrainConfig(
-        name="instant",
-        dataset="fashion",
-        model=ModelConfig(num_classes=10, fpn_channels=32, head_convs=1),
-        epochs=2,
-        batch_size=8,
-        lr=0.01,
-        warmup_iters=5,
-        max_train_images=48,
-        max_val_images=16,
-    ),
-    # README's quickstart, teacher and student alike: the student's detector on 640 fashion
-    # scenes for 80 iterations, evaluated once on 100 val scenes (AP 17.7 as a teacher).
-    "quickstart": TrainConfig(
-        name="quickstart",
-        dataset="fashion",
-        model=ModelConfig(num_classes=10),
-        epochs=2,
-        batch_size=16,
-        warmup_iters=20,
-        max_train_images=640,
-        max_val_images=100,
-        eval_every=0,
-    ),
-    "fashion_student": TrainConfig(
-        name="fashion_student",
-        dataset="fashion",
-        model=ModelConfig(num_classes=10),
-        epochs=6,
-        batch_size=16,
-        warmup_iters=100,
-        lr_steps=(4, 5),
-    ),
-    # Teacher: EfficientNet-Lite2, a wider FPN and a deeper head, the student's schedule.
-    "fashion_teacher": TrainConfig(
-        name="fashion_teacher",
-        dataset="fashion",
-        model=ModelConfig(num_classes=10, backbone="efficientnet_lite2", fpn_channels=128, head_convs=4),
-        epochs=6,
-        batch_size=16,
-        warmup_iters=100,
-        lr_steps=(4, 5),
-    ),
-    # lr 0.01 at batch 4 (the paper's lr, docs/method.md section 3, at a quarter of
-    # its batch) was unstable here: the classification branch collapsed mid-training (QFL 0.2 -> 2.0, AP 0) in two of
-    # two runs, once recovering (AP 11.4), once not (AP 0.2). The forest teacher's
-    # lr and clipping instead.
-    "forest_student": TrainConfig(
-        name="forest_student",
-        dataset="forest",
-        model=ModelConfig(num_classes=1),
-        epochs=24,
-        batch_size=4,
-        lr=0.005,
-        warmup_iters=100,
-        lr_steps=(16, 22),
-        grad_clip=35.0,
-    ),
-    # Teacher: the fashion teacher's detector. At the student's lr (0.01, batch 4) it
-    # diverged within 60 iterations (QFL 0.02 -> 13.6), hence half the lr, twice the
-    # warm-up and mmdetection's usual gradient clipping; on the student's 24 epochs
-    # with flips only it reached AP 11.9 (student 11.4): 41 tiles are too few, so it
-    # sees all 8 flips/rotations of each tile (aerial views have no "up") for longer.
-    "forest_teacher": TrainConfig(
-        name="forest_teacher",
-        dataset="forest",
-        model=ModelConfig(num_classes=1, backbone="efficientnet_lite2", fpn_channels=128, head_convs=4),
-        epochs=36,
-        batch_size=4,
-        lr=0.005,
-        warmup_iters=100,
-        lr_steps=(26, 33),
-        grad_clip=35.0,
-        augment="dihedral",
-    ),
-    # BCCD (blood-smear photographs, 640x480, VOC layout with train/val/test splits),
-    # prepared with `python -m bckd_train data --name bccd --format voc --path
-    # ../shared/data/bccd/BCCD` (the repository never holds it). Trained on train, compared
-    # on val (evaluated every 4 epochs and after the last), reported on test (`eval
-    # --split test`). Images at their own 640x480, never shrunk: the Platelets (median
-    # side 39 px, vs 102 px RBC and 188 px WBC) then span about 5 stride-8 cells, and
-    # ATSS matches them to the 64-px P3 anchors (IoU about 0.37). Cells have no "up":
-    # left-right and top-bottom flips, without the transposes that would pad 640x480
-    # batches to 640x640. The forest presets' lr and clipping (a small data set at a small
-    # batch). 25 iterations an epoch. Not trained yet: the schedule is a first guess.
-    # Measured on the project's 2-core CPU at 2 threads while other jobs ran (load
-    # average 3-5): 12-21 s an iteration, 5-9 minutes an epoch, 2-3.5 hours in all.
-    "bccd_student": TrainConfig(
-        name="bccd_student",
-        dataset="bccd",
-        model=ModelConfig(num_classes=3),
-        epochs=24,
-        batch_size=8,
-        lr=0.005,
-        warmup_iters=100,
-        lr_steps=(16, 22),
-        grad_clip=35.0,
-        augment="flips",
-        eval_every=4,
-    ),
-    # Teacher: EfficientNet-Lite2 (the strongest backbone that installs offline), a wider
-    # FPN, a deeper head, and the image upsampled 2x before its backbone (input_scale 2:
-    # the Platelets at about 78 px there; the levels keep their strides and map sizes, so
-    # the maps pair up with the student's). The student's schedule and augmentation.
-    # Measured as the student (2 threads, other jobs running): 32-40 s an iteration at
-    # batch 2, so 2-2.7 minutes at batch 8 and 55-70 minutes an epoch, a day in all on
-    # that CPU (without the 2x input: 16 s at batch 2, about half). A GPU preset.
-    "bccd_teacher": TrainConfig(
-        name="bccd_teacher",
-        dataset="bccd",
-        model=ModelConfig(num_classes=3, backbone="efficientnet_lite2", fpn_channels=128, head_convs=4,
-                          input_scale=2),
-        epochs=24,
-        batch_size=8,
-        lr=0.005,
-        warmup_iters=100,
-        lr_steps=(16, 22),
-        grad_clip=35.0,
-        augment="flips",
-        eval_every=4,
-    ),
+    "instant": INSTANT,
+    "quickstart": QUICKSTART,
+    "fashion_student": FASHION_STUDENT,
+    "fashion_teacher": teacher_of(FASHION_STUDENT),
+    "forest_student": FOREST_STUDENT,
+    "forest_teacher": FOREST_TEACHER,
+    "bccd_student": BCCD_STUDENT,
+    # EfficientNet-Lite2 is the strongest backbone that installs offline; the image
+    # upsampled 2x before it (input_scale 2: the Platelets at about 78 px there; the
+    # levels keep their strides and map sizes, so the maps pair up with the student's).
+    # A GPU preset (its CPU times: docs/results.md section 3).
+    "bccd_teacher": teacher_of(BCCD_STUDENT, input_scale=2),
+    # The forest teacher on the image upsampled 2x (ModelConfig.input_scale): not the
+    # table's teacher, for a gain that costs twice the time (docs/results.md section 6).
+    "forest_teacher_x2": replace(FOREST_TEACHER, name="forest_teacher_x2", eval_every=4,
+                                 model=replace(FOREST_TEACHER.model, input_scale=2)),
 }
-# The forest teacher on the image upsampled 2x (ModelConfig.input_scale): AP 14.3 vs
-# 13.4, 42 min at 2 threads instead of about 20 (6.4 s/it vs 2.9). Not the table's
-# teacher: still 4.0 AP above the student, at twice the time.
-PRESETS["forest_teacher_x2"] = replace(PRESETS["forest_teacher"], name="forest_teacher_x2", eval_every=4,
-                                       model=replace(PRESETS["forest_teacher"].model, input_scale=2))
 
 
 def get_config(name, **overrides):

@@ -306,7 +306,7 @@ def transpose(image, target):
     return image.transpose(-1, -2), dict(target, boxes=target["boxes"][:, [1, 0, 3, 2]])
 
 
-# TrainConfig.augment -> the transforms of :func:`augment` its epochs draw (engine.epoch_batches):
+# TrainConfig.augment -> the transforms of :func:`augment` its epochs draw (loading.epoch_batches):
 # "flips" mirrors left-right and top-bottom without transposing (a 640x480 image stays 640x480)
 AUGMENTS = {"none": (0,), "hflip": (0, 1), "flips": (0, 1, 2, 3), "dihedral": tuple(range(8))}
 

@@ -1,22 +1,18 @@
 """Teacher-student distillation of a GFL student (docs/method.md sections 1-5).
 
-Methods:
-    none  the student alone (ground-truth GFL losses only)
-    kd    softmax KD on the classification of ATSS positives (LD's version: T = 2, /C, weight 10)
-    ld    localization distillation: KL of the 17-bin edge distributions on positives
-          (T = 10, weight 0.25, weighted by the detached student max-class score)
-    bcdl  binary classification distillation only (docs/method.md section 1)
-    ildl  IoU-based localization distillation only (docs/method.md section 2), ω = valid · max_k |σ(zt) − σ(zs)|
-    bckd  both: α1 · BCDL + α2 · ILDL, the weights of TrainConfig.bckd (the paper's α1 = 1, α2 = 4, β = 1)
-
-BCDL and ILDL are ``bckd_kernels.bckd_loss_levels``: the fused ops straight on each
-level's ``[B, C, H, W]`` / ``[B, 68, H, W]`` maps (no permute copy), normalised by the
-ground-truth losses' avg_factor tensor and skipped on a level without positives by
-a multiplicative gate: no host synchronisation. KD and LD, the baselines, are
+The methods are the entries of :data:`METHODS`, each the function that computes its
+losses from the student's and the teacher's head maps (none, the student alone, has
+none). BCDL and ILDL are ``bckd_kernels.bckd_loss_levels``: the fused ops straight on
+each level's ``[B, C, H, W]`` / ``[B, 68, H, W]`` maps (no permute copy), normalised by
+the ground-truth losses' avg_factor tensor and skipped on a level without positives
+by a multiplicative gate: no host synchronisation. KD and LD, the baselines, are
 plain PyTorch on the flattened maps.
 """
 
+import dataclasses
+import functools
 import os
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +20,8 @@ import torch.nn.functional as F
 import bckd_kernels
 from bckd_kernels.functional import reduce_loss
 
-from . import data, engine, gfl
+from . import checkpoints, data, gfl, loading
 from .errors import UserError
-
-METHODS = ("none", "kd", "ld", "bcdl", "ildl", "bckd")
-BCKD_LOSSES = {"bcdl": ("bcdl",), "ildl": ("ildl",), "bckd": ("bcdl", "ildl")}  # losses of bckd_loss_levels
 
 
 def level_masks(masks, shapes, strides):
@@ -63,13 +56,111 @@ def ld_loss(student_reg, teacher_reg, weight, weight_avg, *, reg_max=16, T=10.0,
     return loss_weight * (per_edge.view(-1, 4).mean(1) * weight).sum() / weight_avg
 
 
+@dataclasses.dataclass(frozen=True)
+class Maps:
+    """What a method's losses are computed from: the student's per-level maps ``cls``
+    [B, C, H, W] and ``reg`` [B, 4·(reg_max+1), H, W] (bf16 under --amp), the
+    teacher's ``t_cls`` and ``t_reg`` (float32), masks [B, H, W] (1 on image pixels),
+    the :class:`gfl.GFLExtras` of :func:`gfl.gfl_loss`, BCDL's and ILDL's weights
+    (:class:`bckd_train.config.BCKDWeights`) and the ``bckd_kernels`` backend."""
+
+    cls: list
+    reg: list
+    t_cls: list
+    t_reg: list
+    masks: torch.Tensor
+    extras: object
+    strides: tuple
+    reg_max: int
+    weights: object
+    backend: str
+
+
+def kd_losses(maps):
+    """KD on the classification of the ATSS positives (:func:`kd_loss`), the student's
+    logits upcast to float32."""
+    c = maps.cls[0].shape[1]
+    s_logits = gfl.flatten_levels(maps.cls).reshape(-1, c).float()
+    t_logits = gfl.flatten_levels(maps.t_cls).reshape(-1, c).float()
+    return {"loss_kd": kd_loss(s_logits, t_logits, maps.extras.positive.reshape(-1), maps.extras.avg_factor)}
+
+
+def ld_losses(maps):
+    """LD on the edge distributions of the ATSS positives (:func:`ld_loss`), weighted
+    by the detached student max-class score, upcast to float32."""
+    c, bins = maps.cls[0].shape[1], 4 * (maps.reg_max + 1)
+    s_reg = gfl.flatten_levels(maps.reg).reshape(-1, bins).float()
+    t_reg = gfl.flatten_levels(maps.t_reg).reshape(-1, bins).float()
+    score = gfl.flatten_levels(maps.cls).detach().reshape(-1, c).float().sigmoid().max(1).values
+    weight = score * maps.extras.positive.reshape(-1)
+    return {"loss_ld": ld_loss(s_reg, t_reg, weight, maps.extras.weight_avg, reg_max=maps.reg_max)}
+
+
+def fused_losses(maps, *, losses):
+    """``losses`` ("bcdl", "ildl" or both) of ``bckd_kernels.bckd_loss_levels``, summed
+    over levels; a level without positives is gated off."""
+    cls, reg = maps.cls, maps.reg
+    valid = level_masks(maps.masks.to(cls[0].dtype), [c.shape[-2:] for c in cls], maps.strides)
+    # the ops want the student's dtype: a float32 memo meets bf16 maps under autocast
+    t_cls = [t.to(s.dtype) for t, s in zip(maps.t_cls, cls)]
+    t_reg = [t.to(s.dtype) for t, s in zip(maps.t_reg, reg)]
+    w = maps.weights
+    return bckd_kernels.bckd_loss_levels(cls, t_cls, reg, t_reg, valid, avg_factor=maps.extras.avg_factor,
+                                         pos_per_level=maps.extras.pos_per_level, losses=losses, beta=w.beta,
+                                         cls_weight=w.cls_weight, loc_weight=w.loc_weight, reg_max=maps.reg_max,
+                                         backend=maps.backend)
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A result the paper claims for a method against ``other``, checked by the paper
+    table (docs/results.md section 4): the method's mean AP over seeds minus other's is
+    above ``stds`` times their pooled standard deviation (at least that when not
+    ``strict``)."""
+
+    other: str
+    stds: int = 0
+    strict: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A distillation method: ``losses(maps)``, its dict of loss tensors from a
+    :class:`Maps` (None: no teacher and no distillation loss), and the paper's
+    :class:`Claim` entries for it."""
+
+    losses: Optional[Callable] = None
+    claims: tuple = ()
+
+    @property
+    def uses_teacher(self):
+        return self.losses is not None
+
+
+METHODS = {
+    # the student alone: the ground-truth GFL losses only
+    "none": Method(),
+    # softmax KD on the classification of ATSS positives (LD's version: T = 2, /C, weight 10)
+    "kd": Method(kd_losses),
+    # localization distillation: KL of the 17-bin edge distributions on positives (T = 10, weight 0.25)
+    "ld": Method(ld_losses),
+    # binary classification distillation only (docs/method.md section 1)
+    "bcdl": Method(functools.partial(fused_losses, losses=("bcdl",)), claims=(Claim("none"),)),
+    # IoU-based localization distillation only (docs/method.md section 2), ω = valid · max_k |σ(zt) − σ(zs)|
+    "ildl": Method(functools.partial(fused_losses, losses=("ildl",)), claims=(Claim("none"),)),
+    # both: α1 · BCDL + α2 · ILDL, the weights of TrainConfig.bckd (the paper's α1 = 1, α2 = 4, β = 1)
+    "bckd": Method(functools.partial(fused_losses, losses=("bcdl", "ildl")),
+                   claims=(Claim("none", stds=2), Claim("ld", strict=False))),
+}
+
+
 class Distiller:
     """The distillation losses of one method, from a frozen teacher's head maps.
 
     Args:
         teacher: a GFL detector with the student's classes, strides and reg_max;
             it is put in eval mode with gradients off and is never trained.
-        method: one of METHODS.
+        method: a key of :data:`METHODS`.
         backend: the ``bckd_kernels`` backend for BCDL/ILDL ("auto", "reference", ...).
         memo: keep the teacher's maps per (image index, transform) and reuse them when
             the same input comes back. Exact when the inputs are a function of that key
@@ -82,9 +173,10 @@ class Distiller:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
         self.method = method
+        self.uses_teacher = METHODS[method].uses_teacher
         self.backend = backend
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
-        if method != "none" and teacher is None:
+        if self.uses_teacher and teacher is None:
             raise ValueError(f"method {method!r} needs a teacher")
         self.memo = memo if isinstance(memo, dict) else ({} if memo else None)
 
@@ -122,40 +214,17 @@ class Distiller:
         :class:`gfl.GFLExtras` of :func:`gfl.gfl_loss`; weights: BCDL's and ILDL's
         (:class:`bckd_train.config.BCKDWeights`); teacher: the teacher's (cls, reg)
         when already computed (:meth:`teacher_maps`), else computed here.
-        Returns a dict of loss tensors (empty for "none"). The student's maps may be
-        bf16: BCDL and ILDL take them as they are, the teacher's float32 maps cast to
-        bf16 beside them (the kernels accumulate in float32); KD and LD upcast the
-        student's to float32 (plain PyTorch: a KL between nearly equal distributions
-        cancels to noise in bf16).
+        Returns the method's dict of loss tensors (empty for "none"). The student's
+        maps may be bf16: BCDL and ILDL take them as they are, the teacher's float32
+        maps cast to bf16 beside them (the kernels accumulate in float32); KD and LD
+        upcast the student's to float32 (plain PyTorch: a KL between nearly equal
+        distributions cancels to noise in bf16).
         """
-        if self.method == "none":
+        if not self.uses_teacher:
             return {}
         t_cls, t_reg = teacher if teacher is not None else self.teacher_maps(images, keys)
-        if self.method == "kd":
-            c = cls[0].shape[1]
-            s_logits = gfl.flatten_levels(cls).reshape(-1, c).float()
-            t_logits = gfl.flatten_levels(t_cls).reshape(-1, c).float()
-            return {"loss_kd": kd_loss(s_logits, t_logits, extras.positive.reshape(-1), extras.avg_factor)}
-        if self.method == "ld":
-            c = cls[0].shape[1]
-            s_reg = gfl.flatten_levels(reg).reshape(-1, 4 * (reg_max + 1)).float()
-            t_reg_flat = gfl.flatten_levels(t_reg).reshape(-1, 4 * (reg_max + 1)).float()
-            score = gfl.flatten_levels(cls).detach().reshape(-1, c).float().sigmoid().max(1).values
-            weight = score * extras.positive.reshape(-1)
-            return {"loss_ld": ld_loss(s_reg, t_reg_flat, weight, extras.weight_avg, reg_max=reg_max)}
-        return self.bckd_losses(masks, cls, reg, t_cls, t_reg, extras, strides=strides, reg_max=reg_max,
-                                weights=weights)
-
-    def bckd_losses(self, masks, cls, reg, t_cls, t_reg, extras, *, strides, reg_max, weights):
-        """BCDL and/or ILDL summed over levels; a level without positives is gated off."""
-        valid = level_masks(masks.to(cls[0].dtype), [c.shape[-2:] for c in cls], strides)
-        # the ops want the student's dtype: a float32 memo meets bf16 maps under autocast
-        t_cls = [t.to(s.dtype) for t, s in zip(t_cls, cls)]
-        t_reg = [t.to(s.dtype) for t, s in zip(t_reg, reg)]
-        return bckd_kernels.bckd_loss_levels(cls, t_cls, reg, t_reg, valid, avg_factor=extras.avg_factor,
-                                             pos_per_level=extras.pos_per_level, losses=BCKD_LOSSES[self.method],
-                                             beta=weights.beta, cls_weight=weights.cls_weight,
-                                             loc_weight=weights.loc_weight, reg_max=reg_max, backend=self.backend)
+        return METHODS[self.method].losses(Maps(cls, reg, t_cls, t_reg, masks=masks, extras=extras, strides=strides,
+                                                reg_max=reg_max, weights=weights, backend=self.backend))
 
 
 def _stack_to(maps, device):
@@ -186,13 +255,13 @@ def teacher_memo(teacher, dataset, augment, *, path=None, batch_size=16):
     memo = {}
     for start in range(0, len(keys), batch_size):
         chunk = keys[start : start + batch_size]
-        images, _, _ = engine.load_batch(dataset, chunk)
+        images, _, _ = loading.load_batch(dataset, chunk)
         cls, reg = teacher(images.to(device))
         cls, reg = [c.cpu() for c in cls], [r.cpu() for r in reg]
         for j, key in enumerate(chunk):
             memo[key] = ([c[j] for c in cls], [r[j] for r in reg])
     if path is not None:
-        engine.save_atomic(lambda f: torch.save(memo, f), path)
+        checkpoints.save_atomic(lambda f: torch.save(memo, f), path)
     return memo
 
 

@@ -1,473 +1,18 @@
-"""Training and COCO evaluation of a GFL detector; resumable, torchrun-aware."""
+"""The training loop of a GFL detector, with or without a teacher; resumable, torchrun-aware."""
 
-import contextlib
 import dataclasses
-import hashlib
-import importlib
-import io
 import json
 import os
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from . import data, gfl, runtime
+from . import checkpoints, data, evaluation, gfl, loading, runlog, runtime
 from .config import TrainConfig
 from .errors import UserError
 from .model import GFL
-
-# ----------------------------------------------------------------- data ----
-
-
-def with_data(cfg: TrainConfig, name=None, cache=None):
-    """``cfg`` on data set ``name`` (None: its own): the data set's class names in
-    ``cfg.classes`` and their count as the model's num_classes."""
-    name = name or cfg.dataset
-    classes = data.classes(name, cache)
-    return dataclasses.replace(cfg, dataset=name, classes=classes,
-                               model=dataclasses.replace(cfg.model, num_classes=len(classes)))
-
-
-def check_classes(cfg: TrainConfig, dataset, what):
-    """Refuses (UserError) a data set split whose classes are not ``cfg.classes``."""
-    if cfg.classes and tuple(dataset.classes) != tuple(cfg.classes):
-        raise UserError(f"{what}: the data set {cfg.dataset!r} in {dataset.folder} has the classes "
-                        f"{list(dataset.classes)}, the model {list(cfg.classes)}; prepare it again with those "
-                        "classes (data --classes) or train anew")
-
-
-def split_set(cfg: TrainConfig, split, cache=None):
-    """One split of cfg's data set ("train", "val" or "test"), cut to cfg's image limits."""
-    folder = data.prepare(cache, names=(cfg.dataset,))[cfg.dataset]
-    if not os.path.exists(os.path.join(folder, f"{split}.json")):
-        present = sorted(f[:-5] for f in os.listdir(folder) if f[:-5] in ("train", "val", "test"))
-        raise UserError(f"data set {cfg.dataset!r} has no {split} split ({folder} has {', '.join(present)})")
-    dataset = data.CocoDetection(folder, split)
-    check_classes(cfg, dataset, f"data set {cfg.dataset!r}")
-    limit = {"train": cfg.max_train_images, "val": cfg.max_val_images}.get(split)
-    if limit:
-        dataset.images = dataset.images[:limit]
-    return dataset
-
-
-def datasets(cfg: TrainConfig, cache=None):
-    """The train and val splits of cfg's data set (:func:`split_set`)."""
-    return split_set(cfg, "train", cache), split_set(cfg, "val", cache)
-
-
-def epoch_batches(n, batch_size, epoch, seed, rank, size, augment="hflip", jitter=False):
-    """This process's share of each global batch of one epoch, as :class:`data.SampleKey`
-    keys, with a jitter seed when ``jitter``.
-
-    Order and transforms depend on (seed, epoch) only: not on the number of
-    processes, nor on where an interrupted run resumed.
-    """
-    if augment not in data.AUGMENTS:
-        raise ValueError(f"unknown augment {augment!r}; one of {', '.join(data.AUGMENTS)}")
-    g = torch.Generator().manual_seed(seed * 1000 + epoch)
-    order = torch.randperm(n, generator=g).tolist()
-    # each input draws uniformly from data.AUGMENTS[augment]: bit 0 (hflip), then bits 1-2 (dihedral)
-    transforms = (torch.rand(n, generator=g) < 0.5).long()
-    if augment == "dihedral":
-        transforms += 2 * torch.randint(0, 4, (n,), generator=g)
-    elif augment == "flips":
-        transforms += 2 * torch.randint(0, 2, (n,), generator=g)
-    elif augment == "none":
-        transforms.zero_()
-    seeds = torch.randint(0, 2**31 - 1, (n,), generator=g).tolist() if jitter else [None] * n
-    keys = [data.SampleKey(i, t, s) for i, (t, s) in enumerate(zip(transforms.tolist(), seeds))]
-    per_rank = batch_size // size
-    for start in range(0, n - batch_size + 1, batch_size):
-        batch = [keys[i] for i in order[start : start + batch_size]]
-        yield batch[rank * per_rank : (rank + 1) * per_rank]
-
-
-def load_batch(dataset, batch, *, scale=(1.0, 1.0), colour=0.0, raw=False):
-    """Images [B, 3, H, W] (float in [0, 1]), masks [B, H, W] (float, 1 on image pixels)
-    and targets of a batch's :class:`data.SampleKey` keys (tuples of their fields will do).
-
-    ``raw``: the images as uint8 (0-255) and the masks as bool, a quarter of the bytes
-    to send from a loader process and to a GPU; :func:`to_device` makes them float
-    there. An image not jittered comes back exactly (its pixels were bytes); a
-    jittered one is rounded to the nearest byte.
-    """
-    items = []
-    for key in batch:
-        key = data.SampleKey(*key)
-        image, target = data.augment(*dataset[key.index], key.transform)
-        if key.jitter is not None:
-            image, target = data.jitter(image, target, key.jitter, scale=scale, colour=colour)
-        items.append((image, target))
-    images, masks, targets = data.collate(items)
-    if raw:
-        return images.mul(255).round_().clamp_(0, 255).to(torch.uint8), masks.bool(), targets
-    return images, masks, targets
-
-
-class EpochBatches(torch.utils.data.Dataset):
-    """Batches given by their keys (:func:`epoch_batches`), item k = :func:`load_batch`
-    of the k-th, raw: a DataLoader over it yields, in order, what the loop would load
-    itself, since the keys fix every image, flip and jitter draw, whichever process
-    loads them. Each item is (images [B, 3, H, W] uint8, masks [B, H, W] bool, targets)."""
-
-    def __init__(self, dataset, batches, *, scale=(1.0, 1.0), colour=0.0):
-        self.dataset = dataset
-        self.batches = list(batches)
-        self.scale = scale
-        self.colour = colour
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, k):
-        return load_batch(self.dataset, self.batches[k], scale=self.scale, colour=self.colour, raw=True)
-
-
-def batch_loader(dataset, batches, *, scale=(1.0, 1.0), colour=0.0, workers=0, pin_memory=False):
-    """A DataLoader over :class:`EpochBatches`: ``workers`` processes load ahead (0: in
-    this process, when asked), ``pin_memory`` for non_blocking copies to a GPU."""
-    return torch.utils.data.DataLoader(EpochBatches(dataset, batches, scale=scale, colour=colour), batch_size=None,
-                                       shuffle=False, num_workers=workers, pin_memory=pin_memory)
-
-
-def default_workers(device):
-    """Loader processes per training process: none on the CPU (they would take the
-    cores the convolutions use), up to 8 per GPU."""
-    if torch.device(device).type != "cuda":
-        return 0
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(8, (os.cpu_count() or 1) // local - 1))
-
-
-# ------------------------------------------------------------- schedule ----
-
-
-def learning_rate(cfg: TrainConfig, it, epoch):
-    lr = cfg.lr * (0.1 ** sum(epoch >= s for s in cfg.lr_steps))
-    if it < cfg.warmup_iters:
-        k = it / cfg.warmup_iters
-        lr *= cfg.warmup_ratio + (1 - cfg.warmup_ratio) * k
-    return lr
-
-
-# ------------------------------------------------------------ evaluation ----
-
-
-@torch.no_grad()
-def evaluate(model, dataset, *, batch_size=8, device="cpu", amp=None):
-    """COCO metrics of the model on a dataset: AP, AP50, AP75, AP_S, AP_M, AP_L (fractions).
-
-    Under ``amp`` the forward pass runs in bf16; the maps are decoded in float32
-    (box coordinates in pixels need more than bf16's 8 bits).
-    """
-    model.eval()
-    results = []
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        images, _, targets = data.collate(items)
-        with runtime.autocast(device, amp):
-            cls, reg = model(images.to(device))
-        cls, reg = [c.float() for c in cls], [r.float() for r in reg]
-        dets = gfl.detect(cls, reg, strides=model.cfg.strides, reg_max=model.cfg.reg_max)
-        for det, t in zip(dets, targets):
-            for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-                x1, y1, x2, y2 = box
-                results.append({"image_id": t["image_id"], "category_id": label + 1,
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
-    return coco_metrics(dataset, results)
-
-
-# What evaluation and the end of a run import: checked when a run starts (check_imports),
-# so a missing one stops it before any training rather than after.
-RUN_IMPORTS = {"pycocotools.coco": "pycocotools", "pycocotools.cocoeval": "pycocotools", "matplotlib": "matplotlib"}
-
-
-def check_imports():
-    """Imports RUN_IMPORTS; a missing one is a UserError saying what to install."""
-    for module, package in RUN_IMPORTS.items():
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise UserError(f"{module} does not import ({exc}); a run needs it for its evaluation or its "
-                            f"curves: pip install {package}") from None
-
-
-def coco_metrics(dataset, results):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    names = ["AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"]
-    if not results:
-        return dict.fromkeys(names, 0.0)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(dataset.ann_file)
-        ev = COCOeval(gt, gt.loadRes(results), "bbox")
-        ev.params.imgIds = [im["id"] for im in dataset.images]
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {n: max(float(v), 0.0) for n, v in zip(names, ev.stats[:6])}
-
-
-def metrics_table(metrics, *, title):
-    """COCO metrics (fractions) as a small table in percent, under a title line."""
-    names = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AP_S": "APs", "AP_M": "APm", "AP_L": "APl"}
-    head = " ".join(f"{names[k]:>5}" for k in names)
-    row = " ".join(f"{100 * metrics[k]:5.1f}" for k in names)
-    return f"{title}\n{head}\n{row}"
-
-
-# ----------------------------------------------------------- checkpoints ----
-
-
-def fsync_dir(folder):
-    """Makes a rename in ``folder`` durable (where the platform allows opening a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def save_atomic(write, path):
-    """Writes ``path`` through ``write(file)`` into a temporary file beside it, fsyncs
-    and renames it over ``path``: a kill at any moment leaves either the old file or
-    the new one, whole."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def save_checkpoint(state, path):
-    save_atomic(lambda f: torch.save(state, f), path)
-
-
-def save_json(obj, path):
-    save_atomic(lambda f: f.write((json.dumps(obj, indent=2)).encode()), path)
-
-
-def read_checkpoint(path, *, what="checkpoint"):
-    """A training checkpoint's dict, or a UserError naming the file when it is missing,
-    truncated, empty or not one of ours."""
-    if not os.path.isfile(path):
-        raise UserError(f"{what} {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # any failure to read a file we were handed is the file's
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(f"{what} {path} is not readable ({type(exc).__name__}: {first}); "
-                        "it may be truncated or not a bckd_train checkpoint") from exc
-    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
-        raise UserError(f"{what} {path} is not a bckd_train checkpoint (no model and config entries)")
-    return ckpt
-
-
-def load_checkpoint(path, cache=None):
-    """(config, model in eval mode, on the CPU) of a training checkpoint; the config
-    on the checkpoint's data set, with its classes (a checkpoint written before they
-    were kept was trained on a built-in set, whose classes are known)."""
-    from .config import get_config
-
-    ckpt = read_checkpoint(path)
-    try:
-        cfg = get_config(ckpt["config"], seed=ckpt.get("seed", 0))
-    except UserError as exc:
-        raise UserError(f"checkpoint {path}: {exc}") from exc
-    dataset = ckpt.get("dataset", cfg.dataset)
-    classes = ckpt.get("classes") or data.BUILTIN.get(dataset)  # older checkpoints: a built-in set's
-    if classes is None:
-        raise UserError(f"checkpoint {path} names no classes and its data set {dataset!r} is not a built-in one")
-    cfg = dataclasses.replace(cfg, dataset=dataset, classes=tuple(classes),
-                              model=dataclasses.replace(cfg.model, num_classes=len(classes)))
-    model = GFL(dataclasses.replace(cfg.model, pretrained=False), cache=cache)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise UserError(f"checkpoint {path} does not fit the {cfg.name} preset's detector "
-                        f"({str(exc).splitlines()[0]})") from exc
-    return cfg, model.eval()
-
-
-def weights_sha256(state_dict):
-    """Hash of a state dict's names and values (NCHW order whatever the memory format or device)."""
-    h = hashlib.sha256()
-    for name, value in state_dict.items():
-        h.update(name.encode())
-        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def check_resume(ckpt, path, cfg, *, method, teacher_sha256=None, amp=None):
-    """Refuses (UserError) to resume a checkpoint with arguments that contradict it."""
-    wanted = {"config": cfg.name, "seed": cfg.seed, "method": method}
-    for key, value in wanted.items():
-        if ckpt.get(key, "none" if key == "method" else None) != value:
-            flag = {"config": "--config", "seed": "--seed", "method": "--method"}[key]
-            raise UserError(f"--resume: {path} was trained with {key} {ckpt.get(key)!r}, this run asks for "
-                            f"{value!r}; pass {flag} {ckpt.get(key)} to continue it, or another --out to start anew")
-    if "amp" in ckpt and (ckpt["amp"] or "none") != (amp or "none"):
-        raise UserError(f"--resume: {path} was trained with --amp {ckpt['amp'] or 'none'}, this run asks for --amp "
-                        f"{amp or 'none'}; pass --amp {ckpt['amp'] or 'none'} to continue it, or another --out to "
-                        "start anew")
-    if ckpt.get("dataset", cfg.dataset) != cfg.dataset:
-        raise UserError(f"--resume: {path} was trained on data set {ckpt['dataset']!r}, this run asks for "
-                        f"{cfg.dataset!r}; pass --data {ckpt['dataset']} to continue it, or another --out to start anew")
-    if ckpt.get("classes") and cfg.classes and tuple(ckpt["classes"]) != tuple(cfg.classes):
-        raise UserError(f"--resume: {path} was trained on the classes {list(ckpt['classes'])}, the data set "
-                        f"{cfg.dataset!r} now has {list(cfg.classes)}")
-    if teacher_sha256 is not None and ckpt.get("teacher_sha256") not in (None, teacher_sha256):
-        raise UserError(f"--resume: {path} was distilled from another teacher (weights sha256 "
-                        f"{ckpt['teacher_sha256'][:12]}, --teacher has {teacher_sha256[:12]})")
-
-
-@torch.no_grad()
-def show(model, cfg, image_path, out_path, *, score=0.3, cache=None, amp=None):
-    """Draws the detections above `score` on the image (on the model's device); returns
-    (how many, the highest score of any detection, or None when there is none).
-    ``image_path``: an image file, or a file name of cfg's prepared data set
-    (``val/NAME.jpg``, relative to its ``images/`` folder)."""
-    from PIL import Image, ImageDraw
-
-    if not os.path.isfile(image_path):
-        inside = os.path.join(data.folder(cfg.dataset, cache), "images", image_path)
-        if not os.path.isfile(inside):
-            raise UserError(f"--image {image_path} does not exist (nor in {os.path.dirname(inside)})")
-        image_path = inside
-    names = cfg.classes or data.classes(cfg.dataset, cache)
-    try:
-        image = Image.open(image_path).convert("RGB")
-    except OSError as exc:
-        raise UserError(f"--image {image_path} is not an image PIL can read ({exc})") from exc
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    images, _, _ = data.collate([(x, None)])
-    device = next(model.parameters()).device
-    with runtime.autocast(device, amp):
-        cls, reg = model(images.to(device))
-    cls, reg = [c.float() for c in cls], [r.float() for r in reg]
-    det = gfl.detect(cls, reg, strides=cfg.model.strides, reg_max=cfg.model.reg_max)[0]
-    draw = ImageDraw.Draw(image)
-    keep = det["scores"] >= score
-    for box, s, label in zip(det["boxes"][keep].tolist(), det["scores"][keep].tolist(), det["labels"][keep].tolist()):
-        draw.rectangle(box, outline=(255, 40, 40), width=2)
-        draw.text((box[0] + 2, box[1] + 1), f"{names[label]} {s:.2f}", fill=(255, 255, 0))
-    image.save(out_path)
-    top = float(det["scores"].max()) if det["scores"].numel() else None
-    return int(keep.sum()), top
-
-
-# -------------------------------------------------------------- training ----
-
-
-class LossLog:
-    """log.jsonl's per-iteration records. Each iteration's losses come back from the
-    device in one transfer, started when they are pushed and read at the next push
-    (or flush): the host never waits for the GPU in the middle of an epoch.
-
-    ``time`` is the iteration's seconds: on a GPU measured with CUDA events on the
-    device's stream, from before the batch's copy to the device (:meth:`start`) to
-    after its losses' copy back, so it is the step's time on the GPU, not the host's
-    time to enqueue it; on the CPU the wall time of the step."""
-
-    def __init__(self, path, bar=None):
-        self.path = path  # None: this process does not write (rank > 0)
-        self.bar = bar
-        self.pending = None
-
-    def start(self, device):
-        """Marks the start of an iteration on ``device``: a CUDA event on its current
-        stream, or None (the CPU, or a process that does not write)."""
-        device = torch.device(device)
-        if self.path is None or device.type != "cuda":
-            return None
-        event = torch.cuda.Event(enable_timing=True)
-        event.record(torch.cuda.current_stream(device))
-        return event
-
-    def push(self, names, values, meta, start=None):
-        """names: the losses' names; values [len(names) + 1]: the losses and their
-        total, on the device; meta: iteration, epoch, lr, time (the host's seconds,
-        kept on the CPU); start: :meth:`start`'s event, whose time to the losses' copy
-        replaces meta's time on a GPU."""
-        if self.path is not None and values.is_cuda:
-            stream = torch.cuda.current_stream(values.device)  # the copy runs on the values' GPU, whichever is current
-            values = values.to("cpu", non_blocking=True)
-            event = torch.cuda.Event(enable_timing=start is not None)
-            event.record(stream)
-        else:
-            event = None
-        self.flush()
-        if self.path is not None:
-            self.pending = (names, values, event, meta, start)
-
-    def flush(self):
-        if self.pending is None:
-            return
-        names, values, event, meta, start = self.pending
-        self.pending = None
-        if event is not None:
-            event.synchronize()
-        seconds = start.elapsed_time(event) / 1e3 if start is not None and event is not None else meta["time"]
-        values = values.tolist()
-        record = dict(zip(names, values[:-1]))
-        record.update(iteration=meta["iteration"], epoch=meta["epoch"], lr=meta["lr"], loss=values[-1],
-                      time=seconds)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{record['loss']:.3f}", qfl=f"{record['loss_qfl']:.3f}", lr=f"{meta['lr']:.4f}")
-
-
-def step_losses(model, distiller, images, masks, targets, keys, *, cfg, amp=None):
-    """One batch's losses: a dict of loss tensors on the model's device.
-
-    images [B, 3, H, W], masks [B, H, W] and targets on the device; keys: the
-    batch's :class:`data.SampleKey` keys, for the teacher's memo. Under
-    ``amp`` the student's forward pass runs in bf16 autocast, the teacher's in
-    float32 (as ``--memo-teacher`` and ``--teacher-maps`` keep its maps, so the three
-    are one experiment); the ground-truth losses (ATSS, QFL, DFL, GIoU) take the
-    student's maps upcast to float32, the distillation losses its bf16 maps as they
-    come (BCDL and ILDL get the teacher's maps in bf16 too).
-    """
-    teacher = None
-    with runtime.autocast(images.device, amp):
-        cls, reg = model(images)
-    if distiller is not None and distiller.method != "none":
-        # float32 under any --amp, as the memo and a --teacher-maps file hold them: one teacher
-        teacher = distiller.teacher_maps(images, keys)
-    losses, extras = gfl.gfl_loss([c.float() for c in cls], [r.float() for r in reg], targets,
-                                  strides=cfg.model.strides, reg_max=cfg.model.reg_max,
-                                  num_classes=cfg.model.num_classes, avg_factor_fn=runtime.reduce_mean)
-    if distiller is not None:
-        losses.update(distiller(images, masks, cls, reg, extras, strides=cfg.model.strides,
-                                reg_max=cfg.model.reg_max, weights=cfg.bckd, keys=keys, teacher=teacher))
-    return losses
-
-
-def to_device(images, masks, targets, device):
-    """The batch on ``device``, copied without waiting (from pinned memory on a GPU),
-    and float there: uint8 images divided by 255 (the same float32 values as the
-    dataset's), bool masks 0 / 1."""
-    images = images.to(device, non_blocking=True)
-    if images.dtype == torch.uint8:
-        images = images.float().div_(255)
-    masks = masks.to(device, non_blocking=True).float()
-    targets = [dict(t, boxes=t["boxes"].to(device, non_blocking=True), labels=t["labels"].to(device, non_blocking=True))
-               for t in targets]
-    return images, masks, targets
 
 
 def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", amp=None, workers=None, progress=True,
@@ -485,8 +30,8 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", amp=
     out/curves.png at the end. ``resume`` continues from out/checkpoint.pth where
     it stopped, mid-epoch included, and refuses (UserError) a checkpoint that
     contradicts the arguments or has nothing left to train. The model predicts
-    cfg's data set's classes (:func:`with_data`), which the checkpoint keeps. With a
-    :class:`bckd_train.distill.Distiller`, its losses join the ground-truth ones
+    cfg's data set's classes (:func:`loading.with_data`), which the checkpoint keeps.
+    With a :class:`bckd_train.distill.Distiller`, its losses join the ground-truth ones
     (the teacher is not among the optimised parameters). ``deterministic``: the run
     under :func:`runtime.determinism` (cuDNN deterministic, no TF32), the settings as
     they were after it. The checkpoint records the device and these settings
@@ -494,7 +39,7 @@ def train(cfg: TrainConfig, out, *, resume=False, cache=None, device="cpu", amp=
     bitwise as an uninterrupted one.
     """
     if not cfg.classes:
-        cfg = with_data(cfg, cache=cache)
+        cfg = loading.with_data(cfg, cache=cache)
     with runtime.determinism(deterministic):
         return _train(cfg, out, resume=resume, cache=cache, device=device, amp=amp, workers=workers,
                       progress=progress, distiller=distiller)
@@ -577,7 +122,7 @@ def start_run(cfg, out, *, cache, device, amp, workers, progress, distiller):
     up) and its optimiser."""
     device = runtime.resolve_device(device)
     runtime.autocast(device, amp)  # checks amp before any work
-    check_imports()
+    evaluation.check_imports()
     runtime.init_distributed(device)
     rank, size = runtime.world()
     if cfg.batch_size % size:
@@ -587,18 +132,19 @@ def start_run(cfg, out, *, cache, device, amp, workers, progress, distiller):
     os.makedirs(out, exist_ok=True)
     runtime.seed_everything(cfg.seed)
     with runtime.local_first():  # one process per machine prepares a built-in data set
-        train_set, val_set = datasets(cfg, cache)
+        train_set, val_set = loading.datasets(cfg, cache)
     model = GFL(cfg.model, cache=cache).to_device(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     ddp = runtime.wrap_ddp(model, device)
     method = distiller.method if distiller is not None else "none"
+    distilled = distiller is not None and distiller.uses_teacher
     return Run(cfg=cfg, files=RunFiles(out), model=model, ddp=ddp, params=params, optimizer=optimizer,
                distiller=distiller, method=method,
-               teacher_sha256=weights_sha256(distiller.teacher.state_dict()) if method != "none" else None,
+               teacher_sha256=checkpoints.weights_sha256(distiller.teacher.state_dict()) if distilled else None,
                train_set=train_set, val_set=val_set, device=device, amp=amp,
                settings=runtime.settings(device, amp), rank=rank, size=size,
-               workers=default_workers(device) if workers is None else workers, progress=progress)
+               workers=loading.default_workers(device) if workers is None else workers, progress=progress)
 
 
 def stopped(cfg, position):
@@ -613,8 +159,8 @@ def checkpoint_to_resume(run):
     cfg, path = run.cfg, run.files.checkpoint
     if not os.path.exists(path):
         return None
-    ckpt = read_checkpoint(path)
-    check_resume(ckpt, path, cfg, method=run.method, teacher_sha256=run.teacher_sha256, amp=run.amp)
+    ckpt = checkpoints.read_checkpoint(path)
+    checkpoints.check_resume(ckpt, path, cfg, method=run.method, teacher_sha256=run.teacher_sha256, amp=run.amp)
     differ = runtime.settings_differ(ckpt.get("runtime"), run.settings)
     if differ and run.rank == 0:
         print(f"--resume: {path} was written with other settings ("
@@ -670,13 +216,13 @@ def run_epoch(run, position, *, first):
     cfg, epoch = run.cfg, position.epoch
     run.ddp.train()
     jitter = cfg.scale_jitter != (1.0, 1.0) or cfg.colour_jitter > 0
-    batches = list(epoch_batches(len(run.train_set), cfg.batch_size, epoch, cfg.seed, run.rank, run.size,
+    batches = list(loading.epoch_batches(len(run.train_set), cfg.batch_size, epoch, cfg.seed, run.rank, run.size,
                                  cfg.augment, jitter=jitter))
-    loader = batch_loader(run.train_set, batches[first:], scale=cfg.scale_jitter, colour=cfg.colour_jitter,
+    loader = loading.batch_loader(run.train_set, batches[first:], scale=cfg.scale_jitter, colour=cfg.colour_jitter,
                           workers=run.workers, pin_memory=run.device.type == "cuda")
     bar = tqdm(loader, total=len(batches), initial=first, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}",
                disable=not run.progress or run.rank != 0, dynamic_ncols=True)
-    log = LossLog(run.files.log if run.rank == 0 else None, bar)
+    log = runlog.LossLog(run.files.log if run.rank == 0 else None, bar)
     position.step = first
     position.batches = len(batches)
     t_epoch = time.perf_counter()
@@ -709,7 +255,7 @@ def train_step(run, batch, images, masks, targets, *, lr):
     tensors; returns the losses and their total."""
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    images, masks, targets = to_device(images, masks, targets, run.device)
+    images, masks, targets = loading.to_device(images, masks, targets, run.device)
     losses = step_losses(run.ddp, run.distiller, images, masks, targets, list(batch), cfg=run.cfg, amp=run.amp)
     total = sum(losses.values())
     run.optimizer.zero_grad(set_to_none=True)
@@ -718,6 +264,41 @@ def train_step(run, batch, images, masks, targets, *, lr):
         torch.nn.utils.clip_grad_norm_(run.params, run.cfg.grad_clip)
     run.optimizer.step()
     return losses, total
+
+
+def learning_rate(cfg: TrainConfig, it, epoch):
+    """The step schedule (×0.1 after each of cfg.lr_steps) after a linear warm-up."""
+    lr = cfg.lr * (0.1 ** sum(epoch >= s for s in cfg.lr_steps))
+    if it < cfg.warmup_iters:
+        k = it / cfg.warmup_iters
+        lr *= cfg.warmup_ratio + (1 - cfg.warmup_ratio) * k
+    return lr
+
+
+def step_losses(model, distiller, images, masks, targets, keys, *, cfg, amp=None):
+    """One batch's losses: a dict of loss tensors on the model's device.
+
+    images [B, 3, H, W], masks [B, H, W] and targets on the device; keys: the
+    batch's :class:`data.SampleKey` keys, for the teacher's memo. Under
+    ``amp`` the student's forward pass runs in bf16 autocast, the teacher's in
+    float32 (as ``--memo-teacher`` and ``--teacher-maps`` keep its maps, so the three
+    are one experiment); the ground-truth losses (ATSS, QFL, DFL, GIoU) take the
+    student's maps upcast to float32, the distillation losses its bf16 maps as they
+    come (BCDL and ILDL get the teacher's maps in bf16 too).
+    """
+    teacher = None
+    with runtime.autocast(images.device, amp):
+        cls, reg = model(images)
+    if distiller is not None and distiller.uses_teacher:
+        # float32 under any --amp, as the memo and a --teacher-maps file hold them: one teacher
+        teacher = distiller.teacher_maps(images, keys)
+    losses, extras = gfl.gfl_loss([c.float() for c in cls], [r.float() for r in reg], targets,
+                                  strides=cfg.model.strides, reg_max=cfg.model.reg_max,
+                                  num_classes=cfg.model.num_classes, avg_factor_fn=runtime.reduce_mean)
+    if distiller is not None:
+        losses.update(distiller(images, masks, cls, reg, extras, strides=cfg.model.strides,
+                                reg_max=cfg.model.reg_max, weights=cfg.bckd, keys=keys, teacher=teacher))
+    return losses
 
 
 def end_of_epoch(run, position):
@@ -738,17 +319,17 @@ def end_of_epoch(run, position):
                  "seed": cfg.seed, "method": run.method, "teacher_sha256": run.teacher_sha256,
                  "amp": run.amp, "runtime": run.settings, "metrics": position.metrics,
                  "eval_pending": at if due else None}  # the epoch of the evaluation still to run
-        save_checkpoint(state, run.files.checkpoint)
+        checkpoints.save_checkpoint(state, run.files.checkpoint)
         if due:
             evaluate_and_log(run, position, at)
-            save_checkpoint(dict(state, metrics=position.metrics, eval_pending=None), run.files.checkpoint)
+            checkpoints.save_checkpoint(dict(state, metrics=position.metrics, eval_pending=None), run.files.checkpoint)
     if run.size > 1:
         dist.barrier()
 
 
 def evaluate_and_log(run, position, at):
     """Evaluates the model on val into ``position.metrics``, logged at epoch ``at``."""
-    position.metrics = evaluate(run.model, run.val_set, device=run.device, amp=run.amp)
+    position.metrics = evaluation.evaluate(run.model, run.val_set, device=run.device, amp=run.amp)
     with open(run.files.log, "a") as f:
         f.write(json.dumps({"epoch": at, "iteration": position.iteration, **position.metrics}) + "\n")
     if run.progress:
@@ -760,37 +341,12 @@ def evaluate_pending(run, position, ckpt):
     run now, by the first process, and the checkpoint saved again with its metrics."""
     if run.rank == 0:
         evaluate_and_log(run, position, ckpt["eval_pending"])
-        save_checkpoint(dict(ckpt, metrics=position.metrics, eval_pending=None), run.files.checkpoint)
+        checkpoints.save_checkpoint(dict(ckpt, metrics=position.metrics, eval_pending=None), run.files.checkpoint)
     if run.size > 1:
         dist.barrier()
 
 
 def write_end(files, metrics):
     """The end of a run: metrics.json and curves.png."""
-    save_json(metrics, files.metrics)
-    plot_curves(files.log, files.curves)
-
-
-def plot_curves(log_path, png_path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(log_path) as f:
-        rows = [json.loads(line) for line in f]
-    steps = [r for r in rows if "loss" in r]
-    evals = [r for r in rows if "AP" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for key in [k for k in steps[0] if k.startswith("loss")]:
-        axes[0].plot([r["iteration"] for r in steps], [r[key] for r in steps], label=key, lw=0.8)
-    axes[0].set_xlabel("iteration")
-    axes[0].set_yscale("log")
-    axes[0].legend()
-    for key in ("AP", "AP50", "AP75"):
-        axes[1].plot([r["epoch"] for r in evals], [r[key] for r in evals], marker="o", label=key)
-    axes[1].set_xlabel("epoch")
-    axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    checkpoints.save_json(metrics, files.metrics)
+    runlog.plot_curves(files.log, files.curves)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import platform
 import random
+import time
 
 import numpy as np
 import torch
@@ -185,6 +186,18 @@ def determinism(deterministic):
         yield
     finally:
         _set_determinism_flags(saved)
+
+
+def timed(fn, device):
+    """Seconds of one call of ``fn``, with the work queued on a GPU ``device`` waited for
+    before and after (its kernels run asynchronously)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def cpu_name():

@@ -21,12 +21,11 @@ editable) or with the repository root on PYTHONPATH.
 import argparse
 import dataclasses
 import statistics
-import time
 
 import torch
 from timing import environment, peak_extra_bytes
 
-from bckd_train import distill, engine, gfl
+from bckd_train import distill, gfl, loading, runtime
 from bckd_train.config import get_config
 from bckd_train.model import GFL
 
@@ -39,8 +38,8 @@ def setup(dataset, device):
     torch.manual_seed(0)
     student = GFL(dataclasses.replace(cfg.model, pretrained=False)).to(device)
     teacher = GFL(dataclasses.replace(t_cfg.model, pretrained=False)).to(device).eval()
-    train, _ = engine.datasets(cfg)
-    images, masks, targets = engine.load_batch(train, [(i, 0) for i in range(cfg.batch_size)])
+    train, _ = loading.datasets(cfg)
+    images, masks, targets = loading.load_batch(train, [(i, 0) for i in range(cfg.batch_size)])
     return cfg, student, teacher, images.to(device), masks.to(device), targets
 
 
@@ -70,27 +69,17 @@ def make_losses(cfg, student, teacher, images, masks, targets, backend):
                              num_classes=cfg.model.num_classes)
     leaves = [x.detach().requires_grad_() for x in cls + reg]
     n = len(cls)
-    d = distill.Distiller(teacher, "bckd", backend=backend)
 
     def losses():
         s_cls, s_reg = leaves[:n], leaves[n:]
-        out = d.bckd_losses(masks, s_cls, s_reg, t_cls, t_reg, extras, strides=cfg.model.strides,
-                            reg_max=cfg.model.reg_max, weights=cfg.bckd)
+        out = distill.METHODS["bckd"].losses(distill.Maps(
+            s_cls, s_reg, t_cls, t_reg, masks=masks, extras=extras, strides=cfg.model.strides,
+            reg_max=cfg.model.reg_max, weights=cfg.bckd, backend=backend))
         sum(out.values()).backward()
         for x in leaves:
             x.grad = None
 
     return losses
-
-
-def timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def main(argv=None):
@@ -112,7 +101,7 @@ def main(argv=None):
             times = {b: [] for b in BACKENDS}
             for i in range(args.repeat + 2):
                 for b in BACKENDS:  # alternating: both see the same machine state
-                    ms = timed(fns[b], device)
+                    ms = runtime.timed(fns[b], device) * 1e3
                     if i >= 2:
                         times[b].append(ms)
             peaks = {b: peak_extra_bytes(fns[b], device) / 2**20 for b in BACKENDS}

@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT
 
 from bckd_train import __main__ as cli
-from bckd_train import distill, engine, gfl
+from bckd_train import checkpoints, distill, engine, gfl, loading
 from bckd_train.config import get_config
 from bckd_train.model import GFL
 
@@ -29,8 +29,8 @@ def teacher_ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def batch():
     cfg = get_config("instant")
-    train, _ = engine.datasets(cfg)
-    return engine.load_batch(train, [(i, i % 2) for i in range(4)])
+    train, _ = loading.datasets(cfg)
+    return loading.load_batch(train, [(i, i % 2) for i in range(4)])
 
 
 def head_outputs(cfg, images, targets, seed=0):
@@ -43,6 +43,17 @@ def head_outputs(cfg, images, targets, seed=0):
     return student, cls, reg, extras
 
 
+def synthetic_batch():
+    """A small detector's config (random weights) and two 64x64 images with boxes: no data set needed."""
+    base = get_config("instant")
+    cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, fpn_channels=16, pretrained=False))
+    g = torch.Generator().manual_seed(0)
+    images, masks = torch.rand(2, 3, 64, 64, generator=g), torch.ones(2, 64, 64)
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 30.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "labels": torch.tensor([0])}]
+    return cfg, images, masks, targets
+
+
 def records(out):
     with open(os.path.join(out, "log.jsonl")) as f:
         return [r for r in map(json.loads, f) if "loss" in r]
@@ -52,11 +63,37 @@ LOSS_NAMES = {"none": [], "kd": ["loss_kd"], "ld": ["loss_ld"], "bcdl": ["loss_b
               "bckd": ["loss_bcdl", "loss_ildl"]}
 
 
+def test_every_method_has_its_losses_named():
+    assert set(LOSS_NAMES) == set(distill.METHODS)
+    assert all(bool(LOSS_NAMES[m]) == entry.uses_teacher for m, entry in distill.METHODS.items())
+
+
+@pytest.mark.parametrize("method", distill.METHODS)
+def test_every_method_trains_a_step(method):
+    """One SGD step of each method in the table on two synthetic 64x64 images (no data
+    set needed): its losses by name, finite, the student's weights move, the teacher's
+    stay."""
+    cfg, images, masks, targets = synthetic_batch()
+    torch.manual_seed(0)
+    teacher, student = GFL(cfg.model), GFL(cfg.model).train()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.01)
+    losses = engine.step_losses(student, distill.Distiller(teacher, method), images, masks, targets, [(0, 0), (1, 0)],
+                                cfg=cfg)
+    assert set(losses) == {"loss_qfl", "loss_dfl", "loss_giou", *LOSS_NAMES[method]}
+    assert all(math.isfinite(v.item()) for v in losses.values())
+    sum(losses.values()).backward()
+    optimizer.step()
+    assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
+
+
 @pytest.mark.data
 @pytest.mark.parametrize("method", distill.METHODS)
 def test_distill_step_trains_the_student_only(method, teacher_ckpt, tmp_path):
     cfg = dataclasses.replace(get_config("instant"), epochs=1, max_iters=3)
-    _, teacher = engine.load_checkpoint(teacher_ckpt)
+    _, teacher = checkpoints.load_checkpoint(teacher_ckpt)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     engine.train(cfg, str(tmp_path), progress=False, distiller=distill.Distiller(teacher, method))
     for k, v in teacher.state_dict().items():
@@ -77,7 +114,7 @@ def test_distillation_loss_falls(method, teacher_ckpt, batch):
     """A few SGD steps on one batch, the distillation loss alone: it falls."""
     cfg = get_config("instant")
     images, masks, targets = batch
-    _, teacher = engine.load_checkpoint(teacher_ckpt)
+    _, teacher = checkpoints.load_checkpoint(teacher_ckpt)
     torch.manual_seed(0)
     student = GFL(cfg.model)
     student.train()
@@ -107,7 +144,7 @@ def test_fused_losses_equal_reference_on_head_maps(method, teacher_ckpt, batch):
     images, masks, targets = batch
     masks = masks.clone()
     masks[:, :, 100:] = 0  # a padded strip: the valid mask reaches every level
-    _, teacher = engine.load_checkpoint(teacher_ckpt)
+    _, teacher = checkpoints.load_checkpoint(teacher_ckpt)
     student, cls, reg, extras = head_outputs(cfg, images, targets)
     results = {}
     for backend in ("auto", "reference"):
@@ -133,7 +170,7 @@ def test_fused_losses_equal_reference_on_head_maps(method, teacher_ckpt, batch):
 def test_level_without_positives_is_gated_off(teacher_ckpt, batch):
     cfg = get_config("instant")
     images, masks, targets = batch
-    _, teacher = engine.load_checkpoint(teacher_ckpt)
+    _, teacher = checkpoints.load_checkpoint(teacher_ckpt)
     _, cls, reg, extras = head_outputs(cfg, images, targets)
     d = distill.Distiller(teacher, "bckd")
     kw = dict(strides=cfg.model.strides, reg_max=cfg.model.reg_max, weights=cfg.bckd)
@@ -153,7 +190,7 @@ def test_level_without_positives_is_gated_off(teacher_ckpt, batch):
 @pytest.mark.data
 def test_memoised_teacher_maps_equal_online(teacher_ckpt, batch):
     images = batch[0]
-    _, teacher = engine.load_checkpoint(teacher_ckpt)
+    _, teacher = checkpoints.load_checkpoint(teacher_ckpt)
     keys = [(i, False) for i in range(4)]
     memo = distill.Distiller(teacher, "bckd", memo=True)
     memo.teacher_maps(images[:2], keys[:2])  # two images first, in a batch of their own
@@ -170,15 +207,15 @@ def test_memoised_teacher_maps_equal_online(teacher_ckpt, batch):
 
 @pytest.mark.data
 def test_teacher_maps_file_equals_online(teacher_ckpt, tmp_path):
-    train, _ = engine.datasets(get_config("instant"))
+    train, _ = loading.datasets(get_config("instant"))
     train.images = train.images[:5]
-    _, teacher = engine.load_checkpoint(teacher_ckpt)
+    _, teacher = checkpoints.load_checkpoint(teacher_ckpt)
     path = str(tmp_path / "maps.pt")
     memo = distill.teacher_memo(teacher, train, "hflip", path=path, batch_size=4)
     assert sorted(memo) == [(i, t) for i in range(5) for t in (0, 1)]
     loaded = distill.teacher_memo(None, train, "hflip", path=path)  # read from the file: no teacher needed
     batch = [(3, 1), (0, 0), (4, 1)]
-    images, _, _ = engine.load_batch(train, batch)
+    images, _, _ = loading.load_batch(train, batch)
     with torch.no_grad():
         cls_ref, reg_ref = teacher(images)
     cls, reg = distill.Distiller(teacher, "bckd", memo=loaded).teacher_maps(images, batch)
@@ -221,12 +258,7 @@ def test_bf16_live_and_memoised_teacher_are_one_teacher():
     sight and the memo's reuse give the same losses, bit for bit."""
     from bckd_train import runtime
 
-    base = get_config("instant")
-    cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, fpn_channels=16, pretrained=False))
-    g = torch.Generator().manual_seed(0)
-    images, masks = torch.rand(2, 3, 64, 64, generator=g), torch.ones(2, 64, 64)
-    targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 30.0]]), "labels": torch.tensor([1])},
-               {"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "labels": torch.tensor([0])}]
+    cfg, images, masks, targets = synthetic_batch()
     keys = [(0, 0), (1, 1)]
     torch.manual_seed(0)
     teacher, student = GFL(cfg.model), GFL(cfg.model).train()
@@ -281,7 +313,7 @@ def test_memo_with_a_gpu_teacher(teacher_ckpt, batch, tmp_path):
     """A GPU teacher's maps kept on the host (by the memo and in a --teacher-maps file)
     come back to the GPU equal to the teacher's online maps."""
     images = batch[0].cuda()
-    _, teacher = engine.load_checkpoint(teacher_ckpt)
+    _, teacher = checkpoints.load_checkpoint(teacher_ckpt)
     teacher.to_device("cuda")
     keys = [(i, i % 2) for i in range(4)]
     d = distill.Distiller(teacher, "bckd", memo=True)
@@ -293,7 +325,7 @@ def test_memo_with_a_gpu_teacher(teacher_ckpt, batch, tmp_path):
         cls_ref, reg_ref = teacher(images)
     for a, b in zip(cls + reg, cls_ref + reg_ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    train, _ = engine.datasets(get_config("instant"))
+    train, _ = loading.datasets(get_config("instant"))
     train.images = train.images[:4]
     memo = distill.teacher_memo(teacher, train, "hflip", path=str(tmp_path / "maps.pt"))
     cls, _ = distill.Distiller(teacher, "bckd", memo=memo).teacher_maps(images, keys)

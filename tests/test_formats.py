@@ -14,8 +14,9 @@ from conftest import ROOT
 from PIL import Image
 
 from bckd_train import __main__ as cli
-from bckd_train import config, data, engine, formats
+from bckd_train import checkpoints, config, data, formats
 from bckd_train.errors import UserError
+from bckd_train.formats import writers
 from bckd_train.model import GFL, ModelConfig
 
 BCCD = os.path.join(ROOT, "..", "shared", "data", "bccd", "BCCD")
@@ -324,7 +325,7 @@ def test_killed_write_leaves_no_half_data_set(tmp_path, monkeypatch, capsys):
     one; a stale temporary folder of a killed earlier run is removed by the next write;
     a second import replaces the first whole."""
     path = make_voc(tmp_path / "voc")
-    real, calls = formats.shutil.copyfile, []
+    real, calls = writers.shutil.copyfile, []
 
     def copyfile(src, dst):
         calls.append(src)
@@ -332,11 +333,11 @@ def test_killed_write_leaves_no_half_data_set(tmp_path, monkeypatch, capsys):
             raise KeyboardInterrupt  # as a Ctrl-C midway
         return real(src, dst)
 
-    monkeypatch.setattr(formats.shutil, "copyfile", copyfile)
+    monkeypatch.setattr(writers.shutil, "copyfile", copyfile)
     with pytest.raises(KeyboardInterrupt):
         cli.main(data_argv("voc", path, tmp_path))
     assert os.listdir(tmp_path / "cache" / "data") == []
-    monkeypatch.setattr(formats.shutil, "copyfile", real)
+    monkeypatch.setattr(writers.shutil, "copyfile", real)
     stale = tmp_path / "cache" / "data" / ".pets.tmp-999999999"  # no such process: a killed writer's
     live = tmp_path / "cache" / "data" / f".pets.tmp-{os.getppid()}"  # a running process's: another writer's
     stale.mkdir()
@@ -427,6 +428,6 @@ def test_checkpoint_without_classes_is_a_builtin_sets(tiny, tmp_path):
     """Checkpoints written before classes were kept load with their built-in set's classes."""
     model = GFL(dataclasses.replace(tiny.model, num_classes=10))
     torch.save({"model": model.state_dict(), "config": "tiny", "seed": 0}, tmp_path / "old.pth")
-    cfg, loaded = engine.load_checkpoint(str(tmp_path / "old.pth"))
+    cfg, loaded = checkpoints.load_checkpoint(str(tmp_path / "old.pth"))
     assert cfg.dataset == "fashion" and cfg.classes == data.FASHION_CLASSES and cfg.model.num_classes == 10
     assert loaded.head.cls_out.out_channels == 10

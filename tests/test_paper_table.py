@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from bckd_train import distill
 from bckd_train.experiments import paper_table
 
 
@@ -57,3 +58,19 @@ def test_a_different_teacher_is_refused(tmp_path):
     torch.save({"model": {"w": torch.zeros(2, 3, 1, 1)}}, os.path.join(folder, "checkpoint.pth"))
     with pytest.raises(SystemExit, match="not the one the recorded runs distilled from"):
         paper_table.prepare_teacher(args, "fashion", py=None)
+
+
+def test_methods_and_claims_come_from_the_method_table(tmp_path, monkeypatch):
+    """A method added to bckd_train.distill.METHODS is a run, a table row and its claims' checks."""
+    assert paper_table.METHODS is distill.METHODS
+    assert all(c.other in distill.METHODS for entry in distill.METHODS.values() for c in entry.claims)
+    monkeypatch.setitem(distill.METHODS, "kd2", distill.Method(distill.kd_losses, claims=(distill.Claim("kd"),)))
+    results = tmp_path / "results"
+    for name, ap in (("teacher", 0.6), ("kd_s0", 0.50), ("kd_s1", 0.52), ("kd2_s0", 0.53), ("kd2_s1", 0.55)):
+        record(results / "paper_runs", name, ap)
+    paper_table.main(["--report-only", "--datasets", "fashion", "--methods", "kd", "kd2", "--seeds", "0", "1",
+                      "--out", str(tmp_path / "runs"), "--results", str(results)])
+    md = (results / "paper_table.md").read_text()
+    assert "| kd2 | 2 | 54.0 ± 1.4 |" in md
+    assert "kd2 − kd = +3.00 AP (> 0): **met**" in md
+    assert "bcdl > none: **not yet measured**" in md

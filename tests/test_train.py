@@ -14,7 +14,7 @@ from conftest import ROOT
 
 from bckd_kernels.decode import dfl_decode, distance_to_box
 from bckd_train import __main__ as cli
-from bckd_train import data, engine, gfl, runtime, sources
+from bckd_train import data, engine, evaluation, gfl, loading, runtime, sources
 from bckd_train.config import get_config
 from bckd_train.errors import UserError
 from bckd_train.model import GFL
@@ -143,14 +143,14 @@ def test_colour_jitter_keeps_range_and_boxes():
 
 
 def test_jitter_keys_leave_the_epoch_unchanged():
-    plain = [p for batch in engine.epoch_batches(64, 8, 3, 0, 0, 1, "dihedral") for p in batch]
-    jittered = [p for batch in engine.epoch_batches(64, 8, 3, 0, 0, 1, "dihedral", jitter=True) for p in batch]
+    plain = [p for batch in loading.epoch_batches(64, 8, 3, 0, 0, 1, "dihedral") for p in batch]
+    jittered = [p for batch in loading.epoch_batches(64, 8, 3, 0, 0, 1, "dihedral", jitter=True) for p in batch]
     assert [p._replace(jitter=None) for p in jittered] == plain and len({p.jitter for p in jittered}) == 64
 
 
 @pytest.mark.parametrize("augment,values", [("none", {0}), ("hflip", {0, 1}), ("dihedral", set(range(8)))])
 def test_epoch_transforms(augment, values):
-    pairs = [p for batch in engine.epoch_batches(64, 8, 3, 0, 0, 1, augment) for p in batch]
+    pairs = [p for batch in loading.epoch_batches(64, 8, 3, 0, 0, 1, augment) for p in batch]
     assert sorted(p.index for p in pairs) == list(range(64))
     assert {p.transform for p in pairs} == values
 
@@ -212,8 +212,8 @@ def head_maps():
     from bckd_train.model import GFL
 
     cfg = get_config("instant")
-    train, _ = engine.datasets(cfg)
-    images, _, targets = engine.load_batch(train, [(i, i % 2) for i in range(4)])
+    train, _ = loading.datasets(cfg)
+    images, _, targets = loading.load_batch(train, [(i, i % 2) for i in range(4)])
     targets[3] = dict(targets[3], boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long))  # no objects
     torch.manual_seed(0)
     cls, reg = GFL(cfg.model).train()(images)
@@ -269,11 +269,10 @@ def test_loss_path_has_no_data_dependent_ops(head_maps):
     targets_m = [dict(t, boxes=t["boxes"].to("meta"), labels=t["labels"].to("meta")) for t in targets]
     kw = dict(strides=cfg.model.strides, reg_max=16)
     losses, extras = gfl.gfl_loss(cls_m, reg_m, targets_m, num_classes=10, **kw)
-    d = distill.Distiller(None, "none")
-    d.method = "bckd"
     masks = torch.ones(4, 128, 128, device="meta")
-    losses.update(d.bckd_losses(masks, cls_m, reg_m, [c.detach() for c in cls_m], [r.detach() for r in reg_m],
-                                extras, weights=cfg.bckd, **kw))
+    maps = distill.Maps(cls_m, reg_m, [c.detach() for c in cls_m], [r.detach() for r in reg_m], masks=masks,
+                        extras=extras, weights=cfg.bckd, backend="auto", **kw)
+    losses.update(distill.METHODS["bckd"].losses(maps))
     assert set(losses) == {"loss_qfl", "loss_dfl", "loss_giou", "loss_bcdl", "loss_ildl"}
     sum(losses.values()).backward()
     assert all(t.grad.shape == t.shape for t in meta)
@@ -306,7 +305,7 @@ def test_ground_truth_as_predictions_scores_ap_one(folders):
         for a in json.load(open(val.ann_file))["annotations"]
         if a["image_id"] in ids
     ]
-    assert engine.coco_metrics(val, results)["AP"] == pytest.approx(1.0)
+    assert evaluation.coco_metrics(val, results)["AP"] == pytest.approx(1.0)
 
 
 def losses(out):
@@ -356,7 +355,7 @@ def imported(tiny, tmp_path):
     cache = str(tmp_path / "cache")
     assert cli.main(["data", "--name", "pets", "--format", "coco", "--path", make_coco(tmp_path / "coco"),
                      "--cache", cache]) == 0
-    return engine.with_data(tiny, "pets", cache), cache
+    return loading.with_data(tiny, "pets", cache), cache
 
 
 def test_checkpoint_is_saved_before_evaluating(tiny, tmp_path, monkeypatch):
@@ -368,7 +367,7 @@ def test_checkpoint_is_saved_before_evaluating(tiny, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("evaluation broke")
 
-    monkeypatch.setattr(engine, "evaluate", broken)
+    monkeypatch.setattr(evaluation, "evaluate", broken)
     with pytest.raises(RuntimeError, match="evaluation broke"):
         engine.train(cfg, out, cache=cache, progress=False)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=False)
@@ -400,12 +399,12 @@ def test_loader_sends_bytes_the_device_gets_the_dataset_floats(tiny, tmp_path):
     """The DataLoader's batches are uint8 images and bool masks; on the device they
     become exactly the float images and masks the dataset gives."""
     cfg, cache = imported(tiny, tmp_path)
-    train_set = engine.split_set(cfg, "train", cache)
-    batches = list(engine.epoch_batches(len(train_set), 2, 0, 0, 0, 1, "flips"))
-    for keys, (images, masks, targets) in zip(batches, engine.batch_loader(train_set, batches)):
+    train_set = loading.split_set(cfg, "train", cache)
+    batches = list(loading.epoch_batches(len(train_set), 2, 0, 0, 0, 1, "flips"))
+    for keys, (images, masks, targets) in zip(batches, loading.batch_loader(train_set, batches)):
         assert images.dtype == torch.uint8 and masks.dtype == torch.bool
-        ref_images, ref_masks, _ = engine.load_batch(train_set, keys)
-        images, masks, _ = engine.to_device(images, masks, targets, torch.device("cpu"))
+        ref_images, ref_masks, _ = loading.load_batch(train_set, keys)
+        images, masks, _ = loading.to_device(images, masks, targets, torch.device("cpu"))
         assert images.dtype == masks.dtype == torch.float32
         assert torch.equal(images, ref_images) and torch.equal(masks, ref_masks)
 
@@ -512,13 +511,13 @@ def test_device_plumbing_on_cpu_is_todays_path(tmp_path, monkeypatch):
     end bitwise where the plain loop does: in-process loading, no autocast, no copies."""
     cfg = dataclasses.replace(get_config("instant"), epochs=1, max_iters=3)
     runtime.seed_everything(cfg.seed)
-    train_set, _ = engine.datasets(cfg)
+    train_set, _ = loading.datasets(cfg)
     model = GFL(cfg.model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     model.train()
-    for it, batch in zip(range(3), engine.epoch_batches(len(train_set), cfg.batch_size, 0, cfg.seed, 0, 1)):
-        images, _, targets = engine.load_batch(train_set, batch)
+    for it, batch in zip(range(3), loading.epoch_batches(len(train_set), cfg.batch_size, 0, cfg.seed, 0, 1)):
+        images, _, targets = loading.load_batch(train_set, batch)
         for group in optimizer.param_groups:
             group["lr"] = engine.learning_rate(cfg, it, 0)
         cls, reg = model(images)
@@ -544,13 +543,13 @@ def test_loader_yields_the_in_process_batches(workers, jitter):
     """The DataLoader path gives, batch for batch, what load_batch gives for the same
     (seed, epoch) keys, in worker processes too."""
     cfg = get_config("instant")
-    train_set, _ = engine.datasets(cfg)
+    train_set, _ = loading.datasets(cfg)
     scale, colour = ((0.7, 1.3), 0.3) if jitter else ((1.0, 1.0), 0.0)
-    batches = list(engine.epoch_batches(len(train_set), 8, 1, 5, 0, 1, "dihedral", jitter=jitter))
-    loader = engine.batch_loader(train_set, batches, scale=scale, colour=colour, workers=workers)
+    batches = list(loading.epoch_batches(len(train_set), 8, 1, 5, 0, 1, "dihedral", jitter=jitter))
+    loader = loading.batch_loader(train_set, batches, scale=scale, colour=colour, workers=workers)
     n = 0
     for keys, (images, masks, targets) in zip(batches, loader):
-        ref_images, ref_masks, ref_targets = engine.load_batch(train_set, keys, scale=scale, colour=colour, raw=True)
+        ref_images, ref_masks, ref_targets = loading.load_batch(train_set, keys, scale=scale, colour=colour, raw=True)
         assert images.dtype == torch.uint8 and masks.dtype == torch.bool
         assert torch.equal(images, ref_images) and torch.equal(masks, ref_masks)
         for t, r in zip(targets, ref_targets):

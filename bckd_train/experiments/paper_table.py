@@ -79,12 +79,12 @@ def finished(folder):
 
 
 def weights_sha256(ckpt):
-    """Hash of a checkpoint's weights (:func:`bckd_train.engine.weights_sha256`)."""
+    """Hash of a checkpoint's weights (:func:`bckd_train.checkpoints.weights_sha256`)."""
     import torch
 
-    from .. import engine
+    from .. import checkpoints
 
-    return engine.weights_sha256(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+    return checkpoints.weights_sha256(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
 
 
 def launch(cmd, folder, threads):
@@ -150,7 +150,7 @@ def prepare_teacher(args, dataset, py):
 def train_all(args):
     import torch
 
-    from .. import distill, engine, runtime
+    from .. import checkpoints, distill, loading, runtime
     from ..config import get_config
 
     py = [sys.executable, "-m", "bckd_train"]
@@ -166,14 +166,14 @@ def train_all(args):
         sha = prepare_teacher(args, dataset, py)
         t_ckpt = os.path.join(teacher_dir(args.out, dataset), "checkpoint.pth")
         maps = os.path.join(teacher_dir(args.out, dataset), "maps.pt")
-        t_cfg, teacher = engine.load_checkpoint(t_ckpt)
+        t_cfg, teacher = checkpoints.load_checkpoint(t_ckpt)
         teacher.to_device(device)
-        if any(m != "none" for m, _ in todo) and not os.path.exists(maps):
+        if any(METHODS[m].uses_teacher for m, _ in todo) and not os.path.exists(maps):
             print(f"computing the {dataset} teacher's maps", flush=True)
             s_cfg = get_config(f"{dataset}_student")
-            train_set, _ = engine.datasets(s_cfg)
+            train_set, _ = loading.datasets(s_cfg)
             distill.teacher_memo(teacher, train_set, s_cfg.augment, path=maps)
-        _, val = engine.datasets(t_cfg)
+        _, val = loading.datasets(t_cfg)
         teachers[dataset] = (teacher, val, sha)
         for method, seed in todo:
             cmd = py + ["distill", "--config", f"{dataset}_student", "--teacher", t_ckpt, "--method", method,
@@ -188,7 +188,7 @@ def train_all(args):
             launch(cmd, folder, threads)
         teacher, val, sha = teachers[dataset]
         record = run_record(folder, threads, sha)
-        _, student = engine.load_checkpoint(os.path.join(folder, "checkpoint.pth"))
+        _, student = checkpoints.load_checkpoint(os.path.join(folder, "checkpoint.pth"))
         record["score_gap"] = distill.score_gap(student.to_device(device), teacher, val, device=device)
         write_record(args.records, dataset, f"{method}_s{seed}", record)
         print(f"{dataset} {method}_s{seed}: AP {100 * record['metrics']['AP']:.1f}, {record['minutes'] or 0:.1f} min",
@@ -231,31 +231,28 @@ def fmt(s):
 
 
 def targets(rows, dataset):
-    """The criteria of docs/results.md section 4 on one data set: (text, met or None when not enough runs)."""
+    """The paper's claims (each method's :class:`bckd_train.distill.Claim` entries, the
+    criteria of docs/results.md section 4) on one data set: (text, met or None when not
+    enough runs)."""
     ap = {m: summarise(rows, dataset, m, "AP") for m in METHODS}
-    checks = []
+    return [check_claim(ap, method, claim) for method, entry in METHODS.items() for claim in entry.claims]
 
-    def have(*ms):
-        return all(ap[m] is not None and ap[m][2] >= 2 for m in ms)
 
-    if have("bckd", "none"):
-        pooled = math.sqrt((ap["bckd"][1] ** 2 + ap["none"][1] ** 2) / 2)
-        gain = ap["bckd"][0] - ap["none"][0]
-        checks.append((f"bckd − none = {gain:+.2f} AP vs 2 × pooled std = {2 * pooled:.2f}", gain > 2 * pooled))
+def check_claim(ap, method, claim):
+    """(text, met or None) of one claim of ``method``; ap: :func:`summarise` of each
+    method's AP, a claim needs two runs of each method it compares."""
+    other, cmp = claim.other, ">" if claim.strict else "≥"
+    if not all(ap[m] is not None and ap[m][2] >= 2 for m in (method, other)):
+        return (f"{method} beats {other} by {cmp} {claim.stds} pooled std" if claim.stds
+                else f"{method} {cmp} {other}"), None
+    gain = ap[method][0] - ap[other][0]
+    if claim.stds:
+        margin = claim.stds * math.sqrt((ap[method][1] ** 2 + ap[other][1] ** 2) / 2)
+        text = f"{method} − {other} = {gain:+.2f} AP vs {claim.stds} × pooled std = {margin:.2f}"
     else:
-        checks.append(("bckd beats none by > 2 pooled std", None))
-    if have("bckd", "ld"):
-        gain = ap["bckd"][0] - ap["ld"][0]
-        checks.append((f"bckd − ld = {gain:+.2f} AP (≥ 0)", gain >= 0))
-    else:
-        checks.append(("bckd ≥ ld", None))
-    for m in ("bcdl", "ildl"):
-        if have(m, "none"):
-            gain = ap[m][0] - ap["none"][0]
-            checks.append((f"{m} − none = {gain:+.2f} AP (> 0)", gain > 0))
-        else:
-            checks.append((f"{m} > none", None))
-    return checks
+        margin = 0
+        text = f"{method} − {other} = {gain:+.2f} AP ({cmp} 0)"
+    return text, gain > margin if claim.strict else gain >= margin
 
 
 def write_report(args, rows):

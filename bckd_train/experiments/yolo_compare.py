@@ -226,6 +226,8 @@ def step_share(student_weights, teacher_path, data, args, repeats=7):
     from bckd_kernels.yolo import yolo_bckd_loss
     from bckd_kernels._yolo_trainer import BCKDLoss
 
+    from .. import runtime
+
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     student = load_checkpoint(student_weights)[0].to(device).float().train().requires_grad_(True)
     student.args = get_cfg()
@@ -234,16 +236,7 @@ def step_share(student_weights, teacher_path, data, args, repeats=7):
     criterion = BCKDLoss(student.init_criterion(), teacher)
 
     def timed(fn):
-        times = []
-        for _ in range(repeats + 2):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times[2:])
+        return statistics.median([runtime.timed(fn, device) for _ in range(repeats + 2)][2:])
 
     def detection_step():
         student.zero_grad(set_to_none=True)
