@@ -7,12 +7,12 @@
 // (backward) elements per location, plus the per-location weight, gradient
 // and outputs, which is the least any implementation moves.
 //
-// The memory pattern is chosen per call (access.h):
-// - kLocation (head maps [B, C, H, W]): a thread owns VL neighbouring
+// The access is chosen per call (access.h):
+// - kLocations (nchw head maps): a thread owns VL neighbouring
 //   locations (one 16-byte load per class plane, VL = 4 in float32, 8 in
 //   half precision; VL = 1 for any other strides) and loads kUnroll class
 //   planes before it uses the first, so that several loads are in flight.
-// - kChannel (channels-last maps, [N, C] rows): `group` lanes share a
+// - kChannels (channels_last maps, rows): `group` lanes share a
 //   location and read its row as 16-byte vectors; the sum and max over
 //   classes finish in a shuffle butterfly.
 // Sums run in a fixed order in both (class order inside a thread, then the
@@ -25,7 +25,7 @@ namespace bckd {
 namespace cuda {
 namespace {
 
-// Class planes a kLocation thread loads before computing on them. The last
+// Class planes a kLocations thread loads before computing on them. The last
 // block of a row is predicated rather than left to a second loop, which
 // would keep the row pointers live across two loops (ptxas spilled them).
 constexpr int kUnroll = 4;
@@ -81,7 +81,7 @@ struct Bcdl {
   }
 };
 
-// ------------------------------------------------------------ kLocation ----
+// ----------------------------------------------------------- kLocations ----
 
 template <typename scalar_t, int MODE, int VL>
 __global__ void __launch_bounds__(kThreads)
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// ------------------------------------------------------------- kChannel ----
+// ------------------------------------------------------------ kChannels ----
 
 template <typename scalar_t, int MODE, int VEC>
 __global__ void __launch_bounds__(kThreads)
@@ -279,16 +279,16 @@ void launch_forward(const BcdlFwdArgs& a, cudaStream_t stream) {
   constexpr int V = kVecBytes / sizeof(scalar_t);
   const int64_t n = a.ls.num_locations();
   const Operand s{a.student, &a.ls}, t{a.teacher, &a.lt};
-  const Access acc = kVectors ? plan_access({s, t}, sizeof(scalar_t), {kVecBytes})
-                              : plan_access({s, t}, sizeof(scalar_t), {});
-  if (acc.pattern == Pattern::kChannel) {
-    const unsigned int blocks = blocks_for(n * acc.group);
-    if (kVectors && acc.vec > 1) {
-      bcdl_forward_chan<scalar_t, MODE, (kVectors ? V : 1)><<<blocks, kThreads, 0, stream>>>(a, n, acc.group);
+  const AccessPlan plan = kVectors ? plan_access({s, t}, sizeof(scalar_t), {kVecBytes})
+                                   : plan_access({s, t}, sizeof(scalar_t), {});
+  if (plan.access == Access::kChannels) {
+    const unsigned int blocks = blocks_for(n * plan.group);
+    if (kVectors && plan.vec > 1) {
+      bcdl_forward_chan<scalar_t, MODE, (kVectors ? V : 1)><<<blocks, kThreads, 0, stream>>>(a, n, plan.group);
     } else {
-      bcdl_forward_chan<scalar_t, MODE, 1><<<blocks, kThreads, 0, stream>>>(a, n, acc.group);
+      bcdl_forward_chan<scalar_t, MODE, 1><<<blocks, kThreads, 0, stream>>>(a, n, plan.group);
     }
-  } else if (kVectors && acc.vec > 1 && base_ok(a.loss) && base_ok(a.max_abs_diff) &&
+  } else if (kVectors && plan.vec > 1 && base_ok(a.loss) && base_ok(a.max_abs_diff) &&
              (a.weight == nullptr || base_ok(a.weight))) {
     constexpr int VL = kVectors ? V : 1;
     bcdl_forward_loc<scalar_t, MODE, VL><<<blocks_for(n / VL), kThreads, 0, stream>>>(a, n / VL);
@@ -304,16 +304,16 @@ void launch_backward(const BcdlBwdArgs& a, cudaStream_t stream) {
   constexpr int V = kVecBytes / sizeof(scalar_t);
   const int64_t n = a.ls.num_locations();
   const Operand s{a.student, &a.ls}, t{a.teacher, &a.lt}, g{a.grad, &a.lg};
-  const Access acc = kVectors ? plan_access({s, t, g}, sizeof(scalar_t), {kVecBytes})
-                              : plan_access({s, t, g}, sizeof(scalar_t), {});
-  if (acc.pattern == Pattern::kChannel) {
-    const unsigned int blocks = blocks_for(n * acc.group);
-    if (kVectors && acc.vec > 1) {
-      bcdl_backward_chan<scalar_t, MODE, (kVectors ? V : 1)><<<blocks, kThreads, 0, stream>>>(a, n, acc.group);
+  const AccessPlan plan = kVectors ? plan_access({s, t, g}, sizeof(scalar_t), {kVecBytes})
+                                   : plan_access({s, t, g}, sizeof(scalar_t), {});
+  if (plan.access == Access::kChannels) {
+    const unsigned int blocks = blocks_for(n * plan.group);
+    if (kVectors && plan.vec > 1) {
+      bcdl_backward_chan<scalar_t, MODE, (kVectors ? V : 1)><<<blocks, kThreads, 0, stream>>>(a, n, plan.group);
     } else {
-      bcdl_backward_chan<scalar_t, MODE, 1><<<blocks, kThreads, 0, stream>>>(a, n, acc.group);
+      bcdl_backward_chan<scalar_t, MODE, 1><<<blocks, kThreads, 0, stream>>>(a, n, plan.group);
     }
-  } else if (kVectors && acc.vec > 1 && base_ok(a.grad_loss) && (a.weight == nullptr || base_ok(a.weight))) {
+  } else if (kVectors && plan.vec > 1 && base_ok(a.grad_loss) && (a.weight == nullptr || base_ok(a.weight))) {
     constexpr int VL = kVectors ? V : 1;
     bcdl_backward_loc<scalar_t, MODE, VL><<<blocks_for(n / VL), kThreads, 0, stream>>>(a, n / VL);
   } else {
