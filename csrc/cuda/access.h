@@ -29,6 +29,8 @@
 namespace bckd {
 namespace cuda {
 
+// Threads per block of every kernel.
+constexpr int kThreads = 256;
 constexpr int64_t kVecBytes = 16;
 constexpr int kWarpSize = 32;
 // Vectors one lane of a kChannels group holds at a time. Five makes COCO's

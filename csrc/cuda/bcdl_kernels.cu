@@ -20,6 +20,7 @@
 #include "../dispatch.h"
 #include "common.cuh"
 #include "kernels.h"
+#include "launch.h"
 
 namespace bckd {
 namespace cuda {
@@ -273,25 +274,22 @@ __global__ void __launch_bounds__(kThreads)
 
 // ------------------------------------------------------------ launching ----
 
+// V: elements per 16-byte vector; float64 has no vector kernels (plan_bcdl
+// never asks for them), so its V of 1 names the scalar ones.
 template <typename scalar_t, int MODE>
 void launch_forward(const BcdlFwdArgs& a, cudaStream_t stream) {
-  constexpr bool kVectors = sizeof(scalar_t) < 8;
-  constexpr int V = kVecBytes / sizeof(scalar_t);
+  constexpr int V = sizeof(scalar_t) < 8 ? kVecBytes / sizeof(scalar_t) : 1;
   const int64_t n = a.ls.num_locations();
-  const Operand s{a.student, &a.ls}, t{a.teacher, &a.lt};
-  const AccessPlan plan = kVectors ? plan_access({s, t}, sizeof(scalar_t), {kVecBytes})
-                                   : plan_access({s, t}, sizeof(scalar_t), {});
+  const AccessPlan plan = plan_bcdl(a, sizeof(scalar_t));
   if (plan.access == Access::kChannels) {
     const unsigned int blocks = blocks_for(n * plan.group);
-    if (kVectors && plan.vec > 1) {
-      bcdl_forward_chan<scalar_t, MODE, (kVectors ? V : 1)><<<blocks, kThreads, 0, stream>>>(a, n, plan.group);
+    if (plan.vec > 1) {
+      bcdl_forward_chan<scalar_t, MODE, V><<<blocks, kThreads, 0, stream>>>(a, n, plan.group);
     } else {
       bcdl_forward_chan<scalar_t, MODE, 1><<<blocks, kThreads, 0, stream>>>(a, n, plan.group);
     }
-  } else if (kVectors && plan.vec > 1 && base_ok(a.loss) && base_ok(a.max_abs_diff) &&
-             (a.weight == nullptr || base_ok(a.weight))) {
-    constexpr int VL = kVectors ? V : 1;
-    bcdl_forward_loc<scalar_t, MODE, VL><<<blocks_for(n / VL), kThreads, 0, stream>>>(a, n / VL);
+  } else if (plan.vec > 1) {
+    bcdl_forward_loc<scalar_t, MODE, V><<<blocks_for(n / V), kThreads, 0, stream>>>(a, n / V);
   } else {
     bcdl_forward_loc<scalar_t, MODE, 1><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
   }
@@ -300,22 +298,18 @@ void launch_forward(const BcdlFwdArgs& a, cudaStream_t stream) {
 
 template <typename scalar_t, int MODE>
 void launch_backward(const BcdlBwdArgs& a, cudaStream_t stream) {
-  constexpr bool kVectors = sizeof(scalar_t) < 8;
-  constexpr int V = kVecBytes / sizeof(scalar_t);
+  constexpr int V = sizeof(scalar_t) < 8 ? kVecBytes / sizeof(scalar_t) : 1;
   const int64_t n = a.ls.num_locations();
-  const Operand s{a.student, &a.ls}, t{a.teacher, &a.lt}, g{a.grad, &a.lg};
-  const AccessPlan plan = kVectors ? plan_access({s, t, g}, sizeof(scalar_t), {kVecBytes})
-                                   : plan_access({s, t, g}, sizeof(scalar_t), {});
+  const AccessPlan plan = plan_bcdl(a, sizeof(scalar_t));
   if (plan.access == Access::kChannels) {
     const unsigned int blocks = blocks_for(n * plan.group);
-    if (kVectors && plan.vec > 1) {
-      bcdl_backward_chan<scalar_t, MODE, (kVectors ? V : 1)><<<blocks, kThreads, 0, stream>>>(a, n, plan.group);
+    if (plan.vec > 1) {
+      bcdl_backward_chan<scalar_t, MODE, V><<<blocks, kThreads, 0, stream>>>(a, n, plan.group);
     } else {
       bcdl_backward_chan<scalar_t, MODE, 1><<<blocks, kThreads, 0, stream>>>(a, n, plan.group);
     }
-  } else if (kVectors && plan.vec > 1 && base_ok(a.grad_loss) && (a.weight == nullptr || base_ok(a.weight))) {
-    constexpr int VL = kVectors ? V : 1;
-    bcdl_backward_loc<scalar_t, MODE, VL><<<blocks_for(n / VL), kThreads, 0, stream>>>(a, n / VL);
+  } else if (plan.vec > 1) {
+    bcdl_backward_loc<scalar_t, MODE, V><<<blocks_for(n / V), kThreads, 0, stream>>>(a, n / V);
   } else {
     bcdl_backward_loc<scalar_t, MODE, 1><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
   }

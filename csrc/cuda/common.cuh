@@ -17,8 +17,6 @@
 namespace bckd {
 namespace cuda {
 
-constexpr int kThreads = 256;
-
 // Blocks for `threads` threads; beyond the cap the kernels' grid-stride loops
 // take over.
 inline unsigned int blocks_for(int64_t threads) {

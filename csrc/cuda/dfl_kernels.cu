@@ -21,6 +21,7 @@
 #include "../dispatch.h"
 #include "common.cuh"
 #include "kernels.h"
+#include "launch.h"
 
 namespace bckd {
 namespace cuda {
@@ -162,15 +163,6 @@ __global__ void __launch_bounds__(kThreads) dfl_loc_any(const DflArgs<BACKWARD> 
 
 // ------------------------------------------- DFL + GIoU, kChannels ----
 
-// Lanes per location of the kChannels DFL kernel: one per edge.
-constexpr int kEdges = 4;
-
-// Shared memory of the kChannels DFL kernel: per warp, the student and
-// teacher rows (C values each, as acc_t) of its 32 / kEdges locations.
-inline size_t dfl_chan_smem(int64_t C, size_t acc_bytes) {
-  return static_cast<size_t>(kThreads / kWarpSize) * (kWarpSize / kEdges) * 2 * C * acc_bytes;
-}
-
 // a[e] for the lane's own edge e, as selects: no register array indexed at
 // run time.
 template <typename T>
@@ -276,17 +268,6 @@ __global__ void __launch_bounds__(kThreads) dfl_chan(const DflArgs<BACKWARD> a, 
 
 // ------------------------------------------------------------ launching ----
 
-// The GFocal default, reg_max = 16.
-constexpr int kFixedBins = 17;
-
-// The operands a DFL kernel walks: both maps, and the gradient it writes.
-inline AccessPlan plan_dfl(const DflFwdArgs& a, int64_t elem, std::initializer_list<int64_t> vec_bytes) {
-  return plan_access({{a.student, &a.ls}, {a.teacher, &a.lt}}, elem, vec_bytes);
-}
-inline AccessPlan plan_dfl(const DflBwdArgs& a, int64_t elem, std::initializer_list<int64_t> vec_bytes) {
-  return plan_access({{a.student, &a.ls}, {a.teacher, &a.lt}, {a.grad, &a.lg}}, elem, vec_bytes);
-}
-
 template <typename scalar_t, bool BACKWARD>
 void launch_dfl(const DflArgs<BACKWARD>& a, cudaStream_t stream) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -294,13 +275,10 @@ void launch_dfl(const DflArgs<BACKWARD>& a, cudaStream_t stream) {
   constexpr int V16 = kVectors ? 16 / sizeof(scalar_t) : 1;
   constexpr int V8 = kVectors ? 8 / sizeof(scalar_t) : 1;
   const int64_t n = a.ls.num_locations();
-  const size_t elem = sizeof(scalar_t);
-  const AccessPlan plan = kVectors ? plan_dfl(a, elem, {16, 8}) : plan_dfl(a, elem, {});
-  const size_t smem = dfl_chan_smem(a.ls.C, sizeof(acc_t));
-  // The tile must fit the default 48 KB of shared memory per block (68
-  // channels in float32 take 34 KB).
-  if (plan.access == Access::kChannels && smem <= 48 * 1024) {
+  const DflPlan plan = plan_dfl(a, sizeof(scalar_t), sizeof(acc_t));
+  if (plan.kernel == DflKernel::kChannels) {
     const unsigned int blocks = blocks_for(n * kEdges);
+    const size_t smem = dfl_chan_smem(a.ls.C, sizeof(acc_t));
     if (kVectors && plan.vec == V16) {
       dfl_chan<scalar_t, V16, BACKWARD><<<blocks, kThreads, smem, stream>>>(a, n);
     } else if (kVectors && plan.vec == V8) {
@@ -308,7 +286,7 @@ void launch_dfl(const DflArgs<BACKWARD>& a, cudaStream_t stream) {
     } else {
       dfl_chan<scalar_t, 1, BACKWARD><<<blocks, kThreads, smem, stream>>>(a, n);
     }
-  } else if (a.nbins == kFixedBins) {
+  } else if (plan.kernel == DflKernel::kFixedBins) {
     dfl_loc_fixed<scalar_t, kFixedBins, BACKWARD><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
   } else {
     dfl_loc_any<scalar_t, BACKWARD><<<blocks_for(n), kThreads, 0, stream>>>(a, n);

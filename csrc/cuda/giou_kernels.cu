@@ -6,6 +6,7 @@
 #include "../dispatch.h"
 #include "common.cuh"
 #include "kernels.h"
+#include "launch.h"
 
 namespace bckd {
 namespace cuda {
@@ -80,7 +81,7 @@ __global__ void __launch_bounds__(kThreads) giou_backward_kernel(const GiouBwdAr
 template <typename scalar_t>
 void launch_giou(const GiouFwdArgs& a, cudaStream_t stream) {
   const int64_t n = a.lp.num_locations();
-  if (boxes_packed({{a.pred, &a.lp}, {a.target, &a.lt}}, sizeof(scalar_t))) {
+  if (giou_packed(a, sizeof(scalar_t))) {
     giou_forward_kernel<scalar_t, true><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
   } else {
     giou_forward_kernel<scalar_t, false><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
@@ -91,11 +92,7 @@ void launch_giou(const GiouFwdArgs& a, cudaStream_t stream) {
 template <typename scalar_t>
 void launch_giou(const GiouBwdArgs& a, cudaStream_t stream) {
   const int64_t n = a.lp.num_locations();
-  // An output that is not wanted has no pointer and takes no part.
-  const Operand gp{a.grad_pred != nullptr ? a.grad_pred : a.pred, a.grad_pred != nullptr ? &a.lgp : &a.lp};
-  const Operand gt{a.grad_target != nullptr ? a.grad_target : a.target,
-                   a.grad_target != nullptr ? &a.lgt : &a.lt};
-  if (boxes_packed({{a.pred, &a.lp}, {a.target, &a.lt}, gp, gt}, sizeof(scalar_t))) {
+  if (giou_packed(a, sizeof(scalar_t))) {
     giou_backward_kernel<scalar_t, true><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
   } else {
     giou_backward_kernel<scalar_t, false><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
