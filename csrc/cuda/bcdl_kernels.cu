@@ -274,59 +274,62 @@ __global__ void __launch_bounds__(kThreads)
 
 // ------------------------------------------------------------ launching ----
 
-// V: elements per 16-byte vector; float64 has no vector kernels (plan_bcdl
-// never asks for them), so its V of 1 names the scalar ones.
-template <typename scalar_t, int MODE>
-void launch_forward(const BcdlFwdArgs& a, cudaStream_t stream) {
-  constexpr int V = sizeof(scalar_t) < 8 ? kVecBytes / sizeof(scalar_t) : 1;
+// One direction's four kernel variants: kChannels and kLocations, each with
+// vectors and scalar.
+template <class Args>
+struct BcdlKernels {
+  void (*chan_vec)(const Args, int64_t, int);
+  void (*chan)(const Args, int64_t, int);
+  void (*loc_vec)(const Args, int64_t);
+  void (*loc)(const Args, int64_t);
+};
+
+// Runs the variant plan_bcdl picks; V: the locations of one kLocations vector.
+template <class Args>
+void launch_bcdl(const Args& a, int64_t elem, int V, const BcdlKernels<Args>& k, cudaStream_t stream) {
   const int64_t n = a.ls.num_locations();
-  const AccessPlan plan = plan_bcdl(a, sizeof(scalar_t));
+  const AccessPlan plan = plan_bcdl(a, elem);
   if (plan.access == Access::kChannels) {
-    const unsigned int blocks = blocks_for(n * plan.group);
-    if (plan.vec > 1) {
-      bcdl_forward_chan<scalar_t, MODE, V><<<blocks, kThreads, 0, stream>>>(a, n, plan.group);
-    } else {
-      bcdl_forward_chan<scalar_t, MODE, 1><<<blocks, kThreads, 0, stream>>>(a, n, plan.group);
-    }
+    const auto kernel = plan.vec > 1 ? k.chan_vec : k.chan;
+    kernel<<<blocks_for(n * plan.group), kThreads, 0, stream>>>(a, n, plan.group);
   } else if (plan.vec > 1) {
-    bcdl_forward_loc<scalar_t, MODE, V><<<blocks_for(n / V), kThreads, 0, stream>>>(a, n / V);
+    const auto kernel = k.loc_vec;
+    kernel<<<blocks_for(n / V), kThreads, 0, stream>>>(a, n / V);
   } else {
-    bcdl_forward_loc<scalar_t, MODE, 1><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
+    const auto kernel = k.loc;
+    kernel<<<blocks_for(n), kThreads, 0, stream>>>(a, n);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename scalar_t, int MODE>
-void launch_backward(const BcdlBwdArgs& a, cudaStream_t stream) {
-  constexpr int V = sizeof(scalar_t) < 8 ? kVecBytes / sizeof(scalar_t) : 1;
-  const int64_t n = a.ls.num_locations();
-  const AccessPlan plan = plan_bcdl(a, sizeof(scalar_t));
-  if (plan.access == Access::kChannels) {
-    const unsigned int blocks = blocks_for(n * plan.group);
-    if (plan.vec > 1) {
-      bcdl_backward_chan<scalar_t, MODE, V><<<blocks, kThreads, 0, stream>>>(a, n, plan.group);
-    } else {
-      bcdl_backward_chan<scalar_t, MODE, 1><<<blocks, kThreads, 0, stream>>>(a, n, plan.group);
-    }
-  } else if (plan.vec > 1) {
-    bcdl_backward_loc<scalar_t, MODE, V><<<blocks_for(n / V), kThreads, 0, stream>>>(a, n / V);
-  } else {
-    bcdl_backward_loc<scalar_t, MODE, 1><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
+// Elements per 16-byte vector; float64 has no vector kernels (plan_bcdl never
+// asks for them), so its 1 names the scalar ones.
+template <typename scalar_t>
+constexpr int kVecOf = sizeof(scalar_t) < 8 ? kVecBytes / sizeof(scalar_t) : 1;
 
 }  // namespace
 
 void bcdl_forward(const BcdlFwdArgs& a, cudaStream_t stream) {
   BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "bcdl_cuda", [&] {
-    with_beta_mode(a.beta, [&](auto mode) { launch_forward<scalar_t, decltype(mode)::value>(a, stream); });
+    with_beta_mode(a.beta, [&](auto mode) {
+      constexpr int MODE = decltype(mode)::value, V = kVecOf<scalar_t>;
+      launch_bcdl(a, sizeof(scalar_t), V,
+                  BcdlKernels<BcdlFwdArgs>{bcdl_forward_chan<scalar_t, MODE, V>, bcdl_forward_chan<scalar_t, MODE, 1>,
+                                           bcdl_forward_loc<scalar_t, MODE, V>, bcdl_forward_loc<scalar_t, MODE, 1>},
+                  stream);
+    });
   });
 }
 
 void bcdl_backward(const BcdlBwdArgs& a, cudaStream_t stream) {
   BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "bcdl_backward_cuda", [&] {
-    with_beta_mode(a.beta, [&](auto mode) { launch_backward<scalar_t, decltype(mode)::value>(a, stream); });
+    with_beta_mode(a.beta, [&](auto mode) {
+      constexpr int MODE = decltype(mode)::value, V = kVecOf<scalar_t>;
+      launch_bcdl(a, sizeof(scalar_t), V,
+                  BcdlKernels<BcdlBwdArgs>{bcdl_backward_chan<scalar_t, MODE, V>, bcdl_backward_chan<scalar_t, MODE, 1>,
+                                           bcdl_backward_loc<scalar_t, MODE, V>, bcdl_backward_loc<scalar_t, MODE, 1>},
+                  stream);
+    });
   });
 }
 

@@ -78,36 +78,29 @@ __global__ void __launch_bounds__(kThreads) giou_backward_kernel(const GiouBwdAr
 
 // ------------------------------------------------------------ launching ----
 
-template <typename scalar_t>
-void launch_giou(const GiouFwdArgs& a, cudaStream_t stream) {
+// Runs the packed variant where giou_packed allows it, else the scalar one.
+template <class Args>
+void launch_giou(const Args& a, int64_t elem, void (*packed)(const Args, int64_t),
+                 void (*scalar)(const Args, int64_t), cudaStream_t stream) {
   const int64_t n = a.lp.num_locations();
-  if (giou_packed(a, sizeof(scalar_t))) {
-    giou_forward_kernel<scalar_t, true><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
-  } else {
-    giou_forward_kernel<scalar_t, false><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-template <typename scalar_t>
-void launch_giou(const GiouBwdArgs& a, cudaStream_t stream) {
-  const int64_t n = a.lp.num_locations();
-  if (giou_packed(a, sizeof(scalar_t))) {
-    giou_backward_kernel<scalar_t, true><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
-  } else {
-    giou_backward_kernel<scalar_t, false><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
-  }
+  const auto kernel = giou_packed(a, elem) ? packed : scalar;
+  kernel<<<blocks_for(n), kThreads, 0, stream>>>(a, n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
 
 void giou_forward(const GiouFwdArgs& a, cudaStream_t stream) {
-  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "giou_cuda", [&] { launch_giou<scalar_t>(a, stream); });
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "giou_cuda", [&] {
+    launch_giou(a, sizeof(scalar_t), giou_forward_kernel<scalar_t, true>, giou_forward_kernel<scalar_t, false>, stream);
+  });
 }
 
 void giou_backward(const GiouBwdArgs& a, cudaStream_t stream) {
-  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "giou_backward_cuda", [&] { launch_giou<scalar_t>(a, stream); });
+  BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "giou_backward_cuda", [&] {
+    launch_giou(a, sizeof(scalar_t), giou_backward_kernel<scalar_t, true>, giou_backward_kernel<scalar_t, false>,
+                stream);
+  });
 }
 
 }  // namespace cuda
