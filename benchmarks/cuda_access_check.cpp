@@ -12,25 +12,8 @@
 #include "../csrc/cuda/access.h"
 #include "../csrc/cuda/launch.h"
 
-using bckd::BcdlBwdArgs;
-using bckd::BcdlFwdArgs;
-using bckd::DflBwdArgs;
-using bckd::DflFwdArgs;
-using bckd::GiouBwdArgs;
-using bckd::GiouFwdArgs;
-using bckd::LocLayout;
-using bckd::cuda::Access;
-using bckd::cuda::AccessPlan;
-using bckd::cuda::DflKernel;
-using bckd::cuda::DflPlan;
-using bckd::cuda::Operand;
-using bckd::cuda::boxes_packed;
-using bckd::cuda::dfl_chan_smem;
-using bckd::cuda::giou_packed;
-using bckd::cuda::lanes_for;
-using bckd::cuda::plan_access;
-using bckd::cuda::plan_bcdl;
-using bckd::cuda::plan_dfl;
+using namespace bckd;        // the kernel arguments and LocLayout
+using namespace bckd::cuda;  // the access rule and the launchers' decisions
 
 namespace {
 
