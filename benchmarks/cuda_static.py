@@ -10,7 +10,8 @@
    the global loads by width (LDG ... .128 = 16 bytes, .64 = 8 bytes, plain =
    4 bytes or less), 128-bit global stores and local-memory accesses (LDL/STL).
 3. Builds and runs benchmarks/cuda_access_check.cpp, a host-only check of
-   the rule that picks each call's memory pattern (csrc/cuda/access.h).
+   the rule that picks each call's access (csrc/cuda/access.h) and of every
+   further decision of the launchers (csrc/cuda/launch.h).
 
 Tools: nvcc from CUDA_HOME (default /usr/local/cuda); cuobjdump and nvdisasm
 from PATH, CUDA_HOME/bin, or the pip packages nvidia-cuda-cuobjdump and

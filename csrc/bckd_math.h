@@ -4,11 +4,14 @@
 // Each function is a template over a "math policy" M that supplies the value
 // type M::T and its primitive operations. exp_neg(x) is exp for x ≤ 0 and
 // log1p_unit(x) is log1p for x in [0, 1]: every exp and log1p here has such
-// an argument, which lets a policy use short, range-free approximations. On CUDA (and in scalar CPU loops) the
-// policy is ScalarMath<float> / ScalarMath<double>; the CPU kernels instantiate
-// the same functions with a policy over at::vec::Vectorized, one lane per
-// location. Comparisons return M::Mask; M::select(mask, a, b) picks a where the
-// mask holds.
+// an argument, which lets a policy use short, range-free approximations. The
+// CUDA kernels use DeviceMath (cuda/common.cuh): FastMath, the special-function
+// unit's approximations over ScalarMath<float>, for float32 accumulation and
+// ScalarMath<double> for float64; paired GIoU, which has no exp or log1p, uses
+// ScalarMath. The CPU kernels instantiate the same functions with VecMath
+// (cpu/simd.h), a policy over at::vec::Vectorized, one lane per location.
+// Comparisons return M::Mask; M::select(mask, a, b) picks a where the mask
+// holds.
 //
 // Conventions follow docs/method.md (sections 1 and 2).
 #pragma once

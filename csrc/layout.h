@@ -5,8 +5,8 @@
 // regression bins) either from an [N, C] matrix or from a head map
 // [B, C, H, W], in place, whatever the strides. Both become
 //   element(b, h, w, c) = base + b·sb + h·sh + w·sw + c·sc,
-// with H merged into W whenever the strides allow it (contiguous and
-// channels-last maps), so that kernels walk long runs of locations.
+// with H merged into W whenever the strides allow it (nchw and
+// channels_last maps), so that kernels walk long runs of locations.
 #pragma once
 
 #include <ATen/core/Tensor.h>

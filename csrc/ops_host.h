@@ -1,6 +1,6 @@
 // The operators' host side, shared by every device: argument checks, output
 // allocation and the kernel arguments. `Backend` runs the kernels of one
-// device (CpuBackend in cpu/ops_cpu.cpp, CudaBackend in cuda/*.cu).
+// device (CpuBackend in cpu/ops_cpu.cpp, CudaBackend in cuda/ops_cuda.cpp).
 //
 // Every refusal is a ValueError naming the operator and the argument, as
 // bckd_kernels/_contract.py words it for the Python side.

@@ -1,5 +1,5 @@
-"""The CPU kernels read a map in whichever layout it comes: NCHW (a lane per
-location), contiguous classes (channels_last maps and [N, C] rows: a vector of
+"""The CPU kernels read a map in whichever layout it comes: nchw (a lane per
+location), contiguous channels (channels_last maps and rows: a vector of
 classes per location for BCDL, transposed tiles of bins for ILDL) and any other
 strides (gathered lanes). Each path computes the same maths in the same order,
 so the same values give the same bits in every layout, forward and backward,
@@ -75,7 +75,7 @@ def test_bcdl_same_bits_in_every_layout(dtype, classes, hw, beta):
     s, t, _, gout = make((2, classes, *hw), "nchw", dtype, "cpu", weight=False)
     outs = [(name, bcdl(xs, xt, gout, beta)) for (name, xs), (_, xt) in zip(layouts(s), layouts(t))]
     # Student and teacher in different layouts take the gathering path.
-    outs.append(("student channels_last, teacher NCHW", bcdl(s.contiguous(memory_format=torch.channels_last), t,
+    outs.append(("student channels_last, teacher nchw", bcdl(s.contiguous(memory_format=torch.channels_last), t,
                                                              gout, beta)))
     assert_same_bits(outs, f"BCDL {dtype} C={classes}")
     ref = reference.bin_cls_distill(s.double(), t.double(), None, beta)[0].reshape(-1)

@@ -2,10 +2,15 @@
 inputs written here: it must fail a vector variant whose machine code fell back
 to narrower loads or stores, and read each kernel's registers and spills from
 that kernel's own lines of ptxas's report. (The check itself compiles every
-kernel with nvcc: a benchmark run, not a CI test.)"""
+kernel with nvcc: a benchmark run, not a CI test.) The launchers' decisions
+are host code (csrc/cuda/access.h, launch.h): benchmarks/cuda_access_check.cpp
+asserts each one, built here with the host compiler, no GPU or nvcc needed."""
 
 import importlib.util
 import os
+import shutil
+
+import pytest
 
 from conftest import ROOT
 
@@ -60,3 +65,13 @@ ptxas info    : Used 38 registers, used 0 barriers
     assert out[("_Z1av", "sm_90")] == dict(stack=0, spill_st=0, spill_ld=0, regs=40)
     assert out[("_Z1bv", "sm_90")] == dict(stack=16, spill_st=12, spill_ld=8, regs=255)
     assert out[("_Z1av", "sm_80")]["regs"] == 38
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="needs a C++ compiler")
+def test_launch_decisions_on_the_host():
+    """Access and vector width per layout and alignment; BCDL's per-location
+    vectors; DFL's 48 KB tile switch, 8-byte vectors and bin-count kernels;
+    unmerged H; GIoU gradients that are not wanted."""
+    ok, report = cuda_static.access_check()
+    assert ok, report
+    assert report.endswith("0 failed")

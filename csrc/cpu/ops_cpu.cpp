@@ -25,7 +25,7 @@ int isa_level() {
   (isa_level() == 2 ? AVX512::fn(a) : isa_level() == 1 ? AVX2::fn(a) : DEFAULT::fn(a))
 // The DFL kernels read contiguous bins in 4-channel tiles, which at 16 lanes
 // take 4 block inserts per register: measured slower than the AVX2 build on
-// channels_last maps and no faster on NCHW ones (docs/results.md, section 1),
+// channels_last maps and no faster on nchw ones (docs/results.md, section 1),
 // so they stay at AVX2 on AVX-512 processors.
 #define BCKD_PICK_AVX2(fn, a) (isa_level() >= 1 ? AVX2::fn(a) : DEFAULT::fn(a))
 #else

@@ -2,23 +2,23 @@
 // code only (no CUDA headers), so that the rule can be compiled and checked
 // on a machine without a GPU (benchmarks/cuda_static.py does).
 //
-// Two patterns:
-// - kLocation: locations are contiguous (sw = 1: [B, C, H, W] maps, [N, C]
-//   column-major). One thread per location walks the channels; neighbouring
+// Two accesses:
+// - kLocations: locations are contiguous (sw = 1: nchw maps,
+//   rows_transposed). One thread per location walks the channels; neighbouring
 //   threads read neighbouring locations of one channel plane, so each load of
 //   a warp is coalesced. With vec > 1 a thread takes vec neighbouring
 //   locations and reads them with one 16-byte load per channel.
-// - kChannel: a location's channels are contiguous (sc = 1: [N, C] row-major,
-//   channels-last maps). `group` lanes of one warp share a location; lane r
+// - kChannels: a location's channels are contiguous (sc = 1: rows,
+//   channels_last maps). `group` lanes of one warp share a location; lane r
 //   reads vectors r, r + group, ... of its row (vec channels each, 16 bytes),
 //   so a group's loads cover one contiguous span per instruction. Sums and
 //   maxima over channels end in a shuffle butterfly inside the group.
 // A vector load needs every address it forms to be a multiple of 16 bytes:
 // the base pointer and each stride it steps by (only dimensions of size > 1
-// step), and a run length (W for kLocation, C for kChannel) that is a multiple
-// of vec. Where 16 bytes do not fit, a kernel may try 8 (half-precision
+// step), and a run length (W for kLocations, C for kChannels) that is a
+// multiple of vec. Where 16 bytes do not fit, a kernel may try 8 (half-precision
 // regression rows of 68 channels: 136 bytes); anything else keeps the
-// pattern and loads one element at a time.
+// access and loads one element at a time.
 #pragma once
 
 #include <cstdint>
@@ -29,19 +29,22 @@
 namespace bckd {
 namespace cuda {
 
+// Threads per block of every kernel.
+constexpr int kThreads = 256;
 constexpr int64_t kVecBytes = 16;
 constexpr int kWarpSize = 32;
-// Vectors one lane of a kChannel group holds at a time. Five makes COCO's
+// Vectors one lane of a kChannels group holds at a time. Five makes COCO's
 // 80 float32 classes (20 vectors) exactly 4 lanes × 5, and the 68 regression
 // channels (17 vectors) 4 lanes × at most 5.
 constexpr int kVecsPerLane = 5;
 
-enum class Pattern { kLocation, kChannel };
+enum class Access { kLocations, kChannels };
 
-struct Access {
-  Pattern pattern;
-  int vec;    // elements per load (locations for kLocation, channels for kChannel)
-  int group;  // lanes per location: 1 for kLocation, a power of two ≤ 32 for kChannel
+// The access of one call and its vector width.
+struct AccessPlan {
+  Access access;
+  int vec;    // elements per load (locations for kLocations, channels for kChannels)
+  int group;  // lanes per location: 1 for kLocations, a power of two ≤ 32 for kChannels
 };
 
 // One tensor the kernel reads or writes through a layout.
@@ -73,15 +76,15 @@ inline int lanes_for(int64_t nvec) {
 // elem: bytes per element; vec_bytes: the vector widths to try, widest
 // first (empty: scalar loads only, as for float64, whose vector kernels would
 // only add build time for a gradcheck dtype).
-inline Access plan_access(std::initializer_list<Operand> ops, int64_t elem,
-                          std::initializer_list<int64_t> vec_bytes) {
+inline AccessPlan plan_access(std::initializer_list<Operand> ops, int64_t elem,
+                              std::initializer_list<int64_t> vec_bytes) {
   bool loc = true, chan = true;
   for (const Operand& o : ops) {
     const LocLayout& l = *o.layout;
     loc = loc && l.sw == 1 && l.W > 1;
     chan = chan && l.sc == 1 && l.C > 1;
   }
-  const Pattern pattern = chan && !loc ? Pattern::kChannel : Pattern::kLocation;
+  const Access access = chan && !loc ? Access::kChannels : Access::kLocations;
   int64_t vec = 1;
   for (const int64_t bytes : vec_bytes) {
     const int64_t n = bytes / elem;
@@ -90,7 +93,7 @@ inline Access plan_access(std::initializer_list<Operand> ops, int64_t elem,
       const LocLayout& l = *o.layout;
       ok = ok && multiple_of(static_cast<int64_t>(reinterpret_cast<uintptr_t>(o.ptr)), bytes) &&
            stride_ok(l.H, l.sh, elem, bytes) && stride_ok(l.B, l.sb, elem, bytes) &&
-           (pattern == Pattern::kChannel
+           (access == Access::kChannels
                 ? multiple_of(l.C, n) && stride_ok(l.W, l.sw, elem, bytes)
                 : multiple_of(l.W, n) && stride_ok(l.C, l.sc, elem, bytes));
     }
@@ -99,8 +102,8 @@ inline Access plan_access(std::initializer_list<Operand> ops, int64_t elem,
       break;
     }
   }
-  const int group = pattern == Pattern::kChannel ? lanes_for(ops.begin()->layout->C / vec) : 1;
-  return {pattern, static_cast<int>(vec), group};
+  const int group = access == Access::kChannels ? lanes_for(ops.begin()->layout->C / vec) : 1;
+  return {access, static_cast<int>(vec), group};
 }
 
 // Paired boxes [N, 4]: one 4-element load per box (16 bytes in float32, 8 in

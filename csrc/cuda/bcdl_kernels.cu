@@ -7,12 +7,12 @@
 // (backward) elements per location, plus the per-location weight, gradient
 // and outputs, which is the least any implementation moves.
 //
-// The memory pattern is chosen per call (access.h):
-// - kLocation (head maps [B, C, H, W]): a thread owns VL neighbouring
+// The access is chosen per call (access.h):
+// - kLocations (nchw head maps): a thread owns VL neighbouring
 //   locations (one 16-byte load per class plane, VL = 4 in float32, 8 in
 //   half precision; VL = 1 for any other strides) and loads kUnroll class
 //   planes before it uses the first, so that several loads are in flight.
-// - kChannel (channels-last maps, [N, C] rows): `group` lanes share a
+// - kChannels (channels_last maps, rows): `group` lanes share a
 //   location and read its row as 16-byte vectors; the sum and max over
 //   classes finish in a shuffle butterfly.
 // Sums run in a fixed order in both (class order inside a thread, then the
@@ -20,12 +20,13 @@
 #include "../dispatch.h"
 #include "common.cuh"
 #include "kernels.h"
+#include "launch.h"
 
 namespace bckd {
 namespace cuda {
 namespace {
 
-// Class planes a kLocation thread loads before computing on them. The last
+// Class planes a kLocations thread loads before computing on them. The last
 // block of a row is predicated rather than left to a second loop, which
 // would keep the row pointers live across two loops (ptxas spilled them).
 constexpr int kUnroll = 4;
@@ -81,7 +82,7 @@ struct Bcdl {
   }
 };
 
-// ------------------------------------------------------------ kLocation ----
+// ----------------------------------------------------------- kLocations ----
 
 template <typename scalar_t, int MODE, int VL>
 __global__ void __launch_bounds__(kThreads)
@@ -176,7 +177,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// ------------------------------------------------------------- kChannel ----
+// ------------------------------------------------------------ kChannels ----
 
 template <typename scalar_t, int MODE, int VEC>
 __global__ void __launch_bounds__(kThreads)
@@ -273,66 +274,62 @@ __global__ void __launch_bounds__(kThreads)
 
 // ------------------------------------------------------------ launching ----
 
-template <typename scalar_t, int MODE>
-void launch_forward(const BcdlFwdArgs& a, cudaStream_t stream) {
-  constexpr bool kVectors = sizeof(scalar_t) < 8;
-  constexpr int V = kVecBytes / sizeof(scalar_t);
+// One direction's four kernel variants: kChannels and kLocations, each with
+// vectors and scalar.
+template <class Args>
+struct BcdlKernels {
+  void (*chan_vec)(const Args, int64_t, int);
+  void (*chan)(const Args, int64_t, int);
+  void (*loc_vec)(const Args, int64_t);
+  void (*loc)(const Args, int64_t);
+};
+
+// Runs the variant plan_bcdl picks; V: the locations of one kLocations vector.
+template <class Args>
+void launch_bcdl(const Args& a, int64_t elem, int V, const BcdlKernels<Args>& k, cudaStream_t stream) {
   const int64_t n = a.ls.num_locations();
-  const Operand s{a.student, &a.ls}, t{a.teacher, &a.lt};
-  const Access acc = kVectors ? plan_access({s, t}, sizeof(scalar_t), {kVecBytes})
-                              : plan_access({s, t}, sizeof(scalar_t), {});
-  if (acc.pattern == Pattern::kChannel) {
-    const unsigned int blocks = blocks_for(n * acc.group);
-    if (kVectors && acc.vec > 1) {
-      bcdl_forward_chan<scalar_t, MODE, (kVectors ? V : 1)><<<blocks, kThreads, 0, stream>>>(a, n, acc.group);
-    } else {
-      bcdl_forward_chan<scalar_t, MODE, 1><<<blocks, kThreads, 0, stream>>>(a, n, acc.group);
-    }
-  } else if (kVectors && acc.vec > 1 && base_ok(a.loss) && base_ok(a.max_abs_diff) &&
-             (a.weight == nullptr || base_ok(a.weight))) {
-    constexpr int VL = kVectors ? V : 1;
-    bcdl_forward_loc<scalar_t, MODE, VL><<<blocks_for(n / VL), kThreads, 0, stream>>>(a, n / VL);
+  const AccessPlan plan = plan_bcdl(a, elem);
+  if (plan.access == Access::kChannels) {
+    const auto kernel = plan.vec > 1 ? k.chan_vec : k.chan;
+    kernel<<<blocks_for(n * plan.group), kThreads, 0, stream>>>(a, n, plan.group);
+  } else if (plan.vec > 1) {
+    const auto kernel = k.loc_vec;
+    kernel<<<blocks_for(n / V), kThreads, 0, stream>>>(a, n / V);
   } else {
-    bcdl_forward_loc<scalar_t, MODE, 1><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
+    const auto kernel = k.loc;
+    kernel<<<blocks_for(n), kThreads, 0, stream>>>(a, n);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename scalar_t, int MODE>
-void launch_backward(const BcdlBwdArgs& a, cudaStream_t stream) {
-  constexpr bool kVectors = sizeof(scalar_t) < 8;
-  constexpr int V = kVecBytes / sizeof(scalar_t);
-  const int64_t n = a.ls.num_locations();
-  const Operand s{a.student, &a.ls}, t{a.teacher, &a.lt}, g{a.grad, &a.lg};
-  const Access acc = kVectors ? plan_access({s, t, g}, sizeof(scalar_t), {kVecBytes})
-                              : plan_access({s, t, g}, sizeof(scalar_t), {});
-  if (acc.pattern == Pattern::kChannel) {
-    const unsigned int blocks = blocks_for(n * acc.group);
-    if (kVectors && acc.vec > 1) {
-      bcdl_backward_chan<scalar_t, MODE, (kVectors ? V : 1)><<<blocks, kThreads, 0, stream>>>(a, n, acc.group);
-    } else {
-      bcdl_backward_chan<scalar_t, MODE, 1><<<blocks, kThreads, 0, stream>>>(a, n, acc.group);
-    }
-  } else if (kVectors && acc.vec > 1 && base_ok(a.grad_loss) && (a.weight == nullptr || base_ok(a.weight))) {
-    constexpr int VL = kVectors ? V : 1;
-    bcdl_backward_loc<scalar_t, MODE, VL><<<blocks_for(n / VL), kThreads, 0, stream>>>(a, n / VL);
-  } else {
-    bcdl_backward_loc<scalar_t, MODE, 1><<<blocks_for(n), kThreads, 0, stream>>>(a, n);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
+// Elements per 16-byte vector; float64 has no vector kernels (plan_bcdl never
+// asks for them), so its 1 names the scalar ones.
+template <typename scalar_t>
+constexpr int kVecOf = sizeof(scalar_t) < 8 ? kVecBytes / sizeof(scalar_t) : 1;
 
 }  // namespace
 
 void bcdl_forward(const BcdlFwdArgs& a, cudaStream_t stream) {
   BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "bcdl_cuda", [&] {
-    with_beta_mode(a.beta, [&](auto mode) { launch_forward<scalar_t, decltype(mode)::value>(a, stream); });
+    with_beta_mode(a.beta, [&](auto mode) {
+      constexpr int MODE = decltype(mode)::value, V = kVecOf<scalar_t>;
+      launch_bcdl(a, sizeof(scalar_t), V,
+                  BcdlKernels<BcdlFwdArgs>{bcdl_forward_chan<scalar_t, MODE, V>, bcdl_forward_chan<scalar_t, MODE, 1>,
+                                           bcdl_forward_loc<scalar_t, MODE, V>, bcdl_forward_loc<scalar_t, MODE, 1>},
+                  stream);
+    });
   });
 }
 
 void bcdl_backward(const BcdlBwdArgs& a, cudaStream_t stream) {
   BCKD_DISPATCH_FLOATING_TYPES(a.dtype, "bcdl_backward_cuda", [&] {
-    with_beta_mode(a.beta, [&](auto mode) { launch_backward<scalar_t, decltype(mode)::value>(a, stream); });
+    with_beta_mode(a.beta, [&](auto mode) {
+      constexpr int MODE = decltype(mode)::value, V = kVecOf<scalar_t>;
+      launch_bcdl(a, sizeof(scalar_t), V,
+                  BcdlKernels<BcdlBwdArgs>{bcdl_backward_chan<scalar_t, MODE, V>, bcdl_backward_chan<scalar_t, MODE, 1>,
+                                           bcdl_backward_loc<scalar_t, MODE, V>, bcdl_backward_loc<scalar_t, MODE, 1>},
+                  stream);
+    });
   });
 }
 

@@ -17,8 +17,6 @@
 namespace bckd {
 namespace cuda {
 
-constexpr int kThreads = 256;
-
 // Blocks for `threads` threads; beyond the cap the kernels' grid-stride loops
 // take over.
 inline unsigned int blocks_for(int64_t threads) {
@@ -98,7 +96,7 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& x) {
   for (int i = 0; i < kWords; ++i) store_word(reinterpret_cast<W*>(p) + i, w[i]);
 }
 
-// Warps of the kChannel kernels: each warp takes 32 / group locations at a
+// Warps of the kChannels kernels: each warp takes 32 / group locations at a
 // time, lane / group picks the location and lane % group the lane inside its
 // group. The loop condition is the same for all lanes of a warp, so the
 // shuffles inside the loop always see a full warp, also past the last

@@ -1,5 +1,5 @@
-// CUDA kernel launchers (bcdl_kernels.cu, giou_kernels.cu), called by
-// ops_cuda.cpp on the current stream of the inputs' device.
+// CUDA kernel launchers (bcdl_kernels.cu, giou_kernels.cu, dfl_kernels.cu),
+// called by ops_cuda.cpp on the current stream of the inputs' device.
 #pragma once
 
 #include <cuda_runtime_api.h>
