@@ -18,8 +18,11 @@ class _Loss(nn.Module):
         self.loss_weight = loss_weight
         self.backend = backend
 
-    def _reduction(self, reduction_override):
-        return reduction_override if reduction_override is not None else self.reduction
+    def _loss(self, fn, *tensors, avg_factor, reduction_override, **options):
+        """``fn(*tensors, ...)`` with this module's reduction, loss weight and backend."""
+        reduction = reduction_override if reduction_override is not None else self.reduction
+        return fn(*tensors, avg_factor=avg_factor, reduction=reduction, loss_weight=self.loss_weight,
+                  backend=self.backend, **options)
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}, loss_weight={self.loss_weight}, backend={self.backend!r}"
@@ -37,16 +40,8 @@ class BCDLLoss(_Loss):
         self.beta = beta
 
     def forward(self, student, teacher, weight=None, avg_factor=None, reduction_override=None):
-        return F.bcdl_loss(
-            student,
-            teacher,
-            weight,
-            beta=self.beta,
-            avg_factor=avg_factor,
-            reduction=self._reduction(reduction_override),
-            loss_weight=self.loss_weight,
-            backend=self.backend,
-        )
+        return self._loss(F.bcdl_loss, student, teacher, weight, avg_factor=avg_factor,
+                          reduction_override=reduction_override, beta=self.beta)
 
 
 class GIoULoss(_Loss):
@@ -57,16 +52,8 @@ class GIoULoss(_Loss):
         self.eps = eps
 
     def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None):
-        return F.giou_loss(
-            pred,
-            target,
-            weight,
-            avg_factor=avg_factor,
-            reduction=self._reduction(reduction_override),
-            loss_weight=self.loss_weight,
-            eps=self.eps,
-            backend=self.backend,
-        )
+        return self._loss(F.giou_loss, pred, target, weight, avg_factor=avg_factor,
+                          reduction_override=reduction_override, eps=self.eps)
 
 
 class ILDLLoss(_Loss):
@@ -104,14 +91,5 @@ class ILDLLoss(_Loss):
             raise ValueError("student_cls and teacher_cls must be given together")
         if student_cls is not None:
             weight = F.ildl_weight(student_cls, teacher_cls, weight, backend=self.backend)
-        return F.ildl_loss(
-            student_reg,
-            teacher_reg,
-            weight,
-            reg_max=self.reg_max,
-            avg_factor=avg_factor,
-            reduction=self._reduction(reduction_override),
-            loss_weight=self.loss_weight,
-            eps=self.eps,
-            backend=self.backend,
-        )
+        return self._loss(F.ildl_loss, student_reg, teacher_reg, weight, avg_factor=avg_factor,
+                          reduction_override=reduction_override, reg_max=self.reg_max, eps=self.eps)

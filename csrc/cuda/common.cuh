@@ -144,25 +144,20 @@ __device__ __forceinline__ T group_reduce(T x, int group, const Op& op) {
 //     t^13 (first dropped term < 1.5e−8 relative), as the AVX2 CPU kernel.
 //   rcp_unit(x), x ∈ [1, 3]: rcp.approx (≤ 1 ulp), no IEEE division sequence.
 // Flushing denormals (ftz) changes results only below 1.2e−38.
+//
+// BCKD_SFU(instruction, x, host): the body of a function returning one
+// special-function-unit instruction's result on the device, `host` elsewhere.
+#ifdef __CUDA_ARCH__
+#define BCKD_SFU(instruction, x, host)                     \
+  float y;                                                 \
+  asm(instruction " %0, %1;" : "=f"(y) : "f"(x));          \
+  return y
+#else
+#define BCKD_SFU(instruction, x, host) return host
+#endif
 struct FastMath : math::ScalarMath<float> {
-  static BCKD_HD float ex2(float x) {
-#ifdef __CUDA_ARCH__
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-#else
-    return ::exp2f(x);
-#endif
-  }
-  static BCKD_HD float rcp_unit(float x) {
-#ifdef __CUDA_ARCH__
-    float y;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-#else
-    return 1.0f / x;
-#endif
-  }
+  static BCKD_HD float ex2(float x) { BCKD_SFU("ex2.approx.ftz.f32", x, ::exp2f(x)); }
+  static BCKD_HD float rcp_unit(float x) { BCKD_SFU("rcp.approx.ftz.f32", x, 1.0f / x); }
   static BCKD_HD float exp_neg(float x) { return ex2(x * 1.44269504088896341f); }
   static BCKD_HD float log1p_unit(float e) {
     const float t = e * rcp_unit(e + 2.0f);
