@@ -108,7 +108,7 @@ def _op(name, backend, x):
 
 def _load_triton():
     try:
-        from . import triton_ops  # noqa: F401  (defines torch.ops.bckd.*_triton)
+        from . import triton  # noqa: F401  (defines torch.ops.bckd.*_triton)
     except ImportError as exc:
         raise RuntimeError(f'backend="triton" needs the triton package: {exc}') from exc
 

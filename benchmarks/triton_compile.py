@@ -1,4 +1,4 @@
-"""Compiles every Triton kernel of ``bckd_kernels.triton_ops`` with the real
+"""Compiles every Triton kernel of ``bckd_kernels.triton`` with the real
 Triton compiler (not the interpreter) for NVIDIA GPUs, no GPU needed.
 
     python benchmarks/triton_compile.py [--arch 80 90] [--check] [--jobs N] [--show-layouts] [--write FILE]
@@ -33,6 +33,7 @@ must be multiples of the vector width themselves). ``--check`` exits non-zero
 on any compile error, any spill and any main load or store that is not
 vectorised as intended. ``--show-layouts`` prints every ``#blocked`` layout of
 each kernel's default variant; ``--write`` writes the evidence as Markdown.
+Reading the compiled code and its rules: benchmarks/triton_asm.py.
 
 Run it without ``TRITON_INTERPRET``: the kernels must be defined for a GPU.
 """
@@ -40,34 +41,34 @@ Run it without ``TRITON_INTERPRET``: the kernels must be defined for a GPU.
 import argparse
 import collections
 import concurrent.futures
+import functools
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
+import types
+
+from triton_asm import (access_bytes, accesses_by_argument, blocked_layouts, fmt_reduction, global_accesses,
+                        main_accesses, problems, reduction_mismatches, reductions, resource_usage, vector_problems)
 
 DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 # Pointers to per-location float32 vectors; every other pointer has the
-# inputs' dtype (triton_ops follows this naming).
+# inputs' dtype (bckd_kernels.triton follows this naming).
 FLOAT32_POINTERS = {"w_ptr", "loss_ptr", "mad_ptr", "coef_ptr", "gl_ptr"}
 FLOAT_SCALARS = {"beta", "eps"}
-
-
-# The inputs whose reads, and the outputs whose writes, must be vector wide.
-MAIN_LOADS = {"zs_ptr", "zt_ptr", "p_ptr", "t_ptr", "rs_ptr", "rt_ptr"}
-MAIN_STORES = {"g_ptr", "gp_ptr", "gt_ptr"}
+# The access patterns' names in the reports, by their value of ACCESS
+# (bckd_kernels.triton.common: CHANNELS, LOCATIONS, STRIDED).
 PATTERNS = {2: "channels contiguous", 1: "locations contiguous", 0: "other strides"}
 
 
 def access_patterns(ops, dtype):
-    """Per kernel family: (LAYOUT, VEC) per pattern, as the host's own planner
+    """Per kernel family: (ACCESS, VEC) per pattern, as the host's own planner
     decides on meta tensors: first for a typical input of each (the patterns
     whose accesses are checked for vector width), then, with locations
     contiguous, for location counts that allow only 1 or 2 elements per vector
     (an odd one, twice an odd one), whose reducing kernels keep configurations
-    of their own (triton_ops._IN_THREAD)."""
+    of their own (bckd_kernels.triton.common.IN_THREAD)."""
     import torch
 
     dt = getattr(torch, dtype)
@@ -77,15 +78,15 @@ def access_patterns(ops, dtype):
         for h, w in sizes:
             nchw = torch.empty(16, c, h, w, dtype=dt, device="meta")
             last = nchw.contiguous(memory_format=torch.channels_last)
-            most = ops._DFL_VECTOR_BYTES[nchw.element_size()] if c == 68 else 16
-            out += [(p.layout, p.vec) for p in (ops._plan(x, x, channels=c, most_bytes=most) for x in (last, nchw))]
+            most = ops.dfl.DFL_VECTOR_BYTES[nchw.element_size()] if c == 68 else 16
+            out += [(p.access, p.vec) for p in (ops.common.plan(x, x, channels=c, most_bytes=most) for x in (last, nchw))]
         return out
 
     def narrow(c):
         return [lv for lv in maps(c, [(99, 167), (99, 166)]) if lv[0] == 1]
 
     boxes = torch.empty(358400, 4, dtype=dt, device="meta")
-    giou = [ops._box_plan(b, b)[:2] for b in (boxes, boxes.t().contiguous().t())]
+    giou = [ops.giou.box_plan(b, b)[:2] for b in (boxes, boxes.t().contiguous().t())]
     return {"bcdl": (maps(80, [(100, 168)]) + [(0, 1)], narrow(80)), "giou": (giou + [(0, 1)], []),
             "dfl": (maps(68, [(100, 168)]) + [(0, 1)], narrow(68))}
 
@@ -99,37 +100,39 @@ def code_paths(ops, dtype):
     for the BCDL backward the widest and the narrowest (it does not reduce,
     and its code is the same between them). Returns (paths, typical):
     typical, per kernel, the pattern values of the typical inputs."""
-    access = access_patterns(ops, dtype)
+    from bckd_kernels import _contract
+
+    patterns = access_patterns(ops, dtype)
     paths, typical = {}, {}
 
     def with_tiles(family, name, tile, typical_tile, tiles, narrow_vectors=True):
-        main, narrow = access[family] if narrow_vectors else (access[family][0], [])
+        main, narrow = patterns[family] if narrow_vectors else (patterns[family][0], [])
         values, first = [], []
-        for layout, vec in main + narrow:
-            t0 = typical_tile(layout, vec)
-            if (layout, vec) in main:
-                first.append((layout, vec, t0))
-            others = sorted(tiles(layout, vec) - {t0}, reverse=True) if (layout, vec) in main else []
-            values += [(layout, vec, t) for t in [t0] + others]
+        for access, vec in main + narrow:
+            t0 = typical_tile(access, vec)
+            if (access, vec) in main:
+                first.append((access, vec, t0))
+            others = sorted(tiles(access, vec) - {t0}, reverse=True) if (access, vec) in main else []
+            values += [(access, vec, t) for t in [t0] + others]
         typical[name] = first
-        return {("LAYOUT", "VEC", tile): tuple(dict.fromkeys(first + values))}
+        return {("ACCESS", "VEC", tile): tuple(dict.fromkeys(first + values))}
 
-    def class_tiles(layout, vec):
-        return {ops._block_c(c, layout, vec) for c in range(1, 129)}
+    def class_tiles(access, vec):
+        return {ops.bcdl.block_c(c, access, vec) for c in range(1, 129)}
 
-    def bin_tiles(layout, vec):
-        return {ops._bins_block(r + 1, layout, vec) for r in range(1, ops.MAX_REG_MAX + 1)}
+    def bin_tiles(access, vec):
+        return {ops.dfl.bins_block(r + 1, access, vec) for r in range(1, _contract.MAX_REG_MAX + 1)}
 
     bcdl = {"MODE": (1, 2, 0), "HAS_W": (True, False)}
     paths["_bcdl_fwd_kernel"] = {
-        **with_tiles("bcdl", "_bcdl_fwd_kernel", "BLOCK_C", lambda l, v: ops._block_c(80, l, v), class_tiles), **bcdl}
+        **with_tiles("bcdl", "_bcdl_fwd_kernel", "BLOCK_C", lambda l, v: ops.bcdl.block_c(80, l, v), class_tiles), **bcdl}
     paths["_bcdl_bwd_kernel"] = {
-        **with_tiles("bcdl", "_bcdl_bwd_kernel", "BLOCK_C", lambda l, v: ops._block_c(80),
-                     lambda l, v: {ops._block_c(1), ops._block_c(128)}, narrow_vectors=False), **bcdl}
+        **with_tiles("bcdl", "_bcdl_bwd_kernel", "BLOCK_C", lambda l, v: ops.bcdl.block_c(80),
+                     lambda l, v: {ops.bcdl.block_c(1), ops.bcdl.block_c(128)}, narrow_vectors=False), **bcdl}
     for name in ("_dfl_fwd_kernel", "_dfl_bwd_kernel"):
-        paths[name] = with_tiles("dfl", name, "NB", lambda l, v: ops._bins_block(17, l, v), bin_tiles)
-    lv = ("LAYOUT", "VEC")
-    main, _ = access["giou"]
+        paths[name] = with_tiles("dfl", name, "NB", lambda l, v: ops.dfl.bins_block(17, l, v), bin_tiles)
+    lv = ("ACCESS", "VEC")
+    main, _ = patterns["giou"]
     paths["_giou_fwd_kernel"] = {lv: tuple(main)}
     paths["_giou_bwd_kernel"] = {lv: tuple(main), ("GRAD_P", "GRAD_T"): ((True, True), (True, False), (False, True))}
     typical["_giou_fwd_kernel"] = typical["_giou_bwd_kernel"] = list(main)
@@ -146,15 +149,18 @@ def _assign(constexprs, key, value):
 
 
 def kernels(ops):
-    """Every autotuned @triton.jit kernel the module defines, by name."""
+    """Every autotuned @triton.jit kernel the package's modules define, by name."""
     import triton
 
     found = {}
-    for name, obj in vars(ops).items():
-        if isinstance(obj, triton.runtime.Autotuner):
-            found[name] = obj
-        elif isinstance(obj, triton.runtime.JITFunction) and name.endswith("_kernel"):
-            raise SystemExit(f"{name} is not autotuned: add it to the configurations checked here")
+    for module in vars(ops).values():
+        if not isinstance(module, types.ModuleType) or not module.__name__.startswith(ops.__name__ + "."):
+            continue
+        for name, obj in vars(module).items():
+            if isinstance(obj, triton.runtime.Autotuner):
+                found[name] = obj
+            elif isinstance(obj, triton.runtime.JITFunction) and name.endswith("_kernel"):
+                raise SystemExit(f"{name} is not autotuned: add it to the configurations checked here")
     return found
 
 
@@ -195,7 +201,7 @@ def variants(ops):
             raise SystemExit(f"kernels without a code-path table here: {sorted(missing)}")
         for name, tuner in sorted(found.items()):
             paths = paths_of[name]
-            pattern = next(k for k in paths if isinstance(k, tuple) and k[:2] == ("LAYOUT", "VEC"))
+            pattern = next(k for k in paths if isinstance(k, tuple) and k[:2] == ("ACCESS", "VEC"))
             typical = typical_of[name]
             default = {}
             for key, values in paths.items():
@@ -245,34 +251,14 @@ def signature(fn, dtype, constexprs):
     return sig
 
 
-def resource_usage(cubin):
-    """(registers, stack bytes, local stores) of a cubin's one kernel. Spilled
-    registers go to local memory (STL/LDL in the machine code); a small stack
-    frame alone is not a spill."""
-    import triton
-
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        text = subprocess.run([tool, "--dump-resource-usage", "--dump-sass", f.name], capture_output=True, text=True,
-                              check=True).stdout
-    usage = dict(re.findall(r"(REG|STACK):(\d+)", text))
-    return int(usage["REG"]), int(usage["STACK"]), len(re.findall(r"\bSTL(\.\w+)*\s", text))
-
-
-_OPS = None
-
-
+@functools.cache
 def _ops():
-    global _OPS
-    if _OPS is None:
-        if os.environ.get("TRITON_INTERPRET", "0") == "1":
-            raise SystemExit("unset TRITON_INTERPRET: this compiles the kernels for a GPU")
-        from bckd_kernels import triton_ops
+    """The package bckd_kernels.triton, its modules (common, bcdl, giou, dfl) as attributes."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise SystemExit("unset TRITON_INTERPRET: this compiles the kernels for a GPU")
+    import bckd_kernels.triton
 
-        _OPS = triton_ops
-    return _OPS
+    return bckd_kernels.triton
 
 
 def compile_one(job):
@@ -282,11 +268,11 @@ def compile_one(job):
     from triton.compiler import ASTSource
 
     name, dtype, constexprs, config_index, vector_check, arch = job
-    tuner = getattr(_ops(), name)
+    tuner = kernels(_ops())[name]
     config = tuner.configs[config_index]
     ce = dict(constexprs, **config.kwargs)
     row = dict(kernel=name, dtype=dtype, arch=arch, config=dict(config.kwargs, num_warps=config.num_warps, maxnreg=config.maxnreg),
-               constexprs=constexprs, vector_check=vector_check, error=None, regs=None, stack=None, spill_stores=None, ttgir=None, access=None,
+               constexprs=constexprs, vector_check=vector_check, error=None, regs=None, stack=None, spill_stores=None, ttgir=None, main_accesses=None,
                ptx_loads=None, ptx_stores=None, ptx_by_arg=None, reductions=None)
     start = time.perf_counter()
     try:
@@ -298,7 +284,7 @@ def compile_one(job):
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
         row["regs"], row["stack"], row["spill_stores"] = resource_usage(compiled.asm["cubin"])
         row["ttgir"] = compiled.asm["ttgir"]
-        row["access"] = main_accesses(row["ttgir"])
+        row["main_accesses"] = main_accesses(row["ttgir"])
         row["reductions"] = reductions(row["ttgir"])
         row["ptx_loads"] = global_accesses(compiled.asm["ptx"], "ld")
         row["ptx_stores"] = global_accesses(compiled.asm["ptx"], "st")
@@ -310,189 +296,12 @@ def compile_one(job):
     return row
 
 
-def blocked_layouts(ttgir):
-    return sorted(set(re.findall(r"#blocked\d* = #ttg\.blocked<\{[^}]*\}>", ttgir)))
-
-
-def _layout_table(ttgir):
-    table = {}
-    for name, body in re.findall(r"^(#blocked\d*) = #ttg\.blocked<\{([^}]*)\}>", ttgir, re.M):
-        fields = dict(re.findall(r"(\w+) = \[([\d, ]*)\]", body))
-        table[name] = {k: [int(x) for x in v.split(",") if x.strip()] for k, v in fields.items()}
-    return table
-
-
-_REDUCE = re.compile(r'"tt\.reduce"\((%[\w.#]+)\) <\{axis = (\d+) : i32\}> \(\{(.*?)\}\) : \((tensor<.*?)\) -> ', re.S)
-
-
-def reductions(ttgir):
-    """Every tt.reduce of the TTGIR, in program order: (combining ops, axis,
-    extent of the reduced axis, and how its layout spreads that axis:
-    sizePerThread, threadsPerWarp and warpsPerCTA along it, or the layout's
-    text where it is not a #blocked one). Two compilations whose lists are
-    equal add (and take maxima) in the same order: within a thread, then
-    across its lanes, then across warps, each as the layout along the axis
-    says."""
-    layouts = _layout_table(ttgir)
-    out = []
-    for _, axis, region, operand in _REDUCE.findall(ttgir):
-        m = re.match(r"tensor<([\dx]+)x\w+, (#[\w.]+)(.*)>$", operand.strip())
-        if not m:
-            raise ValueError(f"tt.reduce of an operand not understood: {operand}")
-        shape, layout, rest = m.groups()
-        axis = int(axis)
-        combine = "+".join(sorted(set(re.findall(r"arith\.(\w+)", region))))
-        extent = [int(x) for x in shape.split("x")][axis]
-        fields = layouts.get(layout) if not rest else None
-        if fields:
-            spread = tuple(fields[k][axis] for k in ("sizePerThread", "threadsPerWarp", "warpsPerCTA"))
-        else:
-            spread = layout + rest
-        out.append((combine, axis, extent, spread))
-    return out
-
-
-def reduction_mismatches(rows):
-    """Pairs of compiled rows of one kernel, dtype, architecture and set of
-    constexprs (the configurations kept for one access pattern and channel
-    tile) whose reductions (``reductions``) differ: (first row, other row)."""
-    groups = collections.defaultdict(list)
-    for r in rows:
-        if r["error"] is None and r.get("reductions") is not None:
-            groups[(r["kernel"], r["dtype"], r["arch"], tuple(sorted(r["constexprs"].items())))].append(r)
-    return [(rs[0], r) for rs in groups.values() for r in rs[1:] if r["reductions"] != rs[0]["reductions"]]
-
-
-def _fmt_reduction(reduction):
-    combine, axis, extent, spread = reduction
-    if isinstance(spread, tuple):
-        return f"{extent} = {spread[0]}/{spread[1]}/{spread[2]}"
-    return f"{extent} in {spread}"
-
-
-def main_accesses(ttgir):
-    """Every tt.load of a MAIN_LOADS pointer and tt.store to a MAIN_STORES
-    pointer: (kind, argument, element type, shape, layout fields), the pointer
-    traced back through the ops that build a tensor of pointers."""
-    defs = {}
-    for line in ttgir.splitlines():
-        m = re.match(r"\s*(%[\w.]+)(?::\d+)? = ([\w.]+) (.*)", line)
-        if m:
-            defs[m.group(1)] = (m.group(2), m.group(3))
-    layouts = _layout_table(ttgir)
-
-    def root(value):
-        for _ in range(200):
-            value = value.split("#")[0]
-            if value not in defs:
-                return value.lstrip("%")
-            op, rest = defs[value]
-            if op not in ("tt.addptr", "tt.splat", "tt.broadcast", "tt.expand_dims", "ttg.convert_layout", "tt.reshape"):
-                return None
-            value = re.match(r"(%[\w.#]+)", rest).group(1)
-        return None
-
-    found = []
-    for line in ttgir.splitlines():
-        m = re.search(r"tt\.(load|store) (%[\w.#]+).* : tensor<([\dx]+)x!tt\.ptr<(\w+)>, (#blocked\d*)>", line)
-        if not m:
-            continue
-        kind, ptr, shape, ety, layout = m.groups()
-        arg = root(ptr)
-        if arg in (MAIN_LOADS if kind == "load" else MAIN_STORES):
-            found.append((kind, arg, ety, [int(x) for x in shape.split("x")], layouts.get(layout, {})))
-    return found
-
-
-def global_accesses(ptx, op):
-    """PTX global loads (op "ld") or stores ("st") by width: {"v4.b32": n, ...}."""
-    counts = collections.Counter()
-    for m in re.finditer(rf"\b{op}\.global((?:\.[a-z]+\d*)*?)(\.v\d)?\.(b\d+|[uf]\d+)\b", ptx):
-        counts[((m.group(2) or ".v1") + "." + m.group(3))[1:]] += 1
-    return dict(counts)
-
-
-def accesses_by_argument(ptx, params):
-    """{argument: {"load" or "store": {width: count}}}: each PTX global access
-    under the pointer argument its address comes from, traced back through the
-    64-bit registers that build it to the kernel parameter it was loaded from
-    (params: the kernel's parameters in order)."""
-    entry = re.search(r"\.entry (\w+)\(", ptx).group(1)
-    defs = collections.defaultdict(list)
-    for line in ptx.splitlines():
-        m = re.match(r"\s*(?:@!?%p\w+\s+)?([a-z][\w.]*)\s+(%rd\d+),\s*([^;]*);", line)
-        if m:
-            defs[m.group(2)].append((m.group(1), m.group(3)))
-
-    def pointer_params(reg, seen):
-        if reg in seen:
-            return set()
-        seen.add(reg)
-        found = set()
-        for op, operands in defs.get(reg, []):
-            param = re.search(rf"{entry}_param_(\d+)", operands) if op.startswith("ld.param") else None
-            if param:
-                i = int(param.group(1))
-                if i < len(params) and params[i].endswith("_ptr"):
-                    found.add(params[i])
-            else:
-                for source in re.findall(r"%rd\d+", operands):
-                    found |= pointer_params(source, seen)
-        return found
-
-    out = {}
-    for m in re.finditer(r"\b(ld|st)\.global((?:\.[a-z]+\d*)*?)(\.v\d)?\.(b\d+|[uf]\d+)\s+([^;]*);", ptx):
-        address = re.search(r"\[\s*(%rd\d+)", m.group(5))
-        if address is None:
-            continue
-        width = ((m.group(3) or ".v1") + "." + m.group(4))[1:]
-        for arg in pointer_params(address.group(1), set()):
-            counts = out.setdefault(arg, {}).setdefault("load" if m.group(1) == "ld" else "store", {})
-            counts[width] = counts.get(width, 0) + 1
-    return out
-
-
-def _bytes(width):
-    """Bytes of one PTX access, from its width key ("v4.b32" → 16)."""
-    v, b = width.split(".")
-    return int(v[1:]) * int(b[1:]) // 8
-
-
-ELEMENT_BYTES = {"fp32": 4, "f32": 4, "fp16": 2, "f16": 2, "bf16": 2}
-
-
-def vector_problems(row):
-    """Why a vector-pattern variant's main accesses are not vector wide (empty if they are)."""
-    layout, vec = row["constexprs"].get("LAYOUT", 0), row["constexprs"].get("VEC", 1)
-    if row["error"] is not None or not row["vector_check"] or layout == 0 or vec == 1:
-        return []
-    problems = []
-    if not any(kind == "load" for kind, *_ in row["access"]):
-        problems.append("no main load found in the TTGIR")
-    for kind, arg, ety, shape, fields in row["access"]:
-        contiguous = 0 if layout == 1 or len(shape) == 1 else len(shape) - 1
-        order, per = fields.get("order", []), fields.get("sizePerThread", [])
-        if not order or order[0] != contiguous:
-            problems.append(f"{kind} of {arg}: order {order} does not put dimension {contiguous} first")
-        elif per[contiguous] < vec:
-            problems.append(f"{kind} of {arg}: sizePerThread {per} gives fewer than {vec} contiguous elements")
-    want = vec * ELEMENT_BYTES[DTYPES[row["dtype"]]]
-    for kind, arg in sorted({(kind, arg) for kind, arg, *_ in row["access"]}):
-        counts = (row["ptx_by_arg"] or {}).get(arg, {}).get(kind, {})
-        narrow = {w: n for w, n in counts.items() if _bytes(w) < want}
-        if not counts:
-            problems.append(f"PTX: no global {kind} traced to {arg}")
-        elif narrow:
-            problems.append(f"PTX: {kind}s of {arg} narrower than {want} bytes: {narrow}")
-    return problems
-
-
 def _fmt_layout(fields):
     return f"order {fields.get('order')} sizePerThread {fields.get('sizePerThread')}"
 
 
 def _fmt_counts(counts):
-    return " ".join(f"{w}:{n}" for w, n in sorted(counts.items(), key=lambda kv: (-_bytes(kv[0]), kv[0]))) or "-"
+    return " ".join(f"{w}:{n}" for w, n in sorted(counts.items(), key=lambda kv: (-access_bytes(kv[0]), kv[0]))) or "-"
 
 
 def evidence_rows(rows):
@@ -501,12 +310,12 @@ def evidence_rows(rows):
     for r in rows:
         if r["error"] is None and r["vector_check"]:
             ce = r["constexprs"]
-            groups[(r["kernel"], r["dtype"], ce["LAYOUT"], ce["VEC"], r["arch"])].append(r)
+            groups[(r["kernel"], r["dtype"], ce["ACCESS"], ce["VEC"], r["arch"])].append(r)
     out = []
-    for (name, dtype, layout, vec, arch), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][2], kv[0][4])):
-        loads = sorted({f"{a} {_fmt_layout(f)}" for k, a, e, s, f in rs[0]["access"] if k == "load"})
-        stores = sorted({f"{a} {_fmt_layout(f)}" for k, a, e, s, f in rs[0]["access"] if k == "store"})
-        out.append(dict(kernel=name, dtype=dtype, pattern=PATTERNS[layout], vec=vec, arch=arch,
+    for (name, dtype, access, vec, arch), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][2], kv[0][4])):
+        loads = sorted({f"{a} {_fmt_layout(f)}" for k, a, e, s, f in rs[0]["main_accesses"] if k == "load"})
+        stores = sorted({f"{a} {_fmt_layout(f)}" for k, a, e, s, f in rs[0]["main_accesses"] if k == "store"})
+        out.append(dict(kernel=name, dtype=dtype, pattern=PATTERNS[access], vec=vec, arch=arch,
                         configs=len(rs), regs=(min(r["regs"] for r in rs), max(r["regs"] for r in rs)),
                         spills=sum(bool(r["spill_stores"]) for r in rs),
                         loads="; ".join(loads), stores="; ".join(stores),
@@ -524,17 +333,17 @@ def reduction_rows(rows):
     for r in rows:
         if r["error"] is None and r["reductions"]:
             ce = r["constexprs"]
-            groups[(r["kernel"], r["dtype"], ce["LAYOUT"], ce["VEC"])].append(r)
+            groups[(r["kernel"], r["dtype"], ce["ACCESS"], ce["VEC"])].append(r)
     bad = {id(b) for _, b in reduction_mismatches(rows)}
     out = []
-    for (name, dtype, layout, vec), rs in sorted(groups.items(), key=lambda kv: (*kv[0][:2], -kv[0][2], -kv[0][3])):
+    for (name, dtype, access, vec), rs in sorted(groups.items(), key=lambda kv: (*kv[0][:2], -kv[0][2], -kv[0][3])):
         tile = "BLOCK_C" if "BLOCK_C" in rs[0]["constexprs"] else "NB"
         per_tile = collections.defaultdict(set)
         for r in rs:  # other code paths take one of these configurations
             per_tile[r["constexprs"][tile]].add(tuple(sorted(r["config"].items(), key=str)))
-        spreads = sorted({_fmt_reduction(x) for r in rs for x in r["reductions"]},
+        spreads = sorted({fmt_reduction(x) for r in rs for x in r["reductions"]},
                          key=lambda t: -int(t.split()[0]))
-        out.append(dict(kernel=name, dtype=dtype, pattern=PATTERNS[layout], vec=vec, tile=tile,
+        out.append(dict(kernel=name, dtype=dtype, pattern=PATTERNS[access], vec=vec, tile=tile,
                         tiles=", ".join(f"{t} ({len(c)})" for t, c in sorted(per_tile.items(), reverse=True)),
                         spreads="; ".join(spreads), same=not any(id(r) in bad for r in rs)))
     return out
@@ -544,7 +353,7 @@ def reduction_rows(rows):
 MARKDOWN_INTRO = """# Triton kernels: static evidence
 
 Written by `python benchmarks/triton_compile.py --write {path}`, which compiled the
-kernels of `bckd_kernels/triton_ops.py` with the real Triton compiler on a machine
+kernels of `bckd_kernels/triton/` with the real Triton compiler on a machine
 without a GPU ({versions}; targets {targets}; {n} variants). No GPU timings were
 measured and none are given here: what a GPU run takes stays to be measured
 (`benchmarks/bench_losses.py`).
@@ -555,7 +364,7 @@ vector width `VEC` (elements) are what the host picks for a typical input: head 
 `[16, C, 100, 168]` (C = 80 for BCDL, 68 for DFL) in channels_last (channels
 contiguous) and NCHW (locations contiguous) memory format, and 358,400 boxes
 `[N, 4]`, contiguous and column-major. DFL maps of 16-bit types use 8-byte vectors
-(`_DFL_VECTOR_BYTES`). Main loads and stores are those of the inputs (`zs`, `zt`,
+(`dfl.DFL_VECTOR_BYTES`). Main loads and stores are those of the inputs (`zs`, `zt`,
 `p`, `t`, `rs`, `rt`) and of the full-size gradients (`g`, `gp`, `gt`), with the
 `#blocked` layout of their TTGIR: `order` lists the dimensions fastest first, and
 `sizePerThread` along the first must be `VEC`. PTX global accesses (of the row's
@@ -578,7 +387,7 @@ ones. The kernels that reduce over a tile of channels (the BCDL forward's sum an
 maximum over a class tile, the DFL decode's over a tile of bins) give the same bits
 in every configuration only if each spreads the reduced axis over registers, lanes
 and warps alike, the order in which the reduction combines the values
-(`triton_ops._IN_THREAD`). The check reads every `tt.reduce` of the TTGIR and fails
+(`bckd_kernels.triton.common.IN_THREAD`). The check reads every `tt.reduce` of the TTGIR and fails
 if the configurations kept for one access pattern and channel tile differ in any.
 One row per kernel, dtype and access pattern, over both targets: the channel tiles
 compiled (`BLOCK_C`, `NB`, with the number of configurations kept for each), each at
@@ -612,30 +421,6 @@ def write_markdown(path, rows, versions, archs):
                      f"{e['tile']} {e['tiles']} | {e['spreads']} | {'yes' if e['same'] else '**no**'} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
-
-
-def problems(rows):
-    """Why --check fails, one line each: compile errors, spills, main accesses
-    that are not vector wide, and configurations kept for one access pattern
-    and channel tile whose reductions differ (so that the autotuner's choice,
-    which depends on timing, would change the bits of the result)."""
-    out = []
-    for r in rows:
-        if r["error"] is not None:
-            what = r["error"]
-        elif r["spill_stores"]:
-            what = f"spills: {r['spill_stores']} local stores, {r['regs']} registers, stack {r['stack']} B"
-        elif vector_problems(r):
-            what = "not vectorised: " + "; ".join(vector_problems(r))
-        else:
-            continue
-        out.append(f"FAILED {r['kernel']} sm_{r['arch']} {r['dtype']} {r['constexprs']} {r['config']}: {what}")
-    for a, b in reduction_mismatches(rows):
-        fmt = lambda r: "; ".join(_fmt_reduction(x) for x in r["reductions"]) or "none"  # noqa: E731
-        out.append(f"FAILED {a['kernel']} sm_{a['arch']} {a['dtype']} {a['constexprs']}: the configurations "
-                   f"{a['config']} and {b['config']} reduce in different orders (extent = per thread/lanes/warps: "
-                   f"{fmt(a)} vs {fmt(b)})")
-    return out
 
 
 def main(argv=None):

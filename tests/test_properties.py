@@ -15,7 +15,7 @@ from bckd_kernels import reference
 
 hypothesis = pytest.importorskip("hypothesis")
 pytest.importorskip("triton")
-from bckd_kernels import triton_ops  # noqa: E402,F401
+import bckd_kernels.triton  # noqa: E402,F401
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 

@@ -13,6 +13,8 @@ import sys
 import pytest
 
 pytest.importorskip("triton")
+from bckd_kernels.triton.common import LOCATIONS  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -29,8 +31,9 @@ def test_every_triton_kernel_compiles_for_sm80_and_sm90_without_spills(capsys):
 
 
 def _compile_check_module():
-    path = os.path.join(ROOT, "benchmarks", "triton_compile.py")
-    spec = importlib.util.spec_from_file_location("triton_compile", path)
+    """benchmarks/triton_asm.py: the compile check's reading of the compiled code, and its rules."""
+    path = os.path.join(ROOT, "benchmarks", "triton_asm.py")
+    spec = importlib.util.spec_from_file_location("triton_asm", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -52,7 +55,7 @@ module attributes {"ttg.num-warps" = 4 : i32} {
 def _row(check, rows, spt, tpw, wpc):
     ttgir = (TTGIR.replace("ROWS", str(rows)).replace("SPT", spt).replace("TPW", tpw).replace("WPC", wpc))
     return dict(kernel="_bcdl_fwd_kernel", dtype="float32", arch=90, config={"BLOCK_L": rows, "num_warps": 4},
-                constexprs={"LAYOUT": 1, "VEC": 4, "BLOCK_C": 16}, error=None, regs=40, stack=0, spill_stores=0,
+                constexprs={"ACCESS": int(LOCATIONS), "VEC": 4, "BLOCK_C": 16}, error=None, regs=40, stack=0, spill_stores=0,
                 vector_check=False, reductions=check.reductions(ttgir))
 
 
@@ -70,7 +73,7 @@ def test_compile_check_fails_configurations_that_reduce_in_different_orders():
     assert len(failed) == 1 and "reduce in different orders" in failed[0], failed
     same = _row(check, 64, "8, 1", "8, 4", "1, 4")  # more locations per thread, the classes spread alike
     assert check.problems([a, same]) == []
-    other = dict(b, constexprs={"LAYOUT": 1, "VEC": 4, "BLOCK_C": 8})  # another tile: compared apart
+    other = dict(b, constexprs={"ACCESS": int(LOCATIONS), "VEC": 4, "BLOCK_C": 8})  # another tile: compared apart
     assert check.problems([a, other]) == []
 
 
@@ -104,8 +107,8 @@ def test_compile_check_fails_a_main_load_that_is_not_vector_wide():
     though the student's and the per-location vector give as many 16-byte loads."""
     check = _compile_check_module()
     params = ["zs_ptr", "zt_ptr", "gl_ptr", "n"]
-    row = dict(kernel="_bcdl_bwd_kernel", dtype="float32", constexprs={"LAYOUT": 1, "VEC": 4}, error=None,
-               vector_check=True, access=[("load", "zs_ptr", "f32", [64, 16], {"order": [0, 1], "sizePerThread": [4, 1]}),
+    row = dict(kernel="_bcdl_bwd_kernel", dtype="float32", constexprs={"ACCESS": int(LOCATIONS), "VEC": 4}, error=None,
+               vector_check=True, main_accesses=[("load", "zs_ptr", "f32", [64, 16], {"order": [0, 1], "sizePerThread": [4, 1]}),
                                           ("load", "zt_ptr", "f32", [64, 16], {"order": [0, 1], "sizePerThread": [4, 1]})])
     wide = check.accesses_by_argument(PTX.replace("WIDTH", "v4.b32 { %r7, %r8, %r9, %r10 }"), params)
     assert wide == {"zs_ptr": {"load": {"v4.b32": 1}}, "zt_ptr": {"load": {"v4.b32": 1}},
