@@ -3,8 +3,9 @@
 The schemas, the CPU/CUDA kernels and the autograd of the extension's operators
 come from ``bckd_kernels._C`` (csrc/; autograd in csrc/autograd.cpp). If it
 cannot be loaded, ``HAS_EXTENSION`` is False, a warning says why (once), and the
-functional API falls back to the pure-PyTorch reference. The autograd helpers
-below serve the Triton operators (triton_ops.py).
+functional API falls back to the pure-PyTorch reference. The Triton
+operators (bckd_kernels/triton/) register their own autograd and do not need
+this module.
 """
 
 import warnings
@@ -73,66 +74,6 @@ def _register():
         _contract.check_dfl("_dfl_giou_distill_backward", student_reg, teacher_reg, reg_max, eps)
         _contract.check_per_location("_dfl_giou_distill_backward", grad, "grad", student_reg)
         return torch.empty_like(student_reg)
-
-
-# Autograd of the three losses given their backward and forward ops, for the
-# Triton operators (triton_ops.py; the compiled ones register the same rules in
-# csrc/autograd.cpp): (backward, setup_context) for torch.library.register_autograd.
-
-
-def bcdl_autograd(backward_op, forward_op):
-    """Gradients to the student and to the weight; the teacher is a constant and
-    max_abs_diff has none. The weight's gradient, the unweighted loss times the
-    upstream gradient, costs one more forward pass, taken only when asked for."""
-
-    def setup(ctx, inputs, output):
-        student, teacher, weight, beta = inputs
-        ctx.save_for_backward(student, teacher, weight)
-        ctx.beta = beta
-        ctx.mark_non_differentiable(output[1])
-
-    def backward(ctx, grad_loss, grad_max_abs_diff):
-        student, teacher, weight = ctx.saved_tensors
-        grad = backward_op(grad_loss, student, teacher, weight, ctx.beta) if ctx.needs_input_grad[0] else None
-        grad_weight = None
-        if ctx.needs_input_grad[2]:
-            unweighted, _ = forward_op(student.detach(), teacher, None, ctx.beta)
-            grad_weight = (grad_loss * unweighted).to(weight.dtype)
-        return grad, None, grad_weight, None
-
-    return backward, setup
-
-
-def no_double_backward(name):
-    """Autograd of a backward op: refuses a second derivative instead of
-    returning a wrong one."""
-
-    def setup(ctx, inputs, output):
-        pass
-
-    def backward(ctx, *grads):
-        raise RuntimeError(f"bckd: double backward of {name} is not supported (its backward has no derivative)")
-
-    return backward, setup
-
-
-def dfl_autograd(backward_op):
-    """Gradient to the student's regression logits only."""
-
-    def setup(ctx, inputs, output):
-        student_reg, teacher_reg, reg_max, eps = inputs
-        ctx.save_for_backward(student_reg, teacher_reg)
-        ctx.reg_max = reg_max
-        ctx.eps = eps
-
-    def backward(ctx, grad):
-        student_reg, teacher_reg = ctx.saved_tensors
-        g = None
-        if ctx.needs_input_grad[0]:
-            g = backward_op(grad, student_reg, teacher_reg, ctx.reg_max, ctx.eps)
-        return g, None, None, None
-
-    return backward, setup
 
 
 if HAS_EXTENSION:

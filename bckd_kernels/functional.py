@@ -6,7 +6,7 @@ Every function takes ``backend``:
   when the extension is missing. No GPU has timed the current kernels against
   Triton yet; until a measurement says otherwise, ``"auto"`` never picks Triton;
 - ``"cpu"`` / ``"cuda"``: the extension's op, whose inputs must be on that device;
-- ``"triton"``: the Triton ops of :mod:`bckd_kernels.triton_ops` (CUDA tensors,
+- ``"triton"``: the Triton ops of :mod:`bckd_kernels.triton` (CUDA tensors,
   or CPU tensors under ``TRITON_INTERPRET=1``);
 - ``"reference"``: :mod:`bckd_kernels.reference` (pure PyTorch autograd).
 
@@ -71,7 +71,7 @@ def _op(name, backend, x):
 
 def _load_triton():
     try:
-        from . import triton_ops  # noqa: F401  (defines torch.ops.bckd.*_triton)
+        from . import triton  # noqa: F401  (defines torch.ops.bckd.*_triton)
     except ImportError as exc:
         raise RuntimeError(f'backend="triton" needs the triton package: {exc}') from exc
 

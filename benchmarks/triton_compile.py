@@ -1,4 +1,4 @@
-"""Compiles every Triton kernel of ``bckd_kernels.triton_ops`` with the real
+"""Compiles every Triton kernel of ``bckd_kernels.triton`` with the real
 Triton compiler (not the interpreter) for NVIDIA GPUs, no GPU needed.
 
     python benchmarks/triton_compile.py [--arch 80 90] [--check] [--jobs N] [--show-layouts] [--write FILE]
@@ -26,48 +26,49 @@ dimension first, ``sizePerThread`` along it must be the vector width: 16 bytes,
 address of every global load and store back to the pointer argument it is
 built from: each main input's loads and each gradient's stores must all be
 that wide (``ld.global.v4.b32`` is 16 bytes), by themselves, so a scalar main
-load cannot hide behind a vector load of the per-location weights. Pointers are
-compiled as 16-byte aligned, as Triton specialises them at run time for fresh
-tensors; integer arguments as unspecialised (the kernels pass the sizes that
-must be multiples of the vector width themselves). ``--check`` exits non-zero
-on any compile error, any spill and any main load or store that is not
-vectorised as intended. ``--show-layouts`` prints every ``#blocked`` layout of
+load cannot hide behind a vector load of the per-location weights. These
+variants compile pointers as 16-byte aligned, as Triton specialises them at run
+time for fresh tensors, and integer arguments as unspecialised (the kernels
+pass the sizes that must be multiples of the vector width themselves). Then it
+compiles the specialisations that really run (runtime_cases): Triton's own
+rule applied to the arguments the ops pass for typical inputs, misaligned views
+(a storage offset of one element), sizes of 1 (integers equal to 1 become
+constants) and sizes and strides of 2^31 and more (64-bit integers).
+``--check`` exits non-zero on any compile error, any spill, any main load or
+store that is not vectorised as intended (where its pointer is aligned) and
+any configurations of one pattern that reduce in different orders. ``--show-layouts`` prints every ``#blocked`` layout of
 each kernel's default variant; ``--write`` writes the evidence as Markdown.
+Reading the compiled code and its rules: benchmarks/triton_asm.py.
 
 Run it without ``TRITON_INTERPRET``: the kernels must be defined for a GPU.
 """
 
 import argparse
-import collections
 import concurrent.futures
+import functools
+import math
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
+import types
 
-DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+from triton_asm import DTYPES, accesses_by_argument, global_accesses, main_accesses, reductions, resource_usage
+from triton_report import print_report, write_markdown
 
 # Pointers to per-location float32 vectors; every other pointer has the
-# inputs' dtype (triton_ops follows this naming).
+# inputs' dtype (bckd_kernels.triton follows this naming).
 FLOAT32_POINTERS = {"w_ptr", "loss_ptr", "mad_ptr", "coef_ptr", "gl_ptr"}
 FLOAT_SCALARS = {"beta", "eps"}
 
 
-# The inputs whose reads, and the outputs whose writes, must be vector wide.
-MAIN_LOADS = {"zs_ptr", "zt_ptr", "p_ptr", "t_ptr", "rs_ptr", "rt_ptr"}
-MAIN_STORES = {"g_ptr", "gp_ptr", "gt_ptr"}
-PATTERNS = {2: "channels contiguous", 1: "locations contiguous", 0: "other strides"}
-
-
 def access_patterns(ops, dtype):
-    """Per kernel family: (LAYOUT, VEC) per pattern, as the host's own planner
+    """Per kernel family: (ACCESS, VEC) per pattern, as the host's own planner
     decides on meta tensors: first for a typical input of each (the patterns
     whose accesses are checked for vector width), then, with locations
     contiguous, for location counts that allow only 1 or 2 elements per vector
     (an odd one, twice an odd one), whose reducing kernels keep configurations
-    of their own (triton_ops._IN_THREAD)."""
+    of their own (bckd_kernels.triton.common.IN_THREAD)."""
     import torch
 
     dt = getattr(torch, dtype)
@@ -77,15 +78,15 @@ def access_patterns(ops, dtype):
         for h, w in sizes:
             nchw = torch.empty(16, c, h, w, dtype=dt, device="meta")
             last = nchw.contiguous(memory_format=torch.channels_last)
-            most = ops._DFL_VECTOR_BYTES[nchw.element_size()] if c == 68 else 16
-            out += [(p.layout, p.vec) for p in (ops._plan(x, x, channels=c, most_bytes=most) for x in (last, nchw))]
+            most = ops.dfl.DFL_VECTOR_BYTES[nchw.element_size()] if c == 68 else 16
+            out += [(p.access, p.vec) for p in (ops.common.plan(x, x, channels=c, most_bytes=most) for x in (last, nchw))]
         return out
 
     def narrow(c):
         return [lv for lv in maps(c, [(99, 167), (99, 166)]) if lv[0] == 1]
 
     boxes = torch.empty(358400, 4, dtype=dt, device="meta")
-    giou = [ops._box_plan(b, b)[:2] for b in (boxes, boxes.t().contiguous().t())]
+    giou = [ops.giou.box_plan(b, b)[:2] for b in (boxes, boxes.t().contiguous().t())]
     return {"bcdl": (maps(80, [(100, 168)]) + [(0, 1)], narrow(80)), "giou": (giou + [(0, 1)], []),
             "dfl": (maps(68, [(100, 168)]) + [(0, 1)], narrow(68))}
 
@@ -99,37 +100,39 @@ def code_paths(ops, dtype):
     for the BCDL backward the widest and the narrowest (it does not reduce,
     and its code is the same between them). Returns (paths, typical):
     typical, per kernel, the pattern values of the typical inputs."""
-    access = access_patterns(ops, dtype)
+    from bckd_kernels import _contract
+
+    patterns = access_patterns(ops, dtype)
     paths, typical = {}, {}
 
     def with_tiles(family, name, tile, typical_tile, tiles, narrow_vectors=True):
-        main, narrow = access[family] if narrow_vectors else (access[family][0], [])
+        main, narrow = patterns[family] if narrow_vectors else (patterns[family][0], [])
         values, first = [], []
-        for layout, vec in main + narrow:
-            t0 = typical_tile(layout, vec)
-            if (layout, vec) in main:
-                first.append((layout, vec, t0))
-            others = sorted(tiles(layout, vec) - {t0}, reverse=True) if (layout, vec) in main else []
-            values += [(layout, vec, t) for t in [t0] + others]
+        for access, vec in main + narrow:
+            t0 = typical_tile(access, vec)
+            if (access, vec) in main:
+                first.append((access, vec, t0))
+            others = sorted(tiles(access, vec) - {t0}, reverse=True) if (access, vec) in main else []
+            values += [(access, vec, t) for t in [t0] + others]
         typical[name] = first
-        return {("LAYOUT", "VEC", tile): tuple(dict.fromkeys(first + values))}
+        return {("ACCESS", "VEC", tile): tuple(dict.fromkeys(first + values))}
 
-    def class_tiles(layout, vec):
-        return {ops._block_c(c, layout, vec) for c in range(1, 129)}
+    def class_tiles(access, vec):
+        return {ops.bcdl.block_c(c, access, vec) for c in range(1, 129)}
 
-    def bin_tiles(layout, vec):
-        return {ops._bins_block(r + 1, layout, vec) for r in range(1, ops.MAX_REG_MAX + 1)}
+    def bin_tiles(access, vec):
+        return {ops.dfl.bins_block(r + 1, access, vec) for r in range(1, _contract.MAX_REG_MAX + 1)}
 
     bcdl = {"MODE": (1, 2, 0), "HAS_W": (True, False)}
     paths["_bcdl_fwd_kernel"] = {
-        **with_tiles("bcdl", "_bcdl_fwd_kernel", "BLOCK_C", lambda l, v: ops._block_c(80, l, v), class_tiles), **bcdl}
+        **with_tiles("bcdl", "_bcdl_fwd_kernel", "BLOCK_C", lambda l, v: ops.bcdl.block_c(80, l, v), class_tiles), **bcdl}
     paths["_bcdl_bwd_kernel"] = {
-        **with_tiles("bcdl", "_bcdl_bwd_kernel", "BLOCK_C", lambda l, v: ops._block_c(80),
-                     lambda l, v: {ops._block_c(1), ops._block_c(128)}, narrow_vectors=False), **bcdl}
+        **with_tiles("bcdl", "_bcdl_bwd_kernel", "BLOCK_C", lambda l, v: ops.bcdl.block_c(80),
+                     lambda l, v: {ops.bcdl.block_c(1), ops.bcdl.block_c(128)}, narrow_vectors=False), **bcdl}
     for name in ("_dfl_fwd_kernel", "_dfl_bwd_kernel"):
-        paths[name] = with_tiles("dfl", name, "NB", lambda l, v: ops._bins_block(17, l, v), bin_tiles)
-    lv = ("LAYOUT", "VEC")
-    main, _ = access["giou"]
+        paths[name] = with_tiles("dfl", name, "NB", lambda l, v: ops.dfl.bins_block(17, l, v), bin_tiles)
+    lv = ("ACCESS", "VEC")
+    main, _ = patterns["giou"]
     paths["_giou_fwd_kernel"] = {lv: tuple(main)}
     paths["_giou_bwd_kernel"] = {lv: tuple(main), ("GRAD_P", "GRAD_T"): ((True, True), (True, False), (False, True))}
     typical["_giou_fwd_kernel"] = typical["_giou_bwd_kernel"] = list(main)
@@ -146,15 +149,18 @@ def _assign(constexprs, key, value):
 
 
 def kernels(ops):
-    """Every autotuned @triton.jit kernel the module defines, by name."""
+    """Every autotuned @triton.jit kernel the package's modules define, by name."""
     import triton
 
     found = {}
-    for name, obj in vars(ops).items():
-        if isinstance(obj, triton.runtime.Autotuner):
-            found[name] = obj
-        elif isinstance(obj, triton.runtime.JITFunction) and name.endswith("_kernel"):
-            raise SystemExit(f"{name} is not autotuned: add it to the configurations checked here")
+    for module in vars(ops).values():
+        if not isinstance(module, types.ModuleType) or not module.__name__.startswith(ops.__name__ + "."):
+            continue
+        for name, obj in vars(module).items():
+            if isinstance(obj, triton.runtime.Autotuner):
+                found[name] = obj
+            elif isinstance(obj, triton.runtime.JITFunction) and name.endswith("_kernel"):
+                raise SystemExit(f"{name} is not autotuned: add it to the configurations checked here")
     return found
 
 
@@ -195,7 +201,7 @@ def variants(ops):
             raise SystemExit(f"kernels without a code-path table here: {sorted(missing)}")
         for name, tuner in sorted(found.items()):
             paths = paths_of[name]
-            pattern = next(k for k in paths if isinstance(k, tuple) and k[:2] == ("LAYOUT", "VEC"))
+            pattern = next(k for k in paths if isinstance(k, tuple) and k[:2] == ("ACCESS", "VEC"))
             typical = typical_of[name]
             default = {}
             for key, values in paths.items():
@@ -245,60 +251,195 @@ def signature(fn, dtype, constexprs):
     return sig
 
 
-def resource_usage(cubin):
-    """(registers, stack bytes, local stores) of a cubin's one kernel. Spilled
-    registers go to local memory (STL/LDL in the machine code); a small stack
-    frame alone is not a spill."""
-    import triton
-
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        text = subprocess.run([tool, "--dump-resource-usage", "--dump-sass", f.name], capture_output=True, text=True,
-                              check=True).stdout
-    usage = dict(re.findall(r"(REG|STACK):(\d+)", text))
-    return int(usage["REG"]), int(usage["STACK"]), len(re.findall(r"\bSTL(\.\w+)*\s", text))
+# ------------------------------------------------- run-time specialisations ----
+#
+# Triton's launcher specialises every argument from its value: a pointer is
+# marked 16-byte aligned only when it is, an integer equal to 1 becomes a
+# constant of the code, one that is a multiple of 16 is marked so, and one of
+# 2^31 or more is 64-bit. The variants above compile every pointer as aligned
+# and every integer as a plain i32. The cases below compile what the launcher
+# compiles for real inputs: each op runs on meta tensors up to its launch, and
+# Triton's own rule (native_specialize_impl, which its binder calls) reads the
+# arguments it passes.
 
 
-_OPS = None
+def _meta(shape, dtype, layout="nchw", offset=0):
+    """A meta tensor of ``shape`` in ``layout`` ("nchw" or "rows": row-major;
+    "channels_last"; "rows_transposed": column-major) that starts ``offset``
+    elements into its storage."""
+    import torch
+
+    order = {"channels_last": (0, 2, 3, 1), "rows_transposed": (1, 0)}.get(layout, tuple(range(len(shape))))
+    buf = torch.empty(math.prod(shape) + offset, dtype=dtype, device="meta")[offset:]
+    return buf.view([shape[d] for d in order]).permute(sorted(range(len(order)), key=order.__getitem__))
 
 
+def runtime_cases(dtype):
+    """(case, op, arguments) per op, forward and backward: typical inputs (their
+    strides of 1 become constants), views one element into their storage
+    (misaligned pointers, per-location weights and upstream gradients
+    included), one location (sizes of 1) and sizes and strides of 2^31 and more
+    (64-bit)."""
+    import torch
+
+    dt, f32 = getattr(torch, dtype), torch.float32
+    big = 2 ** 31 + 16
+    maps = [("typical", (16, 100, 168), "nchw", 0), ("typical", (16, 100, 168), "channels_last", 0),
+            ("misaligned", (16, 100, 168), "nchw", 1), ("misaligned", (16, 100, 168), "channels_last", 1),
+            ("one location", (1, 1, 1), "nchw", 0),
+            ("64-bit", (2, 65536, 32800), "nchw", 0), ("64-bit", (2, 65536, 32800), "channels_last", 0)]
+    boxes = [("typical", 358400, "rows", 0), ("typical", 358400, "rows_transposed", 0),
+             ("misaligned", 358400, "rows", 1), ("misaligned", 358400, "rows_transposed", 1),
+             ("one location", 1, "rows", 0), ("64-bit", big, "rows", 0), ("64-bit", big, "rows_transposed", 0)]
+    out = []
+    for case, (b, h, w), layout, offset in maps:
+        per_loc = _meta((b, h, w), f32, offset=offset)
+        s, t = (_meta((b, 80, h, w), dt, layout, offset) for _ in range(2))
+        out += [(f"{case} {layout}", "bin_cls_distill_triton", (s, t, per_loc, 1.0)),
+                (f"{case} {layout}", "_bin_cls_distill_backward_triton", (per_loc, s, t, per_loc, 1.0))]
+        s, t = (_meta((b, 68, h, w), dt, layout, offset) for _ in range(2))
+        out += [(f"{case} {layout}", "dfl_giou_distill_triton", (s, t, 16, 1e-6)),
+                (f"{case} {layout}", "_dfl_giou_distill_backward_triton", (per_loc, s, t, 16, 1e-6))]
+    for case, n, layout, offset in boxes:
+        p, t = (_meta((n, 4), dt, layout, offset) for _ in range(2))
+        g = _meta((n,), f32, offset=offset)
+        out += [(f"{case} {layout}", "paired_giou_triton", (p, t, 1e-6)),
+                (f"{case} {layout}", "_paired_giou_backward_triton", (g, p, t, 1e-6))]
+    return out
+
+
+class _Launched(Exception):
+    """Raised by _Recorder at a launch, with the kernel and its arguments."""
+
+
+class _Recorder:
+    """Stands in for wrap_triton in the op modules: stops the op at its launch."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        return self.launch
+
+    def launch(self, *args, **kwargs):
+        raise _Launched(self.kernel, args, kwargs)
+
+
+def launch(ops, op, args):
+    """(kernel, arguments, keyword arguments) of the launch torch.ops.bckd.<op>
+    makes for ``args``, through its own checks and planning."""
+    import torch
+
+    modules = [m for m in vars(ops).values() if isinstance(m, types.ModuleType) and hasattr(m, "wrap_triton")]
+    saved = [m.wrap_triton for m in modules]
+    try:
+        for m in modules:
+            m.wrap_triton = _Recorder
+        getattr(torch.ops.bckd, op)(*args)
+    except _Launched as launched:
+        return launched.args
+    finally:
+        for m, w in zip(modules, saved):
+            m.wrap_triton = w
+    raise SystemExit(f"{op} launched no kernel")
+
+
+def specialisation(fn, args, kwargs):
+    """What Triton's launcher compiles ``fn`` as for these arguments:
+    (signature, constants, attributes, what), ``what`` naming the pointers not
+    marked aligned, the integers made constants and the 64-bit ones."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    values = dict(zip(fn.arg_names, args), **kwargs)
+    sig, consts, attrs = {}, {}, {}
+    for i, (name, p) in enumerate(zip(fn.arg_names, fn.params)):
+        if p.is_constexpr:
+            sig[name] = "constexpr"
+            if name in values:
+                consts[name] = values[name]
+            continue
+        sig[name], attr = native_specialize_impl(CUDABackend, values[name], p.is_const, not p.do_not_specialize,
+                                                 not p.do_not_specialize_on_alignment)
+        if sig[name] == "constexpr":
+            consts[name] = values[name]
+        elif isinstance(attr, str):
+            attrs[(i,)] = CUDABackend.parse_attr(attr)
+    what = {"misaligned": [n for i, n in enumerate(fn.arg_names) if n.endswith("_ptr") and not attrs.get((i,))],
+            "= 1": [n for n in fn.arg_names[:len(args)] if sig[n] == "constexpr"],
+            "i64": [n for n in fn.arg_names if sig[n] == "i64"]}
+    return sig, consts, attrs, what
+
+
+def runtime_jobs(ops, archs):
+    """Compile jobs of the run-time cases, in float32, and in bfloat16 (whose
+    vectors hold 8 elements) the typical and misaligned ones: every
+    configuration the kernel keeps where it reduces over a channel tile
+    (REDUCING), the heaviest elsewhere. Main accesses are checked for vector
+    width where their pointers are aligned."""
+    from triton_asm import MAIN_LOADS, MAIN_STORES
+
+    names = {id(t): n for n, t in kernels(ops).items()}
+    jobs = []
+    for dtype in ("float32", "bfloat16"):
+        for case, op, args in runtime_cases(dtype):
+            if dtype != "float32" and not case.startswith(("typical", "misaligned")):
+                continue
+            tuner, call, kwargs = launch(ops, op, args)
+            name = names[id(tuner)]
+            sig, consts, attrs, what = specialisation(tuner.fn, call, kwargs)
+            live = live_configs(tuner, kwargs)
+            if name not in REDUCING:
+                live = [max(live, key=lambda i: elements_per_thread(tuner.configs[i], kwargs))]
+            aligned = not set(what["misaligned"]) & (MAIN_LOADS | MAIN_STORES)
+            described = "; ".join(f"{k} {', '.join(v)}" for k, v in what.items() if v) or "-"
+            jobs += [(name, dtype, kwargs, i, aligned, arch, (case, sig, consts, attrs, described))
+                     for arch in archs for i in live]
+    return jobs
+
+
+@functools.cache
 def _ops():
-    global _OPS
-    if _OPS is None:
-        if os.environ.get("TRITON_INTERPRET", "0") == "1":
-            raise SystemExit("unset TRITON_INTERPRET: this compiles the kernels for a GPU")
-        from bckd_kernels import triton_ops
+    """The package bckd_kernels.triton, its modules (common, bcdl, giou, dfl) as attributes."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise SystemExit("unset TRITON_INTERPRET: this compiles the kernels for a GPU")
+    import bckd_kernels.triton
 
-        _OPS = triton_ops
-    return _OPS
+    return bckd_kernels.triton
 
 
 def compile_one(job):
-    """Compiles one variant; returns a result row (never raises)."""
+    """Compiles one variant; returns a result row (never raises). ``case``: None
+    for a variant (every pointer aligned, every integer an i32), else a
+    run-time case's (name, signature, constants, attributes, description)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    name, dtype, constexprs, config_index, vector_check, arch = job
-    tuner = getattr(_ops(), name)
+    name, dtype, constexprs, config_index, vector_check, arch, case = job
+    tuner = kernels(_ops())[name]
     config = tuner.configs[config_index]
-    ce = dict(constexprs, **config.kwargs)
+    if case is None:
+        ce = dict(constexprs, **config.kwargs)
+        sig = signature(tuner.fn, dtype, ce)
+        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(tuner.fn.arg_names) if n.endswith("_ptr")}
+    else:
+        _, sig, consts, attrs, _ = case
+        ce = dict(consts, **config.kwargs)
     row = dict(kernel=name, dtype=dtype, arch=arch, config=dict(config.kwargs, num_warps=config.num_warps, maxnreg=config.maxnreg),
-               constexprs=constexprs, vector_check=vector_check, error=None, regs=None, stack=None, spill_stores=None, ttgir=None, access=None,
-               ptx_loads=None, ptx_stores=None, ptx_by_arg=None, reductions=None)
+               constexprs=constexprs, vector_check=vector_check, error=None, regs=None, stack=None, spill_stores=None, ttgir=None, main_accesses=None,
+               ptx_loads=None, ptx_stores=None, ptx_by_arg=None, reductions=None,
+               case=None if case is None else case[0], specialised=None if case is None else case[4])
     start = time.perf_counter()
     try:
-        aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(tuner.fn.arg_names) if n.endswith("_ptr")}
-        src = ASTSource(tuner.fn, signature(tuner.fn, dtype, ce), ce, aligned)
+        src = ASTSource(tuner.fn, sig, ce, attrs)
         options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
         if config.maxnreg is not None:
             options["maxnreg"] = config.maxnreg
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
         row["regs"], row["stack"], row["spill_stores"] = resource_usage(compiled.asm["cubin"])
         row["ttgir"] = compiled.asm["ttgir"]
-        row["access"] = main_accesses(row["ttgir"])
+        row["main_accesses"] = main_accesses(row["ttgir"])
         row["reductions"] = reductions(row["ttgir"])
         row["ptx_loads"] = global_accesses(compiled.asm["ptx"], "ld")
         row["ptx_stores"] = global_accesses(compiled.asm["ptx"], "st")
@@ -308,334 +449,6 @@ def compile_one(job):
         row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     row["seconds"] = time.perf_counter() - start
     return row
-
-
-def blocked_layouts(ttgir):
-    return sorted(set(re.findall(r"#blocked\d* = #ttg\.blocked<\{[^}]*\}>", ttgir)))
-
-
-def _layout_table(ttgir):
-    table = {}
-    for name, body in re.findall(r"^(#blocked\d*) = #ttg\.blocked<\{([^}]*)\}>", ttgir, re.M):
-        fields = dict(re.findall(r"(\w+) = \[([\d, ]*)\]", body))
-        table[name] = {k: [int(x) for x in v.split(",") if x.strip()] for k, v in fields.items()}
-    return table
-
-
-_REDUCE = re.compile(r'"tt\.reduce"\((%[\w.#]+)\) <\{axis = (\d+) : i32\}> \(\{(.*?)\}\) : \((tensor<.*?)\) -> ', re.S)
-
-
-def reductions(ttgir):
-    """Every tt.reduce of the TTGIR, in program order: (combining ops, axis,
-    extent of the reduced axis, and how its layout spreads that axis:
-    sizePerThread, threadsPerWarp and warpsPerCTA along it, or the layout's
-    text where it is not a #blocked one). Two compilations whose lists are
-    equal add (and take maxima) in the same order: within a thread, then
-    across its lanes, then across warps, each as the layout along the axis
-    says."""
-    layouts = _layout_table(ttgir)
-    out = []
-    for _, axis, region, operand in _REDUCE.findall(ttgir):
-        m = re.match(r"tensor<([\dx]+)x\w+, (#[\w.]+)(.*)>$", operand.strip())
-        if not m:
-            raise ValueError(f"tt.reduce of an operand not understood: {operand}")
-        shape, layout, rest = m.groups()
-        axis = int(axis)
-        combine = "+".join(sorted(set(re.findall(r"arith\.(\w+)", region))))
-        extent = [int(x) for x in shape.split("x")][axis]
-        fields = layouts.get(layout) if not rest else None
-        if fields:
-            spread = tuple(fields[k][axis] for k in ("sizePerThread", "threadsPerWarp", "warpsPerCTA"))
-        else:
-            spread = layout + rest
-        out.append((combine, axis, extent, spread))
-    return out
-
-
-def reduction_mismatches(rows):
-    """Pairs of compiled rows of one kernel, dtype, architecture and set of
-    constexprs (the configurations kept for one access pattern and channel
-    tile) whose reductions (``reductions``) differ: (first row, other row)."""
-    groups = collections.defaultdict(list)
-    for r in rows:
-        if r["error"] is None and r.get("reductions") is not None:
-            groups[(r["kernel"], r["dtype"], r["arch"], tuple(sorted(r["constexprs"].items())))].append(r)
-    return [(rs[0], r) for rs in groups.values() for r in rs[1:] if r["reductions"] != rs[0]["reductions"]]
-
-
-def _fmt_reduction(reduction):
-    combine, axis, extent, spread = reduction
-    if isinstance(spread, tuple):
-        return f"{extent} = {spread[0]}/{spread[1]}/{spread[2]}"
-    return f"{extent} in {spread}"
-
-
-def main_accesses(ttgir):
-    """Every tt.load of a MAIN_LOADS pointer and tt.store to a MAIN_STORES
-    pointer: (kind, argument, element type, shape, layout fields), the pointer
-    traced back through the ops that build a tensor of pointers."""
-    defs = {}
-    for line in ttgir.splitlines():
-        m = re.match(r"\s*(%[\w.]+)(?::\d+)? = ([\w.]+) (.*)", line)
-        if m:
-            defs[m.group(1)] = (m.group(2), m.group(3))
-    layouts = _layout_table(ttgir)
-
-    def root(value):
-        for _ in range(200):
-            value = value.split("#")[0]
-            if value not in defs:
-                return value.lstrip("%")
-            op, rest = defs[value]
-            if op not in ("tt.addptr", "tt.splat", "tt.broadcast", "tt.expand_dims", "ttg.convert_layout", "tt.reshape"):
-                return None
-            value = re.match(r"(%[\w.#]+)", rest).group(1)
-        return None
-
-    found = []
-    for line in ttgir.splitlines():
-        m = re.search(r"tt\.(load|store) (%[\w.#]+).* : tensor<([\dx]+)x!tt\.ptr<(\w+)>, (#blocked\d*)>", line)
-        if not m:
-            continue
-        kind, ptr, shape, ety, layout = m.groups()
-        arg = root(ptr)
-        if arg in (MAIN_LOADS if kind == "load" else MAIN_STORES):
-            found.append((kind, arg, ety, [int(x) for x in shape.split("x")], layouts.get(layout, {})))
-    return found
-
-
-def global_accesses(ptx, op):
-    """PTX global loads (op "ld") or stores ("st") by width: {"v4.b32": n, ...}."""
-    counts = collections.Counter()
-    for m in re.finditer(rf"\b{op}\.global((?:\.[a-z]+\d*)*?)(\.v\d)?\.(b\d+|[uf]\d+)\b", ptx):
-        counts[((m.group(2) or ".v1") + "." + m.group(3))[1:]] += 1
-    return dict(counts)
-
-
-def accesses_by_argument(ptx, params):
-    """{argument: {"load" or "store": {width: count}}}: each PTX global access
-    under the pointer argument its address comes from, traced back through the
-    64-bit registers that build it to the kernel parameter it was loaded from
-    (params: the kernel's parameters in order)."""
-    entry = re.search(r"\.entry (\w+)\(", ptx).group(1)
-    defs = collections.defaultdict(list)
-    for line in ptx.splitlines():
-        m = re.match(r"\s*(?:@!?%p\w+\s+)?([a-z][\w.]*)\s+(%rd\d+),\s*([^;]*);", line)
-        if m:
-            defs[m.group(2)].append((m.group(1), m.group(3)))
-
-    def pointer_params(reg, seen):
-        if reg in seen:
-            return set()
-        seen.add(reg)
-        found = set()
-        for op, operands in defs.get(reg, []):
-            param = re.search(rf"{entry}_param_(\d+)", operands) if op.startswith("ld.param") else None
-            if param:
-                i = int(param.group(1))
-                if i < len(params) and params[i].endswith("_ptr"):
-                    found.add(params[i])
-            else:
-                for source in re.findall(r"%rd\d+", operands):
-                    found |= pointer_params(source, seen)
-        return found
-
-    out = {}
-    for m in re.finditer(r"\b(ld|st)\.global((?:\.[a-z]+\d*)*?)(\.v\d)?\.(b\d+|[uf]\d+)\s+([^;]*);", ptx):
-        address = re.search(r"\[\s*(%rd\d+)", m.group(5))
-        if address is None:
-            continue
-        width = ((m.group(3) or ".v1") + "." + m.group(4))[1:]
-        for arg in pointer_params(address.group(1), set()):
-            counts = out.setdefault(arg, {}).setdefault("load" if m.group(1) == "ld" else "store", {})
-            counts[width] = counts.get(width, 0) + 1
-    return out
-
-
-def _bytes(width):
-    """Bytes of one PTX access, from its width key ("v4.b32" → 16)."""
-    v, b = width.split(".")
-    return int(v[1:]) * int(b[1:]) // 8
-
-
-ELEMENT_BYTES = {"fp32": 4, "f32": 4, "fp16": 2, "f16": 2, "bf16": 2}
-
-
-def vector_problems(row):
-    """Why a vector-pattern variant's main accesses are not vector wide (empty if they are)."""
-    layout, vec = row["constexprs"].get("LAYOUT", 0), row["constexprs"].get("VEC", 1)
-    if row["error"] is not None or not row["vector_check"] or layout == 0 or vec == 1:
-        return []
-    problems = []
-    if not any(kind == "load" for kind, *_ in row["access"]):
-        problems.append("no main load found in the TTGIR")
-    for kind, arg, ety, shape, fields in row["access"]:
-        contiguous = 0 if layout == 1 or len(shape) == 1 else len(shape) - 1
-        order, per = fields.get("order", []), fields.get("sizePerThread", [])
-        if not order or order[0] != contiguous:
-            problems.append(f"{kind} of {arg}: order {order} does not put dimension {contiguous} first")
-        elif per[contiguous] < vec:
-            problems.append(f"{kind} of {arg}: sizePerThread {per} gives fewer than {vec} contiguous elements")
-    want = vec * ELEMENT_BYTES[DTYPES[row["dtype"]]]
-    for kind, arg in sorted({(kind, arg) for kind, arg, *_ in row["access"]}):
-        counts = (row["ptx_by_arg"] or {}).get(arg, {}).get(kind, {})
-        narrow = {w: n for w, n in counts.items() if _bytes(w) < want}
-        if not counts:
-            problems.append(f"PTX: no global {kind} traced to {arg}")
-        elif narrow:
-            problems.append(f"PTX: {kind}s of {arg} narrower than {want} bytes: {narrow}")
-    return problems
-
-
-def _fmt_layout(fields):
-    return f"order {fields.get('order')} sizePerThread {fields.get('sizePerThread')}"
-
-
-def _fmt_counts(counts):
-    return " ".join(f"{w}:{n}" for w, n in sorted(counts.items(), key=lambda kv: (-_bytes(kv[0]), kv[0]))) or "-"
-
-
-def evidence_rows(rows):
-    """One line per kernel, dtype, pattern and architecture, over its configurations."""
-    groups = collections.defaultdict(list)
-    for r in rows:
-        if r["error"] is None and r["vector_check"]:
-            ce = r["constexprs"]
-            groups[(r["kernel"], r["dtype"], ce["LAYOUT"], ce["VEC"], r["arch"])].append(r)
-    out = []
-    for (name, dtype, layout, vec, arch), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][2], kv[0][4])):
-        loads = sorted({f"{a} {_fmt_layout(f)}" for k, a, e, s, f in rs[0]["access"] if k == "load"})
-        stores = sorted({f"{a} {_fmt_layout(f)}" for k, a, e, s, f in rs[0]["access"] if k == "store"})
-        out.append(dict(kernel=name, dtype=dtype, pattern=PATTERNS[layout], vec=vec, arch=arch,
-                        configs=len(rs), regs=(min(r["regs"] for r in rs), max(r["regs"] for r in rs)),
-                        spills=sum(bool(r["spill_stores"]) for r in rs),
-                        loads="; ".join(loads), stores="; ".join(stores),
-                        ptx_loads=_fmt_counts(rs[0]["ptx_loads"]), ptx_stores=_fmt_counts(rs[0]["ptx_stores"]),
-                        vector_ok=not any(vector_problems(r) for r in rs)))
-    return out
-
-
-def reduction_rows(rows):
-    """One line per reducing kernel, dtype and access pattern (VEC included),
-    over its channel tiles, configurations and architectures: the tiles
-    compiled, the configurations kept for each, the layouts of the reduced
-    axis, and whether every tile's configurations reduce alike."""
-    groups = collections.defaultdict(list)
-    for r in rows:
-        if r["error"] is None and r["reductions"]:
-            ce = r["constexprs"]
-            groups[(r["kernel"], r["dtype"], ce["LAYOUT"], ce["VEC"])].append(r)
-    bad = {id(b) for _, b in reduction_mismatches(rows)}
-    out = []
-    for (name, dtype, layout, vec), rs in sorted(groups.items(), key=lambda kv: (*kv[0][:2], -kv[0][2], -kv[0][3])):
-        tile = "BLOCK_C" if "BLOCK_C" in rs[0]["constexprs"] else "NB"
-        per_tile = collections.defaultdict(set)
-        for r in rs:  # other code paths take one of these configurations
-            per_tile[r["constexprs"][tile]].add(tuple(sorted(r["config"].items(), key=str)))
-        spreads = sorted({_fmt_reduction(x) for r in rs for x in r["reductions"]},
-                         key=lambda t: -int(t.split()[0]))
-        out.append(dict(kernel=name, dtype=dtype, pattern=PATTERNS[layout], vec=vec, tile=tile,
-                        tiles=", ".join(f"{t} ({len(c)})" for t, c in sorted(per_tile.items(), reverse=True)),
-                        spreads="; ".join(spreads), same=not any(id(r) in bad for r in rs)))
-    return out
-
-
-
-MARKDOWN_INTRO = """# Triton kernels: static evidence
-
-Written by `python benchmarks/triton_compile.py --write {path}`, which compiled the
-kernels of `bckd_kernels/triton_ops.py` with the real Triton compiler on a machine
-without a GPU ({versions}; targets {targets}; {n} variants). No GPU timings were
-measured and none are given here: what a GPU run takes stays to be measured
-(`benchmarks/bench_losses.py`).
-
-One row per kernel, input dtype, access pattern and target, over the autotune
-configurations the kernel keeps for that pattern (`configs`). The pattern and the
-vector width `VEC` (elements) are what the host picks for a typical input: head maps
-`[16, C, 100, 168]` (C = 80 for BCDL, 68 for DFL) in channels_last (channels
-contiguous) and NCHW (locations contiguous) memory format, and 358,400 boxes
-`[N, 4]`, contiguous and column-major. DFL maps of 16-bit types use 8-byte vectors
-(`_DFL_VECTOR_BYTES`). Main loads and stores are those of the inputs (`zs`, `zt`,
-`p`, `t`, `rs`, `rt`) and of the full-size gradients (`g`, `gp`, `gt`), with the
-`#blocked` layout of their TTGIR: `order` lists the dimensions fastest first, and
-`sizePerThread` along the first must be `VEC`. PTX global accesses (of the row's
-first configuration, per-location weights, gradients and losses included) are
-counted per instruction by width (`v4.b32` is 16 bytes, `v2.b32` 8, `v1.b16` one
-16-bit element); the check itself traces each access's address to its pointer
-argument and requires every access of each main input and gradient to be `VEC`
-wide by itself.
-`vectorised` is the `--check` verdict; "-" for the element-by-element pattern.
-Registers and spills are those of every compiled configuration; other code paths
-(beta modes, weight or none, class and bin tiles, the GIoU backward's output mask)
-are compiled by the check too and are not listed.
-"""
-
-REDUCTION_INTRO = """
-## Reductions: the same order in every configuration kept
-
-The autotuner picks a configuration by timing, so two processes may run different
-ones. The kernels that reduce over a tile of channels (the BCDL forward's sum and
-maximum over a class tile, the DFL decode's over a tile of bins) give the same bits
-in every configuration only if each spreads the reduced axis over registers, lanes
-and warps alike, the order in which the reduction combines the values
-(`triton_ops._IN_THREAD`). The check reads every `tt.reduce` of the TTGIR and fails
-if the configurations kept for one access pattern and channel tile differ in any.
-One row per kernel, dtype and access pattern, over both targets: the channel tiles
-compiled (`BLOCK_C`, `NB`, with the number of configurations kept for each), each at
-every configuration kept: in float32 every tile the host can pass, and with locations
-contiguous also the vector widths of location counts that are not a multiple of 4;
-in bfloat16 the typical input's tile; float16, whose code is bfloat16's, at one
-configuration. Then the layouts of the reduced axes, as
-`extent = sizePerThread/threadsPerWarp/warpsPerCTA` along the axis (`4 = 1/1/1`: a
-thread holds the 4 values and combines them in order).
-"""
-
-
-def write_markdown(path, rows, versions, archs):
-    ev = evidence_rows(rows)
-    lines = [MARKDOWN_INTRO.format(path=path, versions=versions, targets=", ".join(f"sm_{a}" for a in archs),
-                                   n=len(rows)),
-             "| kernel | dtype | pattern | VEC | arch | configs | registers | spills | main loads (TTGIR layout) "
-             "| main stores | PTX global loads | PTX global stores | vectorised |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for e in ev:
-        regs = f"{e['regs'][0]}-{e['regs'][1]}" if e["regs"][0] != e["regs"][1] else str(e["regs"][0])
-        ok = "-" if e["vec"] == 1 else ("yes" if e["vector_ok"] else "**no**")
-        lines.append(f"| {e['kernel']} | {DTYPES[e['dtype']]} | {e['pattern']} | {e['vec']} | sm_{e['arch']} | "
-                     f"{e['configs']} | {regs} | {e['spills']} | {e['loads'] or '-'} | {e['stores'] or '-'} | "
-                     f"{e['ptx_loads']} | {e['ptx_stores']} | {ok} |")
-    lines += [REDUCTION_INTRO,
-              "| kernel | dtype | pattern | VEC | channel tiles (configurations) | reduced axes | same order |",
-              "|---|---|---|---|---|---|---|"]
-    for e in reduction_rows(rows):
-        lines.append(f"| {e['kernel']} | {DTYPES[e['dtype']]} | {e['pattern']} | {e['vec']} | "
-                     f"{e['tile']} {e['tiles']} | {e['spreads']} | {'yes' if e['same'] else '**no**'} |")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-
-
-def problems(rows):
-    """Why --check fails, one line each: compile errors, spills, main accesses
-    that are not vector wide, and configurations kept for one access pattern
-    and channel tile whose reductions differ (so that the autotuner's choice,
-    which depends on timing, would change the bits of the result)."""
-    out = []
-    for r in rows:
-        if r["error"] is not None:
-            what = r["error"]
-        elif r["spill_stores"]:
-            what = f"spills: {r['spill_stores']} local stores, {r['regs']} registers, stack {r['stack']} B"
-        elif vector_problems(r):
-            what = "not vectorised: " + "; ".join(vector_problems(r))
-        else:
-            continue
-        out.append(f"FAILED {r['kernel']} sm_{r['arch']} {r['dtype']} {r['constexprs']} {r['config']}: {what}")
-    for a, b in reduction_mismatches(rows):
-        fmt = lambda r: "; ".join(_fmt_reduction(x) for x in r["reductions"]) or "none"  # noqa: E731
-        out.append(f"FAILED {a['kernel']} sm_{a['arch']} {a['dtype']} {a['constexprs']}: the configurations "
-                   f"{a['config']} and {b['config']} reduce in different orders (extent = per thread/lanes/warps: "
-                   f"{fmt(a)} vs {fmt(b)})")
-    return out
 
 
 def main(argv=None):
@@ -652,7 +465,7 @@ def main(argv=None):
     import triton
     import torch
 
-    jobs = [(*v, arch) for arch in args.arch for v in variants(_ops())]
+    jobs = [(*v, arch, None) for arch in args.arch for v in variants(_ops())] + runtime_jobs(_ops(), args.arch)
     start = time.perf_counter()
     # A cache of its own: every variant is compiled now, none read back from an
     # earlier run.
@@ -664,39 +477,7 @@ def main(argv=None):
 
     print(f"triton {triton.__version__}, torch {torch.__version__}: {len(rows)} kernel variants, "
           f"{wall:.0f} s on {args.jobs} processes")
-    by_kernel = collections.defaultdict(list)
-    for r in rows:
-        by_kernel[(r["kernel"], r["arch"])].append(r)
-    print(f"{'kernel':<20} {'arch':>5} {'variants':>8} {'compiled':>8} {'registers':>10} {'spills':>6}")
-    for (name, arch), rs in sorted(by_kernel.items()):
-        ok = [r for r in rs if r["error"] is None]
-        spills = [r for r in ok if r["spill_stores"]]
-        regs = f"{min(r['regs'] for r in ok)}-{max(r['regs'] for r in ok)}" if ok else "-"
-        print(f"{name:<20} {'sm_' + str(arch):>5} {len(rs):>8} {len(ok):>8} {regs:>10} {len(spills):>6}")
-    for arch in args.arch:
-        n = sum(1 for r in rows if r["arch"] == arch and r["error"] is None)
-        print(f"sm_{arch}: {n} of {sum(1 for r in rows if r['arch'] == arch)} variants compiled")
-    print(f"{'kernel':<20} {'dtype':>5} {'pattern':<21} {'VEC':>3} {'arch':>5} {'registers':>9} {'spills':>6} "
-          f"{'PTX loads':<24} {'PTX stores':<24} vectorised")
-    for e in evidence_rows(rows):
-        regs = f"{e['regs'][0]}-{e['regs'][1]}"
-        ok = "-" if e["vec"] == 1 else ("yes" if e["vector_ok"] else "NO")
-        print(f"{e['kernel']:<20} {DTYPES[e['dtype']]:>5} {e['pattern']:<21} {e['vec']:>3} {'sm_' + str(e['arch']):>5} "
-              f"{regs:>9} {e['spills']:>6} {e['ptx_loads']:<24} {e['ptx_stores']:<24} {ok}")
-    print(f"{'kernel':<20} {'dtype':>5} {'pattern':<21} {'VEC':>3} {'tiles (configurations)':<34} same order")
-    for e in reduction_rows(rows):
-        print(f"{e['kernel']:<20} {DTYPES[e['dtype']]:>5} {e['pattern']:<21} {e['vec']:>3} "
-              f"{e['tile'] + ' ' + e['tiles']:<34} {'yes' if e['same'] else 'NO'}  {e['spreads']}")
-    failures = problems(rows)
-    for line in failures:
-        print(line)
-    if args.show_layouts:
-        for (name, arch), rs in sorted(by_kernel.items()):
-            first = next((r for r in rs if r["ttgir"]), None)
-            if first is not None:
-                print(f"{name} sm_{arch} {first['dtype']} {first['config']}:")
-                for layout in blocked_layouts(first["ttgir"]):
-                    print("    " + layout)
+    failures = print_report(rows, args.arch, args.show_layouts)
     if args.write:
         write_markdown(args.write, rows, f"triton {triton.__version__}, torch {torch.__version__}", args.arch)
     if args.check and failures:

@@ -110,7 +110,7 @@ def _ops(implementation):
 
         return {f: (getattr(reference, name), None) for f, name in FORWARD.items()}
     if implementation == "triton":
-        from bckd_kernels import triton_ops  # noqa: F401  (registers the *_triton ops)
+        import bckd_kernels.triton  # noqa: F401  (registers the *_triton ops)
 
         return {f: (getattr(ops, name + "_triton"), getattr(ops, f"_{name}_backward_triton"))
                 for f, name in FORWARD.items()}

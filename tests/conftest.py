@@ -48,7 +48,7 @@ class Backend:
         """torch.ops.bckd.<name> (forward or backward op), or its Triton twin <name>_triton."""
         if self.implementation == "extension":
             return getattr(torch.ops.bckd, name)
-        from bckd_kernels import triton_ops  # noqa: F401  (registers the *_triton ops)
+        import bckd_kernels.triton  # noqa: F401  (registers the *_triton ops)
 
         return getattr(torch.ops.bckd, name + "_triton")
 

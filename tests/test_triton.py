@@ -11,7 +11,7 @@ from conftest import HAS_CUDA, as_layout, assert_compiles, box_pairs, make
 triton = pytest.importorskip("triton")
 
 import bckd_kernels  # noqa: E402
-from bckd_kernels import triton_ops  # noqa: E402, F401  (registers the *_triton operators)
+import bckd_kernels.triton  # noqa: E402, F401  (registers the *_triton operators)
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 pytestmark = [pytest.mark.kernels, pytest.mark.triton]
@@ -82,3 +82,38 @@ def test_giou_autograd_asks_only_for_the_gradients_needed(wrt):
         assert (inputs[i].grad is not None) == (i in wrt)
         if i in wrt:
             assert torch.equal(inputs[i].grad, full[i])
+
+
+IMPORT_ALONE = """
+import os, sys, types, warnings
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+package = types.ModuleType("bckd_kernels")  # the package without its __init__
+package.__path__ = [sys.argv[1]]
+sys.modules["bckd_kernels"] = package
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import bckd_kernels.triton
+    s = torch.randn(3, 5, requires_grad=True)
+    loss, _ = torch.ops.bckd.bin_cls_distill_triton(s, torch.randn(3, 5), None, 1.0)
+    loss.sum().backward()
+loaded = [m for m in ("bckd_kernels._ops", "bckd_kernels._C") if m in sys.modules]
+about = [str(w.message) for w in caught if "bckd" in str(w.message) or "extension" in str(w.message)]
+print(loaded, about, bool(s.grad.abs().sum() > 0))
+"""
+
+
+def test_the_triton_package_needs_no_extension():
+    """Importing bckd_kernels.triton (its ops and their autograd) loads neither
+    the extension nor its loader, bckd_kernels._ops, and warns nothing about
+    them: in a fresh process, the package alone (bckd_kernels' own __init__,
+    which loads the extension for the functional API, left out), an op runs
+    forward and backward."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", IMPORT_ALONE, os.path.dirname(bckd_kernels.__file__)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.split("\n")[-2] == "[] [] True", proc.stdout + proc.stderr[-4000:]

@@ -1,4 +1,4 @@
-"""The Triton kernels' three access patterns (triton_ops._plan): locations
+"""The Triton kernels' three access patterns (bckd_kernels.triton.common.plan): locations
 contiguous (NCHW maps, column-major rows and boxes), channels contiguous
 (channels_last maps, contiguous rows and boxes) and any other strides, each
 with the vector widths its sizes allow, against the float64 reference forward
@@ -11,7 +11,10 @@ from conftest import DEVICES, HAS_CUDA, assert_matches, loc_shape
 
 pytest.importorskip("triton")
 
-from bckd_kernels import reference, triton_ops  # noqa: E402
+from bckd_kernels import reference  # noqa: E402
+from bckd_kernels.triton import bcdl, common, dfl, giou  # noqa: E402
+
+ACCESS = {"strided": int(common.STRIDED), "locations": int(common.LOCATIONS), "channels": int(common.CHANNELS)}
 
 pytestmark = [pytest.mark.kernels, pytest.mark.triton]
 
@@ -76,27 +79,27 @@ def _dense(x):
 
 
 MAP_CASES = [
-    # layout, shape, the pattern the plan must pick (for float32 inputs)
-    ("nchw", (2, 80, 4, 8), 1),
-    ("nchw", (2, 11, 5, 7), 1),
-    ("channels_last", (2, 80, 3, 5), 2),
-    ("channels_last", (1, 13, 3, 3), 2),
-    ("rows", (37, 80), 2),
-    ("rows_transposed", (40, 80), 1),
-    ("rows_transposed", (37, 13), 1),
-    ("strided", (2, 6, 3, 4), 0),
-    ("sliced", (2, 80, 3, 4), 1),
-    ("offset", (2, 80, 4, 8), 1),
+    # layout, shape, the access the plan must pick (for float32 inputs)
+    ("nchw", (2, 80, 4, 8), "locations"),
+    ("nchw", (2, 11, 5, 7), "locations"),
+    ("channels_last", (2, 80, 3, 5), "channels"),
+    ("channels_last", (1, 13, 3, 3), "channels"),
+    ("rows", (37, 80), "channels"),
+    ("rows_transposed", (40, 80), "locations"),
+    ("rows_transposed", (37, 13), "locations"),
+    ("strided", (2, 6, 3, 4), "strided"),
+    ("sliced", (2, 80, 3, 4), "locations"),
+    ("offset", (2, 80, 4, 8), "locations"),
 ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout, shape, pattern", MAP_CASES)
-def test_bin_cls_distill_layouts(device, dtype, layout, shape, pattern):
+@pytest.mark.parametrize("layout, shape, access", MAP_CASES)
+def test_bin_cls_distill_layouts(device, dtype, layout, shape, access):
     s = in_layout(_values(shape, dtype, device, 0), layout)
     t = in_layout(_values(shape, dtype, device, 1), layout)
-    assert triton_ops._plan(s, t, channels=shape[1]).layout == pattern
+    assert common.plan(s, t, channels=shape[1]).access == ACCESS[access]
     w = torch.rand(loc_shape(s), generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
     gout = _values(loc_shape(s), torch.float64, device, 3, 1.0)
     _check(lambda a, b, c: torch.ops.bckd.bin_cls_distill_triton(a, b, c.float(), 1.0),
@@ -105,23 +108,23 @@ def test_bin_cls_distill_layouts(device, dtype, layout, shape, pattern):
 
 
 DFL_CASES = [
-    ("nchw", (2, 68, 4, 8), 16, 1),
-    ("channels_last", (2, 68, 3, 5), 16, 2),
-    ("rows", (37, 68), 16, 2),
-    ("rows", (5, 164), 40, 2),
-    ("rows_transposed", (40, 68), 16, 1),
-    ("channels_last", (1, 8, 2, 3), 1, 2),
-    ("strided", (2, 68, 2, 3), 16, 0),
+    ("nchw", (2, 68, 4, 8), 16, "locations"),
+    ("channels_last", (2, 68, 3, 5), 16, "channels"),
+    ("rows", (37, 68), 16, "channels"),
+    ("rows", (5, 164), 40, "channels"),
+    ("rows_transposed", (40, 68), 16, "locations"),
+    ("channels_last", (1, 8, 2, 3), 1, "channels"),
+    ("strided", (2, 68, 2, 3), 16, "strided"),
 ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout, shape, reg_max, pattern", DFL_CASES)
-def test_dfl_giou_distill_layouts(device, dtype, layout, shape, reg_max, pattern):
+@pytest.mark.parametrize("layout, shape, reg_max, access", DFL_CASES)
+def test_dfl_giou_distill_layouts(device, dtype, layout, shape, reg_max, access):
     s = in_layout(_values(shape, dtype, device, 4), layout)
     t = in_layout(_values(shape, dtype, device, 5), layout)
-    assert triton_ops._plan(s, t, channels=shape[1]).layout == pattern
+    assert common.plan(s, t, channels=shape[1]).access == ACCESS[access]
     gout = _values(loc_shape(s), torch.float64, device, 6, 1.0)
     _check(lambda a, b: torch.ops.bckd.dfl_giou_distill_triton(a, b, reg_max, 1e-6),
            lambda a, b, **kw: reference.dfl_giou_distill(a, b, reg_max, 1e-6, **kw),
@@ -139,11 +142,11 @@ def _boxes(n, dtype, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout, n, pattern", [("rows", 300, 2), ("rows", 301, 2), ("rows", 1, 2), ("rows_transposed", 300, 1),
-                                                ("rows_transposed", 257, 1), ("strided", 300, 0), ("offset", 300, 2)])
-def test_paired_giou_layouts(device, dtype, layout, n, pattern):
+@pytest.mark.parametrize("layout, n, access", [("rows", 300, "channels"), ("rows", 301, "channels"), ("rows", 1, "channels"), ("rows_transposed", 300, "locations"),
+                                                ("rows_transposed", 257, "locations"), ("strided", 300, "strided"), ("offset", 300, "channels")])
+def test_paired_giou_layouts(device, dtype, layout, n, access):
     p, t = (in_layout(x, layout) for x in _boxes(n, dtype, device))
-    assert triton_ops._box_plan(p, t)[0] == pattern
+    assert giou.box_plan(p, t)[0] == ACCESS[access]
     gout = _values((n,), torch.float64, device, 8, 1.0)
     _check(lambda a, b: torch.ops.bckd.paired_giou_triton(a, b, 1e-6),
            lambda a, b, **kw: reference.paired_giou(a, b, **kw),
@@ -154,7 +157,7 @@ def test_mixed_layouts_fall_back_to_any_strides():
     """A channels_last student with an NCHW teacher: no pattern suits both."""
     s = _values((2, 80, 3, 4), torch.float32, "cpu", 9).contiguous(memory_format=torch.channels_last)
     t = _values((2, 80, 3, 4), torch.float32, "cpu", 10)
-    assert triton_ops._plan(s, t, channels=80).layout == 0
+    assert common.plan(s, t, channels=80).access == common.STRIDED
     if HAS_CUDA:
         s, t = s.cuda(), t.cuda()
     gout = _values((2, 3, 4), torch.float64, s.device, 11, 1.0)
@@ -166,24 +169,24 @@ def test_mixed_layouts_fall_back_to_any_strides():
 @pytest.mark.parametrize("dtype, vec", [(torch.float32, 4), (torch.bfloat16, 8)])
 def test_plan_vector_width(dtype, vec):
     """Vector widths (in elements) the plan passes for typical head maps: 16
-    bytes, 8 for the DFL maps of 16-bit types (_DFL_VECTOR_BYTES), none where
+    bytes, 8 for the DFL maps of 16-bit types (dfl.DFL_VECTOR_BYTES), none where
     the sizes do not allow it."""
     nchw = torch.empty(2, 80, 99, 167, dtype=dtype, device="meta")
     last = nchw.contiguous(memory_format=torch.channels_last)
-    assert triton_ops._plan(last, last, channels=80)[2:4] == (2, vec)
-    assert triton_ops._plan(nchw, nchw, channels=80)[2:4] == (1, 1)  # 99 x 167 locations: odd
+    assert common.plan(last, last, channels=80)[2:4] == (common.CHANNELS, vec)
+    assert common.plan(nchw, nchw, channels=80)[2:4] == (common.LOCATIONS, 1)  # 99 x 167 locations: odd
     even = torch.empty(2, 80, 100, 168, dtype=dtype, device="meta")
-    assert triton_ops._plan(even, even, channels=80)[2:4] == (1, vec)
-    dfl = torch.empty(2, 68, 100, 168, dtype=dtype, device="meta").contiguous(memory_format=torch.channels_last)
-    most = triton_ops._DFL_VECTOR_BYTES[dfl.element_size()]
-    assert triton_ops._plan(dfl, dfl, channels=68, most_bytes=most)[2:4] == (2, 4)
+    assert common.plan(even, even, channels=80)[2:4] == (common.LOCATIONS, vec)
+    reg = torch.empty(2, 68, 100, 168, dtype=dtype, device="meta").contiguous(memory_format=torch.channels_last)
+    most = dfl.DFL_VECTOR_BYTES[reg.element_size()]
+    assert common.plan(reg, reg, channels=68, most_bytes=most)[2:4] == (common.CHANNELS, 4)
 
 
 def test_autotune_key_is_bucketed():
     """Location counts of one power-of-two bucket share one autotuning key."""
-    assert len({triton_ops._bucket(n) for n in (22400, 25000, 32768)}) == 1
-    for kernel in (triton_ops._bcdl_fwd_kernel, triton_ops._bcdl_bwd_kernel, triton_ops._giou_fwd_kernel,
-                   triton_ops._giou_bwd_kernel, triton_ops._dfl_fwd_kernel, triton_ops._dfl_bwd_kernel):
+    assert len({common.bucket(n) for n in (22400, 25000, 32768)}) == 1
+    for kernel in (bcdl._bcdl_fwd_kernel, bcdl._bcdl_bwd_kernel, giou._giou_fwd_kernel, giou._giou_bwd_kernel,
+                   dfl._dfl_fwd_kernel, dfl._dfl_bwd_kernel):
         assert "n_bucket" in kernel.keys and "n_loc" not in kernel.keys
 
 
@@ -196,14 +199,14 @@ def test_reducing_kernels_tune_among_one_reduction_order():
     channels alike: benchmarks/triton_compile.py --check compares them)."""
     import triton
 
-    blocks = [(16, 4), (32, 4)]
-    configs = [triton.Config({"BLOCK_L": b}, num_warps=w) for b, w in blocks + triton_ops._IN_THREAD]
-    prune = triton_ops._vector_fit(triton_ops._bin_lanes, blocks, reduces=True)
+    blocks = list(common.PRESETS["dfl"].blocks)
+    configs = [triton.Config({"BLOCK_L": b}, num_warps=w) for b, w in blocks + common.IN_THREAD]
+    prune = common.vector_fit(common.PRESETS["dfl"].lanes, blocks, reduces=True)
     for vec in (1, 2, 4):
-        kept = prune(configs, {}, LAYOUT=1, VEC=vec, NB=triton_ops._bins_block(17, 1, vec))
+        kept = prune(configs, {}, ACCESS=common.LOCATIONS, VEC=vec, NB=dfl.bins_block(17, common.LOCATIONS, vec))
         assert len(kept) == 2 and all(c.kwargs["BLOCK_L"] == vec * 32 * c.num_warps for c in kept)
-    kept = prune(configs, {}, LAYOUT=2, VEC=4, NB=32)
+    kept = prune(configs, {}, ACCESS=common.CHANNELS, VEC=4, NB=32)
     assert [(c.kwargs["BLOCK_L"], c.num_warps) for c in kept] == blocks
-    assert len(prune(configs, {}, LAYOUT=2, VEC=4, NB=8)) == 1  # 1 or 2 elements per thread: none fits
-    plain = triton_ops._vector_fit(triton_ops._bin_lanes, blocks, reduces=False)
-    assert len(plain(configs[:2], {}, LAYOUT=2, VEC=4, NB=8)) == 2
+    assert len(prune(configs, {}, ACCESS=common.CHANNELS, VEC=4, NB=8)) == 1  # 1 or 2 elements per thread: none fits
+    plain = common.vector_fit(common.PRESETS["dfl"].lanes, blocks, reduces=False)
+    assert len(plain(configs[:2], {}, ACCESS=common.CHANNELS, VEC=4, NB=8)) == 2
