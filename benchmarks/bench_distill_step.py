@@ -29,7 +29,7 @@ from bckd_train import distill, gfl, loading, runtime
 from bckd_train.config import get_config
 from bckd_train.model import GFL
 
-BACKENDS = ("auto", "reference")
+COMPARED = ("auto", "reference")  # the backend arguments timed side by side
 
 
 def setup(dataset, device):
@@ -97,15 +97,15 @@ def main(argv=None):
     for dataset in args.datasets:
         cfg, student, teacher, images, masks, targets = setup(dataset, device)
         for what, factory in (("losses", make_losses), ("step", make_step)):
-            fns = {b: factory(cfg, student, teacher, images, masks, targets, b) for b in BACKENDS}
-            times = {b: [] for b in BACKENDS}
+            fns = {b: factory(cfg, student, teacher, images, masks, targets, b) for b in COMPARED}
+            times = {b: [] for b in COMPARED}
             for i in range(args.repeat + 2):
-                for b in BACKENDS:  # alternating: both see the same machine state
+                for b in COMPARED:  # alternating: both see the same machine state
                     ms = runtime.timed(fns[b], device) * 1e3
                     if i >= 2:
                         times[b].append(ms)
-            peaks = {b: peak_extra_bytes(fns[b], device) / 2**20 for b in BACKENDS}
-            med = {b: statistics.median(times[b]) for b in BACKENDS}
+            peaks = {b: peak_extra_bytes(fns[b], device) / 2**20 for b in COMPARED}
+            med = {b: statistics.median(times[b]) for b in COMPARED}
             lines.append(f"| {dataset} | {cfg.batch_size} × {tuple(images.shape[-2:])} | {what} | {med['auto']:.1f} | "
                          f"{med['reference']:.1f} | {med['reference'] / med['auto']:.2f}x | {peaks['auto']:.1f} | "
                          f"{peaks['reference']:.1f} |")

@@ -1,6 +1,6 @@
 """Cross-process determinism of the fused ops, and torch.compile over the Triton ones.
 
-    python benchmarks/gpu_determinism.py [--device cuda] [--backends triton,extension] [--no-compile]
+    python benchmarks/gpu_determinism.py [--device cuda] [--implementations triton,extension] [--no-compile]
 
 Two processes, side by side, compute the same ops on the same seeded inputs and
 hash the bits of every output and gradient; the check passes when the
@@ -8,7 +8,7 @@ two processes' hashes are equal, and each process's repeat of a case too. Cases:
 BCDL (``bcdl_loss``, per-location loss and max |sigma(zt) - sigma(zs)|, gradient of the
 student), ILDL (``ildl_loss``) and paired GIoU (``giou_loss``), per-location outputs
 (``reduction="none"``) under a random upstream gradient, in float32 and bfloat16
-(float16 left out for time), head maps NCHW and channels_last, on each backend (the
+(float16 left out for time), head maps NCHW and channels_last, on each implementation (the
 Triton kernels, autotuned afresh in each process, and the extension's CUDA ops when
 it loaded).
 
@@ -20,7 +20,7 @@ and the compiled results' bits equal in both processes too.
 Without a CUDA GPU, --device cuda prints one line and exits 3 (skipped);
 benchmarks/gpu_run.sh counts that as a failure on a GPU machine. --device cpu runs the
 same check on the extension's CPU kernels (the Triton ones through the interpreter
-with --backends triton: slow), which is how the tests exercise it. Exit 0: passed,
+with --implementations triton: slow), which is how the tests exercise it. Exit 0: passed,
 1: a mismatch or an error (listed), 3: skipped.
 """
 
@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def child_main(args):
-    if args.device == "cpu" and "triton" in args.backends:
+    if args.device == "cpu" and "triton" in args.implementations:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the Triton kernels are defined
     import torch
 
@@ -46,8 +46,8 @@ def child_main(args):
     from bckd_kernels import functional as F
 
     device = torch.device(args.device)
-    backends = [b for b in args.backends if b != "extension" or bckd_kernels.HAS_EXTENSION]
-    result = {"cases": {}, "repeat_mismatch": [], "backends": backends, "errors": [],
+    implementations = [i for i in args.implementations if i != "extension" or bckd_kernels.HAS_EXTENSION]
+    result = {"cases": {}, "repeat_mismatch": [], "implementations": implementations, "errors": [],
               "extension": bool(bckd_kernels.HAS_EXTENSION)}
 
     def digest(tensors, perturb=False):
@@ -82,10 +82,10 @@ def child_main(args):
         gout = torch.randn(b, h, w, generator=g, dtype=torch.float64).to(dtype).to(device)
         return s, t, weight, gout
 
-    def run(loss, backend, dtype, layout, seed):
+    def run(loss, implementation, dtype, layout, seed):
         s, t, weight, gout = inputs(loss, dtype, layout, seed)
         s = s.requires_grad_()
-        name = device.type if backend == "extension" else backend
+        name = device.type if implementation == "extension" else implementation
         if loss == "bcdl":
             out, mad = F.bcdl_loss(s, t, weight, reduction="none", return_max_abs_diff=True, backend=name)
             outs = [out, mad]
@@ -97,15 +97,15 @@ def child_main(args):
         return outs + [s.grad]
 
     seed = 0
-    for backend in backends:
+    for implementation in implementations:
         for loss in ("bcdl", "ildl", "giou"):
             for dtype in (torch.float32, torch.bfloat16):
                 for layout in (("nchw",) if loss == "giou" else ("nchw", "channels_last")):
                     seed += 1
-                    case = f"{loss} {backend} {str(dtype).replace('torch.', '')} {layout}"
+                    case = f"{loss} {implementation} {str(dtype).replace('torch.', '')} {layout}"
                     try:
-                        first = digest(run(loss, backend, dtype, layout, seed), perturb=args.perturb)
-                        if digest(run(loss, backend, dtype, layout, seed), perturb=args.perturb) != first:
+                        first = digest(run(loss, implementation, dtype, layout, seed), perturb=args.perturb)
+                        if digest(run(loss, implementation, dtype, layout, seed), perturb=args.perturb) != first:
                             result["repeat_mismatch"].append(case)
                         result["cases"][case] = first
                     except Exception as exc:  # one broken case is reported, the others still run
@@ -161,7 +161,7 @@ def parent_main(args):
         for k in range(2):  # at the same time: each autotunes the Triton kernels while the other runs
             paths.append(os.path.join(tmp, f"process{k}.json"))
             cmd = [sys.executable, os.path.abspath(__file__), "--child", paths[k], "--device", args.device,
-                   "--backends", ",".join(args.backends), "--shape", *map(str, args.shape)]
+                   "--implementations", ",".join(args.implementations), "--shape", *map(str, args.shape)]
             cmd += [] if args.compile else ["--no-compile"]
             cmd += ["--perturb"] if args.self_test_mismatch and k == 1 else []
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -177,9 +177,9 @@ def parent_main(args):
     problems += [f"not repeatable within process {k + 1}: {c}" for k, r in enumerate(results) for c in r["repeat_mismatch"]]
     differ = sorted(c for c in a["cases"] if b["cases"].get(c) != a["cases"][c])
     problems += [f"bits differ between the 2 processes: {c}" for c in differ]
-    if args.device.startswith("cuda") and "extension" in args.backends and not a["extension"]:
+    if args.device.startswith("cuda") and "extension" in args.implementations and not a["extension"]:
         problems.append("the extension did not load: its CUDA ops were not checked")
-    print(f"determinism: {len(a['cases'])} cases (BCDL, ILDL, GIoU x {', '.join(a['backends'])} x float32, bfloat16 "
+    print(f"determinism: {len(a['cases'])} cases (BCDL, ILDL, GIoU x {', '.join(a['implementations'])} x float32, bfloat16 "
           f"x NCHW, channels_last) on {args.device}, outputs and gradients hashed, in 2 processes and "
           f"repeated in each: {len(a['cases']) - len(differ)} equal across processes")
     if args.compile:
@@ -203,7 +203,7 @@ def parent_main(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--backends", default="triton,extension", type=lambda s: s.split(","),
+    parser.add_argument("--implementations", default="triton,extension", type=lambda s: s.split(","),
                         help="comma-separated: triton, extension (default both)")
     parser.add_argument("--shape", type=int, nargs=3, default=[2, 48, 70], metavar=("B", "H", "W"),
                         help="head maps [B, C, H, W] (C = 80 or 68); B*H*W boxes for GIoU (default 2 48 70)")
@@ -213,9 +213,9 @@ def main(argv=None):
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--perturb", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in args.backends:
+    for name in args.implementations:
         if name not in ("triton", "extension"):
-            parser.error(f"--backends: {name!r} is not triton or extension")
+            parser.error(f"--implementations: {name!r} is not triton or extension")
     return child_main(args) if args.child else parent_main(args)
 
 

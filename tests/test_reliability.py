@@ -159,7 +159,7 @@ def test_cross_process_determinism_check_passes_and_catches_one_bit():
 
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
                           "gpu_determinism.py")
-    base = [sys.executable, script, "--device", "cpu", "--backends", "extension", "--no-compile", "--shape", "1", "5", "7"]
+    base = [sys.executable, script, "--device", "cpu", "--implementations", "extension", "--no-compile", "--shape", "1", "5", "7"]
     ok = subprocess.run(base, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "10 equal across processes" in ok.stdout and ok.stdout.rstrip().endswith("passed")
