@@ -11,6 +11,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import bckd_kernels  # noqa: E402
+from bckd_kernels import _contract  # noqa: E402
 from bckd_kernels.functional import BACKENDS  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
@@ -172,9 +173,7 @@ def as_layout(x, layout):
     raise ValueError(layout)
 
 
-def loc_shape(x):
-    """The per-location shape of a [N, C] or [B, C, H, W] map: [N] or [B, H, W]."""
-    return (x.shape[0],) if x.dim() == 2 else (x.shape[0], x.shape[2], x.shape[3])
+loc_shape = _contract.location_shape  # [N] or [B, H, W] for a [N, C] or [B, C, H, W] map
 
 
 def make(shape, layout, dtype, device, *, scale=3.0, seed=0, weight=True):
