@@ -20,15 +20,18 @@ using at::vec::Vectorized;
 // Native: the register of one Vectorized<float> (kLanes floats); NativeOps:
 // the float operations on it that the fast maths below and transpose_tile
 // (channels.h) are written in, one intrinsic each. Both instruction sets name
-// their intrinsics alike but for the prefix (BCKD_MM) and the 32-bit integer
-// register's cast and the rounding intrinsic.
+// their intrinsics alike but for the prefix (BCKD_MM(op)), the integer
+// register's suffix (BCKD_MM_INT(op_)), the cast from it and the rounding;
+// channels.h writes its conversions with the same macros.
 #if defined(CPU_CAPABILITY_AVX2)
 #define BCKD_MM(op) _mm256_##op
+#define BCKD_MM_INT(op_) _mm256_##op_##si256
 #define BCKD_MM_CAST_INT_PS _mm256_castsi256_ps
 #define BCKD_MM_ROUND_PS _mm256_round_ps
 using Native = __m256;
 #elif defined(CPU_CAPABILITY_AVX512)
 #define BCKD_MM(op) _mm512_##op
+#define BCKD_MM_INT(op_) _mm512_##op_##si512
 #define BCKD_MM_CAST_INT_PS _mm512_castsi512_ps
 #define BCKD_MM_ROUND_PS _mm512_roundscale_ps
 using Native = __m512;
@@ -37,6 +40,10 @@ using Native = __m512;
 #if defined(BCKD_MM)
 #define BCKD_CPU_SIMD 1
 constexpr int kLanes = static_cast<int>(sizeof(Native) / sizeof(float));
+// The integer register of Native's width, and the half-width one that holds
+// kLanes 16-bit floats.
+using NativeInt = std::conditional_t<kLanes == 8, __m256i, __m512i>;
+using Native16 = std::conditional_t<kLanes == 8, __m128i, __m256i>;
 
 struct NativeOps {
   static Native set1(float x) { return BCKD_MM(set1_ps)(x); }
@@ -59,9 +66,6 @@ struct NativeOps {
     return BCKD_MM(shuffle_ps)(a, b, IMM);
   }
 };
-#undef BCKD_MM
-#undef BCKD_MM_CAST_INT_PS
-#undef BCKD_MM_ROUND_PS
 #endif
 
 #if defined(BCKD_CPU_SIMD)
