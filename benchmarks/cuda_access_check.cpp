@@ -50,6 +50,11 @@ void expect_dfl(const char* what, const DflPlan& got, DflKernel kernel, int vec)
 // A 256-byte-aligned address, like the caching allocator's, plus `offset` bytes.
 void* addr(int64_t offset) { return reinterpret_cast<void*>(uintptr_t{1} << 20 | offset); }
 
+// The access plan of a student and a teacher of layout l, both at aligned addresses.
+AccessPlan plan_pair(const LocLayout& l, int64_t elem, std::initializer_list<int64_t> vec_bytes) {
+  return plan_access({{addr(0), &l}, {addr(0), &l}}, elem, vec_bytes);
+}
+
 // [B, C, H, W] contiguous, H and W merged (layout.h's make_layouts).
 LocLayout nchw(int64_t B, int64_t C, int64_t HW) {
   LocLayout l;
@@ -246,52 +251,39 @@ void check_giou() {
 
 int main() {
   const LocLayout a = nchw(16, 80, 22400), b = channels_last(16, 80, 22400);
-  expect_access("nchw float32: 4 locations per 16-byte load",
-                plan_access({{addr(0), &a}, {addr(0), &a}}, 4, {16}), Access::kLocations, 4, 1);
-  expect_access("nchw bfloat16: 8 locations per load",
-                plan_access({{addr(0), &a}, {addr(0), &a}}, 2, {16}), Access::kLocations, 8, 1);
-  expect_access("nchw float64 (no vector widths): scalar",
-                plan_access({{addr(0), &a}, {addr(0), &a}}, 8, {}), Access::kLocations, 1, 1);
+  expect_access("nchw float32: 4 locations per 16-byte load", plan_pair(a, 4, {16}), Access::kLocations, 4, 1);
+  expect_access("nchw bfloat16: 8 locations per load", plan_pair(a, 2, {16}), Access::kLocations, 8, 1);
+  expect_access("nchw float64 (no vector widths): scalar", plan_pair(a, 8, {}), Access::kLocations, 1, 1);
   expect_access("nchw, base 4 bytes off: scalar loads",
                 plan_access({{addr(0), &a}, {addr(4), &a}}, 4, {16}), Access::kLocations, 1, 1);
-  const LocLayout odd = nchw(2, 80, 22401);
   expect_access("nchw, H·W not a multiple of 4: scalar loads",
-                plan_access({{addr(0), &odd}, {addr(0), &odd}}, 4, {16}), Access::kLocations, 1, 1);
-  expect_access("channels_last float32, C = 80: 4 lanes × 5 float4",
-                plan_access({{addr(0), &b}, {addr(0), &b}}, 4, {16}), Access::kChannels, 4, 4);
+                plan_pair(nchw(2, 80, 22401), 4, {16}), Access::kLocations, 1, 1);
+  expect_access("channels_last float32, C = 80: 4 lanes × 5 float4", plan_pair(b, 4, {16}), Access::kChannels, 4, 4);
   expect_access("channels_last bfloat16, C = 80: 2 lanes × 5 vectors of 8",
-                plan_access({{addr(0), &b}, {addr(0), &b}}, 2, {16}), Access::kChannels, 8, 2);
+                plan_pair(b, 2, {16}), Access::kChannels, 8, 2);
   expect_access("channels_last + grad, base 8 bytes off: scalar, 16 lanes",
                 plan_access({{addr(0), &b}, {addr(0), &b}, {addr(8), &b}}, 4, {16}), Access::kChannels, 1, 16);
-  const LocLayout c81 = rows(1000, 81, 81, 1);
   expect_access("[N, 81] float32: scalar loads, 32 lanes × 3",
-                plan_access({{addr(0), &c81}, {addr(0), &c81}}, 4, {16}), Access::kChannels, 1, 32);
-  const LocLayout c1 = rows(1000, 1, 1, 1);
+                plan_pair(rows(1000, 81, 81, 1), 4, {16}), Access::kChannels, 1, 32);
   expect_access("[N, 1]: one location per lane, 4 per load",
-                plan_access({{addr(0), &c1}, {addr(0), &c1}}, 4, {16}), Access::kLocations, 4, 1);
-  const LocLayout col = rows(1000, 13, 1, 1000);
+                plan_pair(rows(1000, 1, 1, 1), 4, {16}), Access::kLocations, 4, 1);
   expect_access("[N, C] rows_transposed: kLocations",
-                plan_access({{addr(0), &col}, {addr(0), &col}}, 4, {16}), Access::kLocations, 4, 1);
-  const LocLayout strided = rows(37, 13, 27, 2);
+                plan_pair(rows(1000, 13, 1, 1000), 4, {16}), Access::kLocations, 4, 1);
   expect_access("[N, C] with both strides > 1: kLocations, scalar",
-                plan_access({{addr(0), &strided}, {addr(0), &strided}}, 4, {16}), Access::kLocations, 1, 1);
+                plan_pair(rows(37, 13, 27, 2), 4, {16}), Access::kLocations, 1, 1);
   expect_access("student nchw, teacher channels_last: kLocations, scalar",
                 plan_access({{addr(0), &a}, {addr(0), &b}}, 4, {16}), Access::kLocations, 1, 1);
   LocLayout hw1 = nchw(16, 80, 1);
   hw1.sc = 1;  // [B, C, 1, 1] contiguous: the channels are the contiguous dimension
-  expect_access("[B, C, 1, 1]: kChannels",
-                plan_access({{addr(0), &hw1}, {addr(0), &hw1}}, 4, {16}), Access::kChannels, 4, 4);
-  const LocLayout big = rows(2, 80, int64_t{1} << 31, 1);
+  expect_access("[B, C, 1, 1]: kChannels", plan_pair(hw1, 4, {16}), Access::kChannels, 4, 4);
   expect_access("bfloat16 rows 2^31 elements apart: kChannels, 16-byte loads",
-                plan_access({{addr(0), &big}, {addr(0), &big}}, 2, {16}), Access::kChannels, 8, 2);
+                plan_pair(rows(2, 80, int64_t{1} << 31, 1), 2, {16}), Access::kChannels, 8, 2);
   const LocLayout reg = channels_last(16, 68, 22400);
   expect_access("DFL channels_last float32, 68 channels: 16-byte loads",
-                plan_access({{addr(0), &reg}, {addr(0), &reg}}, 4, {16, 8}), Access::kChannels, 4, 4);
+                plan_pair(reg, 4, {16, 8}), Access::kChannels, 4, 4);
   expect_access("DFL channels_last bfloat16, 68 channels: 8-byte loads",
-                plan_access({{addr(0), &reg}, {addr(0), &reg}}, 2, {16, 8}), Access::kChannels, 4, 4);
-  const LocLayout regn = nchw(16, 68, 22400);
-  expect_access("DFL nchw: kLocations",
-                plan_access({{addr(0), &regn}, {addr(0), &regn}}, 4, {16, 8}), Access::kLocations, 4, 1);
+                plan_pair(reg, 2, {16, 8}), Access::kChannels, 4, 4);
+  expect_access("DFL nchw: kLocations", plan_pair(nchw(16, 68, 22400), 4, {16, 8}), Access::kLocations, 4, 1);
 
   expect("lanes_for(20) = 4", lanes_for(20) == 4);
   expect("lanes_for(10) = 2", lanes_for(10) == 2);

@@ -89,9 +89,45 @@ inline void store_row4_bits(int64_t u, scalar_t* r, int kn) {
 }
 #endif
 
+// bfloat16's rounded patterns r (one per 32-bit lane) as kLanes 16-bit
+// values, its quiet NaN where v is NaN.
+#if defined(CPU_CAPABILITY_AVX2)
+inline __m128i pack_bf16(__m256i r, const __m256& v) {
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  r = _mm256_packus_epi32(r, r);
+  return _mm_unpacklo_epi64(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+#elif defined(CPU_CAPABILITY_AVX512)
+inline __m256i pack_bf16(__m512i r, const __m512& v) {
+  r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7fc0));
+  return _mm512_cvtepi32_epi16(r);
+}
+#endif
+
+#if defined(BCKD_CPU_SIMD)
+// kLanes 16-bit floats to float and back, rounding to nearest even as c10's
+// conversions do (NaN: bfloat16's quiet NaN).
+template <typename scalar_t>
+inline Native widen(const Native16& x) {
+  if constexpr (std::is_same_v<scalar_t, at::Half>) return BCKD_MM(cvtph_ps)(x);
+  return BCKD_MM_CAST_INT_PS(BCKD_MM(slli_epi32)(BCKD_MM(cvtepu16_epi32)(x), 16));
+}
+
+template <typename scalar_t>
+inline Native16 narrow(const Native& v) {
+  if constexpr (std::is_same_v<scalar_t, at::Half>) {
+    return BCKD_MM(cvtps_ph)(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  } else {
+    const NativeInt u = BCKD_MM_INT(castps_)(v);
+    const NativeInt lsb = BCKD_MM_INT(and_)(BCKD_MM(srli_epi32)(u, 16), BCKD_MM(set1_epi32)(1));
+    const NativeInt bias = BCKD_MM(add_epi32)(lsb, BCKD_MM(set1_epi32)(0x7fff));
+    const NativeInt r = BCKD_MM(srli_epi32)(BCKD_MM(add_epi32)(u, bias), 16);
+    return pack_bf16(r, v);
+  }
+}
+#endif
+
 // Per instruction set:
-//   widen / narrow: kLanes 16-bit floats to float and back, rounding to
-//     nearest even as c10's conversions do (NaN: bfloat16's quiet NaN);
 //   row_lanes / store_row_lanes: the first kn ≤ kLanes elements of a row;
 //   transpose_lanes: kLanes × kLanes, a[i] lane j to a[j] lane i;
 //   broadcast_lane: lane i of v in every lane;
@@ -100,26 +136,6 @@ inline void store_row4_bits(int64_t u, scalar_t* r, int kn) {
 //   transpose_tile: 4 × 4 within each 128-bit block, so that tile_rows' a[i]
 //     become channel i of the kLanes locations.
 #if defined(CPU_CAPABILITY_AVX2)
-template <typename scalar_t>
-inline __m256 widen(const __m128i& x) {
-  if constexpr (std::is_same_v<scalar_t, at::Half>) return _mm256_cvtph_ps(x);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(x), 16));
-}
-
-template <typename scalar_t>
-inline __m128i narrow(const __m256& v) {
-  if constexpr (std::is_same_v<scalar_t, at::Half>) {
-    return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  } else {
-    const __m256i u = _mm256_castps_si256(v);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
-    r = _mm256_packus_epi32(r, r);
-    return _mm_unpacklo_epi64(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-  }
-}
-
 inline __m256i first_lanes8(int kn) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(kn), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
@@ -200,25 +216,6 @@ inline void store_tile_rows(const __m256& v, scalar_t* p, int64_t sw, int64_t n,
   }
 }
 #elif defined(CPU_CAPABILITY_AVX512)
-template <typename scalar_t>
-inline __m512 widen(const __m256i& x) {
-  if constexpr (std::is_same_v<scalar_t, at::Half>) return _mm512_cvtph_ps(x);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
-}
-
-template <typename scalar_t>
-inline __m256i narrow(const __m512& v) {
-  if constexpr (std::is_same_v<scalar_t, at::Half>) {
-    return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  } else {
-    const __m512i u = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-    r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7fc0));
-    return _mm512_cvtepi32_epi16(r);
-  }
-}
-
 inline __mmask16 first_lanes16(int kn) { return static_cast<__mmask16>((1u << kn) - 1u); }
 
 template <typename scalar_t>

@@ -19,56 +19,51 @@ using at::vec::Vectorized;
 
 // Native: the register of one Vectorized<float> (kLanes floats); NativeOps:
 // the float operations on it that the fast maths below and transpose_tile
-// (channels.h) are written in, one intrinsic each.
+// (channels.h) are written in, one intrinsic each. Both instruction sets name
+// their intrinsics alike but for the prefix (BCKD_MM(op)), the integer
+// register's suffix (BCKD_MM_INT(op_)), the cast from it and the rounding;
+// channels.h writes its conversions with the same macros.
 #if defined(CPU_CAPABILITY_AVX2)
-#define BCKD_CPU_SIMD 1
+#define BCKD_MM(op) _mm256_##op
+#define BCKD_MM_INT(op_) _mm256_##op_##si256
+#define BCKD_MM_CAST_INT_PS _mm256_castsi256_ps
+#define BCKD_MM_ROUND_PS _mm256_round_ps
 using Native = __m256;
-constexpr int kLanes = 8;
+#elif defined(CPU_CAPABILITY_AVX512)
+#define BCKD_MM(op) _mm512_##op
+#define BCKD_MM_INT(op_) _mm512_##op_##si512
+#define BCKD_MM_CAST_INT_PS _mm512_castsi512_ps
+#define BCKD_MM_ROUND_PS _mm512_roundscale_ps
+using Native = __m512;
+#endif
+
+#if defined(BCKD_MM)
+#define BCKD_CPU_SIMD 1
+constexpr int kLanes = static_cast<int>(sizeof(Native) / sizeof(float));
+// The integer register of Native's width, and the half-width one that holds
+// kLanes 16-bit floats.
+using NativeInt = std::conditional_t<kLanes == 8, __m256i, __m512i>;
+using Native16 = std::conditional_t<kLanes == 8, __m128i, __m256i>;
 
 struct NativeOps {
-  static Native set1(float x) { return _mm256_set1_ps(x); }
-  static Native add(const Native& a, const Native& b) { return _mm256_add_ps(a, b); }
-  static Native mul(const Native& a, const Native& b) { return _mm256_mul_ps(a, b); }
-  static Native div(const Native& a, const Native& b) { return _mm256_div_ps(a, b); }
-  static Native max(const Native& a, const Native& b) { return _mm256_max_ps(a, b); }
-  static Native fmadd(const Native& a, const Native& b, const Native& c) { return _mm256_fmadd_ps(a, b, c); }
-  static Native fnmadd(const Native& a, const Native& b, const Native& c) { return _mm256_fnmadd_ps(a, b, c); }
-  static Native round(const Native& x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static Native set1(float x) { return BCKD_MM(set1_ps)(x); }
+  static Native add(const Native& a, const Native& b) { return BCKD_MM(add_ps)(a, b); }
+  static Native mul(const Native& a, const Native& b) { return BCKD_MM(mul_ps)(a, b); }
+  static Native div(const Native& a, const Native& b) { return BCKD_MM(div_ps)(a, b); }
+  static Native max(const Native& a, const Native& b) { return BCKD_MM(max_ps)(a, b); }
+  static Native fmadd(const Native& a, const Native& b, const Native& c) { return BCKD_MM(fmadd_ps)(a, b, c); }
+  static Native fnmadd(const Native& a, const Native& b, const Native& c) { return BCKD_MM(fnmadd_ps)(a, b, c); }
+  static Native round(const Native& x) { return BCKD_MM_ROUND_PS(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   // 2^n for an integral n that keeps it a normal number: n + 127 in the exponent bits.
   static Native exp2i(const Native& n) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+    const auto biased = BCKD_MM(add_epi32)(BCKD_MM(cvtps_epi32)(n), BCKD_MM(set1_epi32)(127));
+    return BCKD_MM_CAST_INT_PS(BCKD_MM(slli_epi32)(biased, 23));
   }
-  static Native unpacklo(const Native& a, const Native& b) { return _mm256_unpacklo_ps(a, b); }
-  static Native unpackhi(const Native& a, const Native& b) { return _mm256_unpackhi_ps(a, b); }
+  static Native unpacklo(const Native& a, const Native& b) { return BCKD_MM(unpacklo_ps)(a, b); }
+  static Native unpackhi(const Native& a, const Native& b) { return BCKD_MM(unpackhi_ps)(a, b); }
   template <int IMM>
   static Native shuffle(const Native& a, const Native& b) {
-    return _mm256_shuffle_ps(a, b, IMM);
-  }
-};
-#elif defined(CPU_CAPABILITY_AVX512)
-#define BCKD_CPU_SIMD 1
-using Native = __m512;
-constexpr int kLanes = 16;
-
-struct NativeOps {
-  static Native set1(float x) { return _mm512_set1_ps(x); }
-  static Native add(const Native& a, const Native& b) { return _mm512_add_ps(a, b); }
-  static Native mul(const Native& a, const Native& b) { return _mm512_mul_ps(a, b); }
-  static Native div(const Native& a, const Native& b) { return _mm512_div_ps(a, b); }
-  static Native max(const Native& a, const Native& b) { return _mm512_max_ps(a, b); }
-  static Native fmadd(const Native& a, const Native& b, const Native& c) { return _mm512_fmadd_ps(a, b, c); }
-  static Native fnmadd(const Native& a, const Native& b, const Native& c) { return _mm512_fnmadd_ps(a, b, c); }
-  static Native round(const Native& x) {
-    return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  }
-  static Native exp2i(const Native& n) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
-  }
-  static Native unpacklo(const Native& a, const Native& b) { return _mm512_unpacklo_ps(a, b); }
-  static Native unpackhi(const Native& a, const Native& b) { return _mm512_unpackhi_ps(a, b); }
-  template <int IMM>
-  static Native shuffle(const Native& a, const Native& b) {
-    return _mm512_shuffle_ps(a, b, IMM);
+    return BCKD_MM(shuffle_ps)(a, b, IMM);
   }
 };
 #endif
