@@ -76,4 +76,14 @@ struct DflBwdArgs : MapPair {
   LocLayout lg;
 };
 
+// Every kernel entry point, X(name, argument struct): cpu/kernels.h and
+// cuda/kernels.h declare them from this list, and CudaBackend forwards to them.
+#define BCKD_KERNEL_ENTRIES(X)   \
+  X(bcdl_forward, BcdlFwdArgs)   \
+  X(bcdl_backward, BcdlBwdArgs)  \
+  X(giou_forward, GiouFwdArgs)   \
+  X(giou_backward, GiouBwdArgs)  \
+  X(dfl_forward, DflFwdArgs)     \
+  X(dfl_backward, DflBwdArgs)
+
 }  // namespace bckd

@@ -8,25 +8,19 @@
 namespace bckd {
 namespace cpu {
 
-#define BCKD_CPU_KERNELS                      \
-  void bcdl_forward(const BcdlFwdArgs& a);    \
-  void bcdl_backward(const BcdlBwdArgs& a);   \
-  void giou_forward(const GiouFwdArgs& a);    \
-  void giou_backward(const GiouBwdArgs& a);   \
-  void dfl_forward(const DflFwdArgs& a);      \
-  void dfl_backward(const DflBwdArgs& a);
+#define BCKD_CPU_DECLARE(name, Args) void name(const Args& a);
 
 namespace DEFAULT {
-BCKD_CPU_KERNELS
+BCKD_KERNEL_ENTRIES(BCKD_CPU_DECLARE)
 }
 namespace AVX2 {
-BCKD_CPU_KERNELS
+BCKD_KERNEL_ENTRIES(BCKD_CPU_DECLARE)
 }
 namespace AVX512 {
-BCKD_CPU_KERNELS
+BCKD_KERNEL_ENTRIES(BCKD_CPU_DECLARE)
 }
 
-#undef BCKD_CPU_KERNELS
+#undef BCKD_CPU_DECLARE
 
 }  // namespace cpu
 }  // namespace bckd

@@ -9,12 +9,9 @@
 namespace bckd {
 namespace cuda {
 
-void bcdl_forward(const BcdlFwdArgs& a, cudaStream_t stream);
-void bcdl_backward(const BcdlBwdArgs& a, cudaStream_t stream);
-void giou_forward(const GiouFwdArgs& a, cudaStream_t stream);
-void giou_backward(const GiouBwdArgs& a, cudaStream_t stream);
-void dfl_forward(const DflFwdArgs& a, cudaStream_t stream);
-void dfl_backward(const DflBwdArgs& a, cudaStream_t stream);
+#define BCKD_CUDA_DECLARE(name, Args) void name(const Args& a, cudaStream_t stream);
+BCKD_KERNEL_ENTRIES(BCKD_CUDA_DECLARE)
+#undef BCKD_CUDA_DECLARE
 
 }  // namespace cuda
 }  // namespace bckd

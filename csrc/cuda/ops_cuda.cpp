@@ -17,12 +17,10 @@ struct CudaBackend {
     const c10::cuda::CUDAGuard guard(x.device());
     launch(a, c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
   }
-  static void bcdl_forward(const at::Tensor& x, const BcdlFwdArgs& a) { run(x, a, cuda::bcdl_forward); }
-  static void bcdl_backward(const at::Tensor& x, const BcdlBwdArgs& a) { run(x, a, cuda::bcdl_backward); }
-  static void giou_forward(const at::Tensor& x, const GiouFwdArgs& a) { run(x, a, cuda::giou_forward); }
-  static void giou_backward(const at::Tensor& x, const GiouBwdArgs& a) { run(x, a, cuda::giou_backward); }
-  static void dfl_forward(const at::Tensor& x, const DflFwdArgs& a) { run(x, a, cuda::dfl_forward); }
-  static void dfl_backward(const at::Tensor& x, const DflBwdArgs& a) { run(x, a, cuda::dfl_backward); }
+#define BCKD_CUDA_FORWARD(name, Args) \
+  static void name(const at::Tensor& x, const Args& a) { run(x, a, cuda::name); }
+  BCKD_KERNEL_ENTRIES(BCKD_CUDA_FORWARD)
+#undef BCKD_CUDA_FORWARD
 };
 
 }  // namespace
