@@ -10,22 +10,30 @@ __all__ = ["BCDLLoss", "GIoULoss", "ILDLLoss"]
 
 
 class _Loss(nn.Module):
-    def __init__(self, *, reduction="mean", loss_weight=1.0, backend="auto"):
+    """A functional loss with its reduction, loss weight, backend and ``options`` (the
+    loss's own keyword arguments, kept as attributes of the same names)."""
+
+    def __init__(self, *, reduction="mean", loss_weight=1.0, backend="auto", **options):
         super().__init__()
         if reduction not in ("none", "mean", "sum"):
             raise ValueError(f'reduction must be "none", "mean" or "sum", got {reduction!r}')
         self.reduction = reduction
         self.loss_weight = loss_weight
         self.backend = backend
+        self._options = tuple(options)
+        for name, value in options.items():
+            setattr(self, name, value)
 
-    def _loss(self, fn, *tensors, avg_factor, reduction_override, **options):
-        """``fn(*tensors, ...)`` with this module's reduction, loss weight and backend."""
+    def _loss(self, fn, *tensors, avg_factor, reduction_override):
+        """``fn(*tensors, ...)`` with this module's reduction, loss weight, backend and options."""
         reduction = reduction_override if reduction_override is not None else self.reduction
+        options = {name: getattr(self, name) for name in self._options}
         return fn(*tensors, avg_factor=avg_factor, reduction=reduction, loss_weight=self.loss_weight,
                   backend=self.backend, **options)
 
     def extra_repr(self):
-        return f"reduction={self.reduction!r}, loss_weight={self.loss_weight}, backend={self.backend!r}"
+        options = "".join(f", {name}={getattr(self, name)!r}" for name in self._options)
+        return f"reduction={self.reduction!r}, loss_weight={self.loss_weight}, backend={self.backend!r}{options}"
 
 
 class BCDLLoss(_Loss):
@@ -36,24 +44,22 @@ class BCDLLoss(_Loss):
     """
 
     def __init__(self, *, beta=1.0, reduction="mean", loss_weight=1.0, backend="auto"):
-        super().__init__(reduction=reduction, loss_weight=loss_weight, backend=backend)
-        self.beta = beta
+        super().__init__(reduction=reduction, loss_weight=loss_weight, backend=backend, beta=beta)
 
     def forward(self, student, teacher, weight=None, avg_factor=None, reduction_override=None):
         return self._loss(F.bcdl_loss, student, teacher, weight, avg_factor=avg_factor,
-                          reduction_override=reduction_override, beta=self.beta)
+                          reduction_override=reduction_override)
 
 
 class GIoULoss(_Loss):
     """``1 − GIoU`` of paired ``[N, 4]`` boxes (x1, y1, x2, y2); ``weight`` is ``[N]``."""
 
     def __init__(self, *, eps=1e-6, reduction="mean", loss_weight=1.0, backend="auto"):
-        super().__init__(reduction=reduction, loss_weight=loss_weight, backend=backend)
-        self.eps = eps
+        super().__init__(reduction=reduction, loss_weight=loss_weight, backend=backend, eps=eps)
 
     def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None):
         return self._loss(F.giou_loss, pred, target, weight, avg_factor=avg_factor,
-                          reduction_override=reduction_override, eps=self.eps)
+                          reduction_override=reduction_override)
 
 
 class ILDLLoss(_Loss):
@@ -72,9 +78,7 @@ class ILDLLoss(_Loss):
     """
 
     def __init__(self, *, reg_max=16, eps=1e-6, reduction="mean", loss_weight=4.0, backend="auto"):
-        super().__init__(reduction=reduction, loss_weight=loss_weight, backend=backend)
-        self.reg_max = reg_max
-        self.eps = eps
+        super().__init__(reduction=reduction, loss_weight=loss_weight, backend=backend, reg_max=reg_max, eps=eps)
 
     def forward(
         self,
@@ -92,4 +96,4 @@ class ILDLLoss(_Loss):
         if student_cls is not None:
             weight = F.ildl_weight(student_cls, teacher_cls, weight, backend=self.backend)
         return self._loss(F.ildl_loss, student_reg, teacher_reg, weight, avg_factor=avg_factor,
-                          reduction_override=reduction_override, reg_max=self.reg_max, eps=self.eps)
+                          reduction_override=reduction_override)
