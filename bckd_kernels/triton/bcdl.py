@@ -91,6 +91,21 @@ def _modulator(d, beta, MODE: tl.constexpr):
 # -------------------------------------------------------------- kernels ----
 
 
+@triton.jit
+def _class_tile(zs_ptr, zt_ptr, s_row, t_row, s_col, t_col, c0, n_c, lmask, beta, MODE: tl.constexpr,
+                BLOCK_C: tl.constexpr):
+    """Classes c0 to c0 + BLOCK_C − 1 of a block of locations: their channels k,
+    the tile's mask, and per element d, p(1 − p), the BCE and |d|^β with its
+    derivative (_bcdl_pieces, _modulator)."""
+    k = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+    m = lmask[:, None] & (k < n_c)[None, :]
+    zs = tl.load(zs_ptr + s_row[:, None] + k[None, :] * s_col, mask=m, other=0.0).to(tl.float32)
+    zt = tl.load(zt_ptr + t_row[:, None] + k[None, :] * t_col, mask=m, other=0.0).to(tl.float32)
+    d, pp, bce = _bcdl_pieces(zs, zt, MODE)
+    mod, dmod = _modulator(d, beta, MODE)
+    return k, m, d, pp, bce, mod, dmod
+
+
 @autotune("bcdl", "C", "MODE", reduces=True)
 @triton.jit
 def _bcdl_fwd_kernel(zs_ptr, zt_ptr, w_ptr, loss_ptr, mad_ptr, n_bucket, C, HW, W,
@@ -106,12 +121,8 @@ def _bcdl_fwd_kernel(zs_ptr, zt_ptr, w_ptr, loss_ptr, mad_ptr, n_bucket, C, HW, 
     acc = tl.zeros([BLOCK_L], dtype=tl.float32)
     mx = tl.zeros([BLOCK_L], dtype=tl.float32)
     for c0 in range(0, n_c, BLOCK_C):
-        k = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
-        m = lmask[:, None] & (k < n_c)[None, :]
-        zs = tl.load(zs_ptr + s_row[:, None] + k[None, :] * s_col, mask=m, other=0.0).to(tl.float32)
-        zt = tl.load(zt_ptr + t_row[:, None] + k[None, :] * t_col, mask=m, other=0.0).to(tl.float32)
-        d, pp, bce = _bcdl_pieces(zs, zt, MODE)
-        mod, dmod = _modulator(d, beta, MODE)
+        k, m, d, pp, bce, mod, dmod = _class_tile(zs_ptr, zt_ptr, s_row, t_row, s_col, t_col, c0, n_c, lmask, beta,
+                                                   MODE, BLOCK_C)
         acc += tl.sum(tl.where(m, mod * bce, 0.0), axis=1)
         mx = max_nan(mx, tl.reduce(tl.where(m, tl.abs(d), 0.0), 1, max_nan))
     if HAS_W:
@@ -141,12 +152,8 @@ def _bcdl_bwd_kernel(zs_ptr, zt_ptr, gl_ptr, w_ptr, g_ptr, n_bucket, C, HW, W,
     if HAS_W:
         coef = coef * tl.load(w_ptr + loc, mask=lmask, other=0.0)
     for c0 in range(0, n_c, BLOCK_C):
-        k = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
-        m = lmask[:, None] & (k < n_c)[None, :]
-        zs = tl.load(zs_ptr + s_row[:, None] + k[None, :] * s_col, mask=m, other=0.0).to(tl.float32)
-        zt = tl.load(zt_ptr + t_row[:, None] + k[None, :] * t_col, mask=m, other=0.0).to(tl.float32)
-        d, pp, bce = _bcdl_pieces(zs, zt, MODE)
-        mod, dmod = _modulator(d, beta, MODE)
+        k, m, d, pp, bce, mod, dmod = _class_tile(zs_ptr, zt_ptr, s_row, t_row, s_col, t_col, c0, n_c, lmask, beta,
+                                                   MODE, BLOCK_C)
         grad = (mod * d + dmod * pp * bce) * coef[:, None]
         tl.store(g_ptr + g_row[:, None] + k[None, :] * g_col, grad.to(g_ptr.dtype.element_ty), mask=m)
 

@@ -69,6 +69,17 @@ def _decode_edge(ptr, row, col, e, nbins, n_ch, lmask, ACCESS: tl.constexpr, VEC
     return mx, s, sj / s
 
 
+@triton.jit
+def _decode_box(ptr, row, col, nbins, n_ch, lmask, ACCESS: tl.constexpr, VEC: tl.constexpr, NB: tl.constexpr):
+    """The four edges' distances (left, top, right, bottom) for a block of
+    locations."""
+    _, _, l = _decode_edge(ptr, row, col, 0, nbins, n_ch, lmask, ACCESS, VEC, NB)
+    _, _, t = _decode_edge(ptr, row, col, 1, nbins, n_ch, lmask, ACCESS, VEC, NB)
+    _, _, r = _decode_edge(ptr, row, col, 2, nbins, n_ch, lmask, ACCESS, VEC, NB)
+    _, _, b = _decode_edge(ptr, row, col, 3, nbins, n_ch, lmask, ACCESS, VEC, NB)
+    return l, t, r, b
+
+
 @autotune("dfl", "nbins", reduces=True)
 @triton.jit
 def _dfl_fwd_kernel(rs_ptr, rt_ptr, loss_ptr, n_bucket, nbins, n_ch, HW, W, s_sb, s_sh, s_sw, s_sc,
@@ -80,14 +91,8 @@ def _dfl_fwd_kernel(rs_ptr, rt_ptr, loss_ptr, n_bucket, nbins, n_ch, HW, W, s_sb
     s_col = channel_stride(s_sc, ACCESS, VEC)
     t_col = channel_stride(t_sc, ACCESS, VEC)
     n_c = channel_count(n_ch, ACCESS, VEC)
-    _, _, sl = _decode_edge(rs_ptr, s_row, s_col, 0, nbins, n_c, lmask, ACCESS, VEC, NB)
-    _, _, st = _decode_edge(rs_ptr, s_row, s_col, 1, nbins, n_c, lmask, ACCESS, VEC, NB)
-    _, _, sr = _decode_edge(rs_ptr, s_row, s_col, 2, nbins, n_c, lmask, ACCESS, VEC, NB)
-    _, _, sb = _decode_edge(rs_ptr, s_row, s_col, 3, nbins, n_c, lmask, ACCESS, VEC, NB)
-    _, _, tl_ = _decode_edge(rt_ptr, t_row, t_col, 0, nbins, n_c, lmask, ACCESS, VEC, NB)
-    _, _, tt = _decode_edge(rt_ptr, t_row, t_col, 1, nbins, n_c, lmask, ACCESS, VEC, NB)
-    _, _, tr = _decode_edge(rt_ptr, t_row, t_col, 2, nbins, n_c, lmask, ACCESS, VEC, NB)
-    _, _, tb = _decode_edge(rt_ptr, t_row, t_col, 3, nbins, n_c, lmask, ACCESS, VEC, NB)
+    sl, st, sr, sb = _decode_box(rs_ptr, s_row, s_col, nbins, n_c, lmask, ACCESS, VEC, NB)
+    tl_, tt, tr, tb = _decode_box(rt_ptr, t_row, t_col, nbins, n_c, lmask, ACCESS, VEC, NB)
     loss = giou_loss(-sl, -st, sr, sb, -tl_, -tt, tr, tb, eps)
     tl.store(loss_ptr + loc, loss, mask=lmask)
 
@@ -149,10 +154,7 @@ def _dfl_bwd_kernel(rs_ptr, rt_ptr, coef_ptr, g_ptr, n_bucket, nbins, n_ch, HW, 
     m1, s1, st = _decode_edge(rs_ptr, s_row, s_col, 1, nbins, n_c, lmask, ACCESS, VEC, NB)
     m2, s2, sr = _decode_edge(rs_ptr, s_row, s_col, 2, nbins, n_c, lmask, ACCESS, VEC, NB)
     m3, s3, sb = _decode_edge(rs_ptr, s_row, s_col, 3, nbins, n_c, lmask, ACCESS, VEC, NB)
-    _, _, tl_ = _decode_edge(rt_ptr, t_row, t_col, 0, nbins, n_c, lmask, ACCESS, VEC, NB)
-    _, _, tt = _decode_edge(rt_ptr, t_row, t_col, 1, nbins, n_c, lmask, ACCESS, VEC, NB)
-    _, _, tr = _decode_edge(rt_ptr, t_row, t_col, 2, nbins, n_c, lmask, ACCESS, VEC, NB)
-    _, _, tb = _decode_edge(rt_ptr, t_row, t_col, 3, nbins, n_c, lmask, ACCESS, VEC, NB)
+    tl_, tt, tr, tb = _decode_box(rt_ptr, t_row, t_col, nbins, n_c, lmask, ACCESS, VEC, NB)
     coef = tl.load(coef_ptr + loc, mask=lmask, other=0.0)
     g0, g1, g2, g3, _, _, _, _ = giou_grad(-sl, -st, sr, sb, -tl_, -tt, tr, tb, eps, coef)
     # box = (−l, −t, r, b)

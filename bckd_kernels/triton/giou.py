@@ -91,6 +91,16 @@ def giou_grad(px1, py1, px2, py2, tx1, ty1, tx2, ty2, eps, g):
 
 
 @triton.jit
+def _columns(n, n_vec, s0, s1, ACCESS: tl.constexpr, VEC: tl.constexpr):
+    """LOCATIONS or STRIDED: the mask of boxes n, the offset of their x1 and the
+    step from one coordinate to the next."""
+    if ACCESS == LOCATIONS:
+        return n < units(n_vec, VEC), n, units(s1, VEC)
+    else:
+        return n < n_vec, n * s0, units(s1, 1)
+
+
+@triton.jit
 def _load_boxes(ptr, blk, n, n_vec, s0, s1, ACCESS: tl.constexpr, VEC: tl.constexpr, BLOCK_L: tl.constexpr):
     """x1, y1, x2, y2 of boxes n (block blk), float32."""
     if ACCESS == CHANNELS:
@@ -100,14 +110,7 @@ def _load_boxes(ptr, blk, n, n_vec, s0, s1, ACCESS: tl.constexpr, VEC: tl.conste
         x1, x2 = tl.split(x)
         y1, y2 = tl.split(y)
     else:
-        if ACCESS == LOCATIONS:
-            mask = n < units(n_vec, VEC)
-            first = n
-            step = units(s1, VEC)
-        else:
-            mask = n < n_vec
-            first = n * s0
-            step = units(s1, 1)
+        mask, first, step = _columns(n, n_vec, s0, s1, ACCESS, VEC)
         x1 = tl.load(ptr + first, mask=mask, other=0.0).to(tl.float32)
         y1 = tl.load(ptr + first + step, mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(ptr + first + 2 * step, mask=mask, other=0.0).to(tl.float32)
@@ -124,14 +127,7 @@ def _store_boxes(ptr, blk, n, n_vec, s0, s1, x1, y1, x2, y2, ACCESS: tl.constexp
         v = tl.reshape(tl.join(tl.join(x1, x2), tl.join(y1, y2)), [4 * BLOCK_L])
         tl.store(ptr + f, v.to(ty), mask=f < units(n_vec, VEC))
     else:
-        if ACCESS == LOCATIONS:
-            mask = n < units(n_vec, VEC)
-            first = n
-            step = units(s1, VEC)
-        else:
-            mask = n < n_vec
-            first = n * s0
-            step = units(s1, 1)
+        mask, first, step = _columns(n, n_vec, s0, s1, ACCESS, VEC)
         tl.store(ptr + first, x1.to(ty), mask=mask)
         tl.store(ptr + first + step, y1.to(ty), mask=mask)
         tl.store(ptr + first + 2 * step, x2.to(ty), mask=mask)
