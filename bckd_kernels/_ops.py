@@ -2,8 +2,10 @@
 
 The schemas, the CPU/CUDA kernels and the autograd of the extension's operators
 come from ``bckd_kernels._C`` (csrc/; autograd in csrc/autograd.cpp). If it
-cannot be loaded, ``HAS_EXTENSION`` is False, a warning says why (once), and the
-functional API falls back to the pure-PyTorch reference. The Triton
+cannot be loaded, ``HAS_EXTENSION`` is False and the functional API falls back to
+the pure-PyTorch reference; the first loss that does so warns why (once), so that
+a user of the Triton backend alone is not warned about an extension it never
+calls. The Triton
 operators (bckd_kernels/triton/) register their own autograd and do not need
 this module.
 """
@@ -23,12 +25,20 @@ try:
     HAS_EXTENSION = True
 except (ImportError, OSError) as exc:
     LOAD_ERROR = exc
-    warnings.warn(
-        f"bckd_kernels: the bckd extension could not be loaded ({exc}); using the pure-PyTorch "
-        "reference instead. Build it with `pip install -e . --no-build-isolation`.",
-        RuntimeWarning,
-        stacklevel=2,
-    )
+_warned = False
+
+
+def warn_fallback():
+    """Warns, once, that the extension did not load and the reference runs instead."""
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            f"bckd_kernels: the bckd extension could not be loaded ({LOAD_ERROR}); using the pure-PyTorch "
+            "reference instead. Build it with `pip install -e . --no-build-isolation`.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def _new_per_location(x):

@@ -50,7 +50,10 @@ def _implementation(backend, x):
     if backend in ("reference", "triton"):
         return backend
     if backend == "auto":
-        return "extension" if _ops.HAS_EXTENSION else "reference"
+        if _ops.HAS_EXTENSION:
+            return "extension"
+        _ops.warn_fallback()
+        return "reference"
     if not _ops.HAS_EXTENSION:
         raise RuntimeError(f"backend={backend!r} needs the bckd extension, which failed to load: {_ops.LOAD_ERROR}")
     if x.device.type != backend:

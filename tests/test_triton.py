@@ -103,6 +103,28 @@ print(loaded, about, bool(s.grad.abs().sum() > 0))
 """
 
 
+def test_triton_users_are_not_warned_about_a_missing_extension():
+    """Without the extension, importing bckd_kernels.triton and running its ops warns
+    nothing (the extension is bckd_kernels' own and the Triton ops never call it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, warnings, torch\n"
+        "sys.modules['bckd_kernels._C'] = None\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import bckd_kernels.triton\n"
+        "    s = torch.randn(3, 5, requires_grad=True)\n"
+        "    bckd_kernels.bcdl_loss(s, torch.randn(3, 5), backend='triton').backward()\n"
+        "about = [str(x.message) for x in w if 'extension' in str(x.message)]\n"
+        "print(bckd_kernels.HAS_EXTENSION, about, bool(s.grad.abs().sum() > 0))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.split("\n")[-2] == "False [] True", proc.stdout + proc.stderr[-4000:]
+
+
 def test_the_triton_package_needs_no_extension():
     """Importing bckd_kernels.triton (its ops and their autograd) loads neither
     the extension nor its loader, bckd_kernels._ops, and warns nothing about
