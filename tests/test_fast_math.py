@@ -57,8 +57,8 @@ class Interval:
     def sign(self):
         return Interval(torch.sign(self.lo), torch.sign(self.hi))
 
-    def contains(self, x, slack=0.0):
-        return (x >= self.lo - slack) & (x <= self.hi + slack)
+    def contains(self, x):
+        return (x >= self.lo) & (x <= self.hi)
 
 
 def select(cond, a, b):
